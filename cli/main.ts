@@ -1,0 +1,47 @@
+#!/usr/bin/env node
+import { errorMessage, isRunboxError } from '../core/errors.js';
+
+const USAGE = `usage: runbox COMMAND [ARGS]
+  run [flags] -- CMD [ARGS...]   run one command in a fresh VPS on this machine (see runbox run --help)
+  gc [--all]                     clean up what a crashed runbox process left behind (--all: every VPS
+                                 of this state dir, plus its bridge and firewall table)
+  doctor                         check that this host can run VPSs, in plain words
+environment: RUNBOX_STATE_DIR (default /var/lib/runbox), see README.md for the rest.`;
+
+/** Each subcommand is imported lazily: `runbox run` should not pay for code it does not use. */
+async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  switch (cmd) {
+    case 'run': {
+      if (rest[0] === '--help' || rest[0] === '-h') return usage((await import('./run-args.js')).RUN_USAGE, 0);
+      return (await import('./run.js')).runCommand(rest);
+    }
+    case 'gc':
+      return (await import('./maintenance.js')).gcCommand(rest);
+    case 'doctor':
+      return (await import('./maintenance.js')).doctorCommand(rest);
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      return usage(USAGE, cmd === undefined ? 2 : 0);
+    default:
+      process.stderr.write(`runbox: unknown command "${cmd}"\n`);
+      return usage(USAGE, 2);
+  }
+}
+
+function usage(text: string, code: number): number {
+  (code === 0 ? process.stdout : process.stderr).write(`${text}\n`);
+  return code;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    process.stderr.write(`runbox: ${isRunboxError(e) ? '' : 'error: '}${errorMessage(e)}\n`);
+    process.exitCode = isRunboxError(e) && e.code === 'invalid_argument' ? 2 : 125;
+  },
+);

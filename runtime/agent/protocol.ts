@@ -1,0 +1,151 @@
+/**
+ * Host side of the agent wire protocol (runtime/agent/PROTOCOL.md). Pure encoding and decoding;
+ * no I/O here.
+ */
+export const FRAME_HEADER = 5;
+/** One frame is written with one write() of at most PIPE_BUF bytes, so it is atomic in the pipe. */
+export const MAX_FRAME = 4096;
+export const MAX_PAYLOAD = MAX_FRAME - FRAME_HEADER;
+export const AGENT_VERSION = 'runbox-agent/1';
+
+export type AgentFrame =
+  | { type: 'ready'; version: string }
+  | { type: 'started'; pid: number }
+  | { type: 'stdout'; data: Buffer }
+  | { type: 'stderr'; data: Buffer }
+  | { type: 'diagnostic'; message: string }
+  | { type: 'exited'; code: number; signal: number; cpuUs: number; maxRssKiB: number }
+  | { type: 'fileWritten'; errno: number; message: string };
+
+export interface JobSpecFrame {
+  argv: string[];
+  env: Record<string, string>;
+  workdir?: string;
+  user?: string;
+}
+
+function frame(type: string, payload: Buffer): Buffer {
+  if (payload.length > MAX_PAYLOAD) throw new Error(`agent frame ${type} too large (${payload.length} bytes)`);
+  const header = Buffer.alloc(FRAME_HEADER);
+  header.write(type, 0, 'latin1');
+  header.writeUInt32LE(payload.length, 1);
+  return Buffer.concat([header, payload]);
+}
+
+function records(entries: Array<[string, string]>): Buffer {
+  return Buffer.concat(entries.map(([k, v]) => Buffer.concat([Buffer.from(k, 'latin1'), Buffer.from(v, 'utf8'), Buffer.from([0])])));
+}
+
+/** NUL inside a string would cut a record short: reject instead of silently truncating. */
+function checkNoNul(what: string, v: string): void {
+  if (v.includes('\0')) throw new Error(`${what} must not contain NUL bytes`);
+}
+
+export function encodeJob(spec: JobSpecFrame): Buffer {
+  const entries: Array<[string, string]> = [];
+  for (const a of spec.argv) (checkNoNul('command arguments', a), entries.push(['a', a]));
+  for (const [k, v] of Object.entries(spec.env)) {
+    checkNoNul('environment', k + v);
+    entries.push(['e', `${k}=${v}`]);
+  }
+  if (spec.workdir) (checkNoNul('workdir', spec.workdir), entries.push(['w', spec.workdir]));
+  if (spec.user) (checkNoNul('user', spec.user), entries.push(['u', spec.user]));
+  const payload = records(entries);
+  if (payload.length > MAX_PAYLOAD) {
+    throw new Error(`command, environment and workdir together must fit in ${MAX_PAYLOAD} bytes (got ${payload.length})`);
+  }
+  return frame('J', payload);
+}
+
+/** Stdin split into frames of at most MAX_PAYLOAD bytes. */
+export function encodeStdin(data: Buffer): Buffer[] {
+  const out: Buffer[] = [];
+  for (let i = 0; i < data.length; i += MAX_PAYLOAD) out.push(frame('I', data.subarray(i, i + MAX_PAYLOAD)));
+  return out;
+}
+
+export const encodeStdinClose = (): Buffer => frame('C', Buffer.alloc(0));
+
+export function encodeSignal(signal: number): Buffer {
+  const p = Buffer.alloc(4);
+  p.writeUInt32LE(signal);
+  return frame('K', p);
+}
+
+export interface FileWrite {
+  path: string;
+  content: Buffer;
+  mode?: number;
+  owner?: string;
+}
+
+/** A file as one or more W frames (the later ones append). */
+export function encodeFileWrite(f: FileWrite): Buffer[] {
+  checkNoNul('file path', f.path);
+  const head = (append: boolean) =>
+    records([
+      ['p', f.path],
+      ['m', (f.mode ?? 0o644).toString(8)],
+      ...(f.owner ? ([['o', f.owner]] as Array<[string, string]>) : []),
+      ...(append ? ([['A', '']] as Array<[string, string]>) : []),
+    ]);
+  const out: Buffer[] = [];
+  let offset = 0;
+  do {
+    const h = Buffer.concat([head(offset > 0), Buffer.from('d', 'latin1')]);
+    const room = MAX_PAYLOAD - h.length;
+    if (room <= 0) throw new Error('file path too long');
+    out.push(frame('W', Buffer.concat([h, f.content.subarray(offset, offset + room)])));
+    offset += room;
+  } while (offset < f.content.length);
+  return out;
+}
+
+/** Incremental decoder: feed bytes, get whole frames. Unknown types are reported, not fatal. */
+export class FrameDecoder {
+  private buf: Buffer = Buffer.alloc(0);
+
+  push(chunk: Buffer): AgentFrame[] {
+    this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+    const frames: AgentFrame[] = [];
+    while (this.buf.length >= FRAME_HEADER) {
+      const len = this.buf.readUInt32LE(1);
+      if (len > MAX_PAYLOAD) throw new Error(`agent sent an oversized frame (${len} bytes): protocol violation`);
+      if (this.buf.length < FRAME_HEADER + len) break;
+      const type = String.fromCharCode(this.buf[0]!);
+      const p = this.buf.subarray(FRAME_HEADER, FRAME_HEADER + len);
+      this.buf = this.buf.subarray(FRAME_HEADER + len);
+      const f = decode(type, Buffer.from(p));
+      if (f) frames.push(f);
+    }
+    return frames;
+  }
+}
+
+function decode(type: string, p: Buffer): AgentFrame | undefined {
+  switch (type) {
+    case 'R':
+      return { type: 'ready', version: p.toString('latin1') };
+    case 'S':
+      return p.length >= 4 ? { type: 'started', pid: p.readUInt32LE(0) } : undefined;
+    case 'O':
+      return { type: 'stdout', data: p };
+    case 'E':
+      return { type: 'stderr', data: p };
+    case 'D':
+      return { type: 'diagnostic', message: p.toString('utf8') };
+    case 'X':
+      if (p.length < 24) return undefined;
+      return {
+        type: 'exited',
+        code: p.readInt32LE(0),
+        signal: p.readInt32LE(4),
+        cpuUs: Number(p.readBigUInt64LE(8)),
+        maxRssKiB: Number(p.readBigUInt64LE(16)),
+      };
+    case 'w':
+      return p.length >= 4 ? { type: 'fileWritten', errno: p.readInt32LE(0), message: p.subarray(4).toString('utf8') } : undefined;
+    default:
+      return undefined;
+  }
+}

@@ -1,0 +1,77 @@
+import { spawn, type StdioOptions } from 'node:child_process';
+import { RunboxError } from '../core/errors.js';
+
+/**
+ * The one place that starts host processes. Everything else builds argv arrays (never shell
+ * strings) and hands them here, so timeouts, error reporting and output limits are uniform.
+ */
+export interface ExecResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+export interface ExecOptions {
+  timeoutMs?: number;
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+  input?: string;
+  /** Extra stdio: fds handed to the child as its 0/1/2 (e.g. the VPS's agent pipes). */
+  stdio?: StdioOptions;
+}
+
+const MAX_CAPTURE = 1024 * 1024;
+
+export function exec(argv: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
+  const [file, ...args] = argv;
+  if (!file) throw new RunboxError('internal', 'exec: empty argv');
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, args, {
+      env: opts.env ?? process.env,
+      cwd: opts.cwd,
+      stdio: opts.stdio ?? [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout?.setEncoding('utf8').on('data', (d: string) => {
+      if (stdout.length < MAX_CAPTURE) stdout += d;
+    });
+    child.stderr?.setEncoding('utf8').on('data', (d: string) => {
+      if (stderr.length < MAX_CAPTURE) stderr += d;
+    });
+    if (opts.input !== undefined) child.stdin?.end(opts.input);
+    let timedOut = false;
+    const timer =
+      opts.timeoutMs === undefined
+        ? undefined
+        : setTimeout(() => {
+            timedOut = true;
+            child.kill('SIGKILL');
+          }, opts.timeoutMs);
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      reject(new RunboxError('unavailable', `cannot run ${file}: ${err.message}`, { cause: err }));
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      if (timedOut) {
+        reject(new RunboxError('unavailable', `${file} ${args[0] ?? ''} did not finish within ${opts.timeoutMs} ms`));
+        return;
+      }
+      resolve({ code, signal, stdout, stderr });
+    });
+  });
+}
+
+/** Runs argv and fails with the command's stderr when it does not exit 0. */
+export async function execOk(argv: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
+  const r = await exec(argv, opts);
+  if (r.code !== 0) {
+    const detail = (r.stderr || r.stdout).trim().split('\n').slice(-5).join(' | ');
+    throw new RunboxError('internal', `${argv.slice(0, 3).join(' ')} failed (${r.code ?? r.signal}): ${detail}`, {
+      meta: { argv },
+    });
+  }
+  return r;
+}

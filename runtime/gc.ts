@@ -1,0 +1,127 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { exec } from './exec.js';
+import { isAlive } from './host/proc.js';
+import { HostNetwork } from './net/network.js';
+import { runcDelete, runcList } from './oci/runc.js';
+import type { RuncEngine } from './runc-engine.js';
+import { unmountLayer } from './storage/layer.js';
+
+export interface GcReport {
+  vps: string[];
+  containers: string[];
+  netns: string[];
+  addresses: string[];
+  cgroups: string[];
+  mounts: string[];
+  network: boolean;
+}
+
+/**
+ * Removes what a crashed process left behind: VPSs whose owning process is gone (or all of them
+ * with `all`), and any runc container, netns, address lease, cgroup or mount of this instance that
+ * no VPS dir accounts for. Safe to run while other processes of the same instance are alive: their
+ * VPSs have live owners and are left alone.
+ */
+export async function gc(engine: RuncEngine, opts: { all?: boolean } = {}): Promise<GcReport> {
+  const report: GcReport = { vps: [], containers: [], netns: [], addresses: [], cgroups: [], mounts: [], network: false };
+  const kept = new Set<string>();
+  for (const id of await engine.list()) {
+    const record = await engine.readRecord(id);
+    if (!opts.all && record && isAlive(record.owner)) {
+      kept.add(id);
+      continue;
+    }
+    await engine.destroy(id);
+    report.vps.push(id);
+  }
+
+  for (const c of await runcList(engine.runc).catch(() => [])) {
+    if (kept.has(c.id)) continue;
+    await runcDelete(engine.runc, c.id);
+    report.containers.push(c.id);
+  }
+
+  const prefix = `rb${engine.layout.instance}-`;
+  for (const ns of await engine.net.listNetns()) {
+    const id = ns.slice(prefix.length);
+    if (kept.has(id)) continue;
+    await exec(['ip', 'link', 'del', HostNetwork.vethName(id)]);
+    await exec(['ip', 'netns', 'del', ns]);
+    report.netns.push(ns);
+  }
+
+  for (const a of await engine.net.listAllocations()) {
+    if (kept.has(a.vpsId)) continue;
+    await fs.rm(path.join(engine.layout.addrDir, a.address), { force: true });
+    report.addresses.push(a.address);
+  }
+
+  report.mounts.push(...(await staleMounts(engine.layout.vpsRoot, kept)));
+  report.cgroups.push(...(await staleCgroups(engine, kept, opts.all ?? false)));
+
+  if (opts.all) {
+    await engine.net.removeAll();
+    report.network = true;
+  }
+  return report;
+}
+
+async function staleMounts(vpsRoot: string, kept: Set<string>): Promise<string[]> {
+  const info = await fs.readFile('/proc/self/mountinfo', 'utf8');
+  const stale = new Map<string, string>();
+  for (const line of info.split('\n')) {
+    const mp = line.split(' ')[4];
+    if (!mp?.startsWith(`${vpsRoot}/`)) continue;
+    const id = mp.slice(vpsRoot.length + 1).split('/')[0]!;
+    if (!kept.has(id)) stale.set(id, mp);
+  }
+  for (const id of stale.keys()) {
+    const dir = path.join(vpsRoot, id);
+    await unmountLayer({ rootfs: path.join(dir, 'bundle/rootfs'), layerMount: path.join(dir, 'layer'), image: path.join(dir, 'disk.img') });
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+  return [...stale.values()];
+}
+
+/** cgroup dirs under this instance's parent with no VPS: kill what is inside, then rmdir. */
+async function staleCgroups(engine: RuncEngine, kept: Set<string>, removeParent: boolean): Promise<string[]> {
+  const l = engine.cgroups;
+  const roots = l.kind === 'v2' ? [l.root] : await hierarchies(l.root);
+  const removed: string[] = [];
+  for (const root of roots) {
+    const parent = path.join(root, engine.layout.cgroupParent);
+    const children = await fs.readdir(parent, { withFileTypes: true }).catch(() => []);
+    for (const child of children) {
+      if (!child.isDirectory() || kept.has(child.name)) continue;
+      const dir = path.join(parent, child.name);
+      await killCgroup(dir);
+      if (await fs.rmdir(dir).then(() => true, () => false)) removed.push(dir);
+    }
+    if (removeParent) await fs.rmdir(parent).catch(() => undefined);
+  }
+  return removed;
+}
+
+async function hierarchies(root: string): Promise<string[]> {
+  const entries = await fs.readdir(root, { withFileTypes: true });
+  return entries.filter((e) => e.isDirectory() && e.name !== 'unified').map((e) => path.join(root, e.name));
+}
+
+async function killCgroup(dir: string): Promise<void> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const procs = (await fs.readFile(path.join(dir, 'cgroup.procs'), 'utf8').catch(() => ''))
+      .split('\n')
+      .filter(Boolean)
+      .map(Number);
+    if (procs.length === 0) return;
+    for (const pid of procs) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
+    }
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}

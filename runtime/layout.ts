@@ -1,0 +1,63 @@
+import { createHash } from 'node:crypto';
+import path from 'node:path';
+
+/**
+ * On-disk layout of one runbox instance (one state dir). Everything a VPS owns lives under its own
+ * directory, so that a VPS is one unit to destroy, to garbage-collect after a crash, and (with a
+ * checkpoint) to move to another host:
+ *
+ *   <state>/vps/<id>/vps.json         what the VPS is (template + hash, network, limits, owner)
+ *   <state>/vps/<id>/disk.img         its writable layer (sparse ext4), mounted at layer/
+ *   <state>/vps/<id>/layer/upper      the overlay upper dir: all its filesystem changes
+ *   <state>/vps/<id>/bundle/          OCI bundle: config.json, rootfs/ (the overlay mount)
+ *   <state>/vps/<id>/checkpoints/     CRIU images
+ *   <state>/runc/                     runc's own state (--root)
+ *   <state>/cache/                    golden layer images
+ *   <state>/net/addrs/                address leases
+ */
+export class Layout {
+  /** Short hash of the state dir: names host-global objects (cgroups, bridge, netns) per instance. */
+  readonly instance: string;
+
+  constructor(
+    readonly stateDir: string,
+    readonly templatesDir = path.join(stateDir, 'templates'),
+  ) {
+    this.instance = createHash('sha256').update(path.resolve(stateDir)).digest('hex').slice(0, 6);
+  }
+
+  get runcRoot(): string {
+    return path.join(this.stateDir, 'runc');
+  }
+  get vpsRoot(): string {
+    return path.join(this.stateDir, 'vps');
+  }
+  get cacheDir(): string {
+    return path.join(this.stateDir, 'cache');
+  }
+  get addrDir(): string {
+    return path.join(this.stateDir, 'net', 'addrs');
+  }
+  /** cgroup parent of this instance's VPSs, relative to each hierarchy root. */
+  get cgroupParent(): string {
+    return `/runbox-${this.instance}`;
+  }
+
+  vps(id: string) {
+    const dir = path.join(this.vpsRoot, id);
+    return {
+      dir,
+      meta: path.join(dir, 'vps.json'),
+      pidFile: path.join(dir, 'init.pid'),
+      image: path.join(dir, 'disk.img'),
+      layerMount: path.join(dir, 'layer'),
+      bundle: path.join(dir, 'bundle'),
+      config: path.join(dir, 'bundle', 'config.json'),
+      rootfs: path.join(dir, 'bundle', 'rootfs'),
+      checkpoints: path.join(dir, 'checkpoints'),
+      cgroupsPath: `${this.cgroupParent}/${id}`,
+    };
+  }
+}
+
+export const VPS_ID = /^[a-z0-9]{4,32}$/;

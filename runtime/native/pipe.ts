@@ -1,0 +1,29 @@
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { REPO_ROOT } from '../../core/config.js';
+import { RunboxError } from '../../core/errors.js';
+
+/**
+ * Real anonymous pipes. Node's child_process gives children unix socketpairs, not pipes, and CRIU
+ * cannot checkpoint a container whose stdio are sockets connected to a host process, while
+ * `runc restore` re-maps pipes onto new ones (descriptors.json). build/pipe.node (runtime/native/
+ * pipe.c, compiled by setup) is a ten-line addon around pipe2(O_CLOEXEC).
+ */
+interface PipeAddon {
+  pipe2(): [number, number];
+}
+
+let addon: PipeAddon | undefined;
+
+export function pipe2(): { read: number; write: number } {
+  if (!addon) {
+    const file = path.join(REPO_ROOT, 'build/pipe.node');
+    try {
+      addon = createRequire(import.meta.url)(file) as PipeAddon;
+    } catch (e) {
+      throw new RunboxError('unavailable', `cannot load ${file}; run "npm run setup" first`, { cause: e });
+    }
+  }
+  const [read, write] = addon.pipe2();
+  return { read, write };
+}

@@ -1,0 +1,148 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { exec, execOk } from '../exec.js';
+import { RunboxError } from '../../core/errors.js';
+import { gateway, parseCidr, poolSize, vpsAddress, type Cidr } from './addr.js';
+import { firewallScript } from './firewall.js';
+
+export type NetworkMode = 'none' | 'private' | 'egress';
+
+export interface VpsNetwork {
+  mode: NetworkMode;
+  /** Named netns (under /run/netns) for private/egress; none uses a fresh netns made by runc. */
+  netns?: string;
+  hostVeth?: string;
+  address?: string;
+  gateway?: string;
+  prefix?: number;
+}
+
+/**
+ * Networking of one runbox instance: a bridge, an address pool, a firewall table, and per VPS a
+ * named network namespace with a veth pair. Everything is named after the instance id so that
+ * several instances (state dirs) on one machine never touch each other's objects.
+ */
+export class HostNetwork {
+  readonly bridge: string;
+  readonly table: string;
+  private readonly cidr: Cidr;
+  private ensured = false;
+
+  constructor(
+    readonly instance: string,
+    readonly cidrText: string,
+    private readonly addrDir: string,
+  ) {
+    this.cidr = parseCidr(cidrText);
+    this.bridge = `rbb${instance}`;
+    this.table = `runbox_${instance}`;
+  }
+
+  netnsName(vpsId: string): string {
+    return `rb${this.instance}-${vpsId}`;
+  }
+
+  static vethName(vpsId: string): string {
+    return `rbv${vpsId}`.slice(0, 15);
+  }
+
+  /** Bridge, forwarding and firewall: created once, idempotent, safe to race. */
+  async ensure(): Promise<void> {
+    if (this.ensured) return;
+    const link = await exec(['ip', 'link', 'show', this.bridge]);
+    if (link.code !== 0) {
+      const add = await exec(['ip', 'link', 'add', this.bridge, 'type', 'bridge']);
+      if (add.code !== 0 && !/exists/i.test(add.stderr)) throw new RunboxError('internal', `cannot create bridge: ${add.stderr}`);
+      await exec(['ip', 'addr', 'add', `${gateway(this.cidr)}/${this.cidr.prefix}`, 'dev', this.bridge]);
+      await execOk(['ip', 'link', 'set', this.bridge, 'up']);
+    }
+    // Egress needs routing between the bridge and the uplink (as Docker and libvirt enable it).
+    await fs.writeFile('/proc/sys/net/ipv4/ip_forward', '1');
+    if ((await exec(['nft', 'list', 'table', 'inet', this.table])).code !== 0) {
+      await execOk(['nft', '-f', '-'], { input: firewallScript(this.table, this.bridge, this.cidrText) });
+    }
+    await fs.mkdir(this.addrDir, { recursive: true });
+    this.ensured = true;
+  }
+
+  /** Reserves an address with an O_EXCL file per address: crash-safe and shared between processes. */
+  private async allocate(vpsId: string): Promise<string> {
+    const size = poolSize(this.cidr);
+    const start = Math.floor(Math.random() * size);
+    for (let k = 0; k < size; k++) {
+      const ip = vpsAddress(this.cidr, (start + k) % size);
+      try {
+        await fs.writeFile(path.join(this.addrDir, ip), vpsId, { flag: 'wx' });
+        return ip;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      }
+    }
+    throw new RunboxError('unavailable', `no free address left in ${this.cidrText}`);
+  }
+
+  async setup(vpsId: string, mode: NetworkMode): Promise<VpsNetwork> {
+    if (mode === 'none') return { mode };
+    await this.ensure();
+    const address = await this.allocate(vpsId);
+    const netns = this.netnsName(vpsId);
+    const hostVeth = HostNetwork.vethName(vpsId);
+    const gw = gateway(this.cidr);
+    const net: VpsNetwork = { mode, netns, hostVeth, address, gateway: gw, prefix: this.cidr.prefix };
+    try {
+      await execOk(['ip', 'netns', 'add', netns]);
+      // The VPS end is created inside the netns and the host end moved to the host ("netns 1"):
+      // one ip process per side instead of one per command.
+      await execOk(['ip', '-n', netns, '-batch', '-'], {
+        input: [
+          'link set lo up',
+          `link add eth0 type veth peer name ${hostVeth} netns 1`,
+          `addr add ${address}/${this.cidr.prefix} dev eth0`,
+          'link set eth0 up',
+          `route add default via ${gw}`,
+        ].join('\n'),
+      });
+      await execOk(['ip', '-batch', '-'], {
+        input: [`link set ${hostVeth} master ${this.bridge} up`, `link set ${hostVeth} type bridge_slave isolated on`].join('\n'),
+      });
+      if (mode === 'egress') await execOk(['nft', 'add', 'element', 'inet', this.table, 'egress', `{ ${address} }`]);
+      return net;
+    } catch (e) {
+      await this.teardown(vpsId, net).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /** Idempotent. Deletes the veth explicitly: netns removal frees its devices only asynchronously. */
+  async teardown(vpsId: string, net: VpsNetwork): Promise<void> {
+    if (net.mode === 'none') return;
+    if (net.mode === 'egress' && net.address) {
+      await exec(['nft', 'delete', 'element', 'inet', this.table, 'egress', `{ ${net.address} }`]);
+    }
+    await exec(['ip', 'link', 'del', net.hostVeth ?? HostNetwork.vethName(vpsId)]);
+    await exec(['ip', 'netns', 'del', net.netns ?? this.netnsName(vpsId)]);
+    if (net.address) await fs.rm(path.join(this.addrDir, net.address), { force: true });
+  }
+
+  /** Removes the bridge and the firewall table (when the instance is shut down for good). */
+  async removeAll(): Promise<void> {
+    await exec(['nft', 'delete', 'table', 'inet', this.table]);
+    await exec(['ip', 'link', 'del', this.bridge]);
+    await fs.rm(this.addrDir, { recursive: true, force: true });
+    this.ensured = false;
+  }
+
+  /** Netns names of this instance still present on the host (for gc). */
+  async listNetns(): Promise<string[]> {
+    const names = await fs.readdir('/run/netns').catch(() => [] as string[]);
+    return names.filter((n) => n.startsWith(`rb${this.instance}-`));
+  }
+
+  /** Address files and the VPS ids holding them (for gc). */
+  async listAllocations(): Promise<Array<{ address: string; vpsId: string }>> {
+    const files = await fs.readdir(this.addrDir).catch(() => [] as string[]);
+    return Promise.all(
+      files.map(async (address) => ({ address, vpsId: (await fs.readFile(path.join(this.addrDir, address), 'utf8').catch(() => '')).trim() })),
+    );
+  }
+}

@@ -1,0 +1,96 @@
+import { vpsSeccompProfile } from './seccomp.js';
+
+/** Where the agent binary appears inside every VPS (bind-mounted read-only from the host). */
+export const AGENT_PATH_IN_VPS = '/.runbox/agent';
+
+/**
+ * Capabilities of root inside a VPS: Docker's default set plus NET_ADMIN, so that root can manage
+ * routes and firewall rules of the VPS's own network namespace. No SYS_ADMIN, SYS_MODULE, SYS_BOOT,
+ * SYS_RAWIO, SYS_PTRACE, SYS_TIME, DAC_READ_SEARCH (open_by_handle_at), BPF, PERFMON.
+ */
+export const VPS_CAPABILITIES = [
+  'CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FOWNER', 'CAP_FSETID', 'CAP_KILL', 'CAP_SETGID', 'CAP_SETUID',
+  'CAP_SETPCAP', 'CAP_NET_BIND_SERVICE', 'CAP_NET_RAW', 'CAP_NET_ADMIN', 'CAP_SYS_CHROOT', 'CAP_MKNOD',
+  'CAP_AUDIT_WRITE', 'CAP_SETFCAP',
+];
+
+export const MASKED_PATHS = [
+  '/proc/acpi', '/proc/asound', '/proc/kcore', '/proc/keys', '/proc/latency_stats', '/proc/timer_list',
+  '/proc/timer_stats', '/proc/sched_debug', '/proc/scsi', '/sys/firmware', '/sys/devices/virtual/powercap',
+];
+
+export const READONLY_PATHS = ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'];
+
+export interface SpecInput {
+  /** Absolute path of the mounted root filesystem (the overlay). */
+  rootfs: string;
+  hostname: string;
+  agentHostPath: string;
+  /** cgroupfs path relative to each hierarchy root, e.g. "/runbox-ab12cd/3f9a...". */
+  cgroupsPath: string;
+  /** Path of a prepared network namespace; undefined means a fresh one with loopback only. */
+  netnsPath?: string;
+  memoryBytes: number;
+  cpus: number;
+  pids: number;
+  /** RLIMIT_NOFILE; must not exceed the host's own hard limit (no CAP_SYS_RESOURCE here). */
+  nofile: number;
+}
+
+const CFS_PERIOD_US = 100_000;
+
+/** Builds the OCI runtime config.json for one VPS. Pure: same input, same document. */
+export function buildSpec(input: SpecInput): Record<string, unknown> {
+  const caps = [...VPS_CAPABILITIES];
+  return {
+    ociVersion: '1.0.2',
+    process: {
+      terminal: false,
+      user: { uid: 0, gid: 0 },
+      args: [AGENT_PATH_IN_VPS],
+      env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'],
+      cwd: '/',
+      capabilities: { bounding: caps, effective: caps, permitted: caps, inheritable: [], ambient: [] },
+      rlimits: [{ type: 'RLIMIT_NOFILE', hard: input.nofile, soft: input.nofile }],
+      noNewPrivileges: true,
+    },
+    root: { path: input.rootfs, readonly: false },
+    hostname: input.hostname,
+    mounts: [
+      { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
+      { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
+      {
+        destination: '/dev/pts',
+        type: 'devpts',
+        source: 'devpts',
+        options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'],
+      },
+      { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
+      { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
+      { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
+      // Read-only cgroupfs: a writable one allows the release_agent escape (CVE-2022-0492).
+      { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', 'ro'] },
+      { destination: AGENT_PATH_IN_VPS, type: 'bind', source: input.agentHostPath, options: ['bind', 'ro', 'nosuid', 'nodev'] },
+    ],
+    linux: {
+      namespaces: [
+        { type: 'pid' },
+        { type: 'mount' },
+        { type: 'uts' },
+        { type: 'ipc' },
+        { type: 'cgroup' },
+        input.netnsPath ? { type: 'network', path: input.netnsPath } : { type: 'network' },
+      ],
+      cgroupsPath: input.cgroupsPath,
+      resources: {
+        devices: [{ allow: false, access: 'rwm' }],
+        memory: { limit: input.memoryBytes },
+        cpu: { quota: Math.max(1000, Math.round(input.cpus * CFS_PERIOD_US)), period: CFS_PERIOD_US },
+        pids: { limit: input.pids },
+      },
+      maskedPaths: MASKED_PATHS,
+      readonlyPaths: READONLY_PATHS,
+      seccomp: vpsSeccompProfile(),
+    },
+  };
+}

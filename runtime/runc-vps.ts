@@ -1,0 +1,227 @@
+import fs from 'node:fs';
+import { spawn } from 'node:child_process';
+import { RunboxError } from '../core/errors.js';
+import type { Logger } from '../core/log.js';
+import { AgentChannel } from './agent/channel.js';
+import { AGENT_VERSION, encodeFileWrite, encodeJob, encodeSignal, encodeStdin, encodeStdinClose, type AgentFrame } from './agent/protocol.js';
+import { VpsCgroup } from './cgroups/cgroup.js';
+import type { CgroupUsage } from './cgroups/stats.js';
+import { pipe2 } from './native/pipe.js';
+import { runcKill, type RuncGlobal } from './oci/runc.js';
+import { next, type VpsOp, type VpsState } from './state.js';
+import type { JobRun, RunResult, Vps, VpsInfo } from './vps.js';
+
+const AGENT_READY_TIMEOUT_MS = 15_000;
+
+/**
+ * Starts a runc process (run or restore) whose stdio are fresh pipes, and returns the host side of
+ * those pipes as an AgentChannel. runc passes its stdio through to the container's init in detached
+ * mode, so the agent's fds 0/1/2 are these pipes.
+ */
+export async function startWithPipes(argv: string[], log: Logger): Promise<AgentChannel> {
+  const ctl = pipe2();
+  const out = pipe2();
+  const err = pipe2();
+  const channel = new AgentChannel(out.read, ctl.write, err.read);
+  try {
+    const code = await new Promise<number | null>((resolve, reject) => {
+      const child = spawn(argv[0]!, argv.slice(1), { stdio: [ctl.read, out.write, err.write] });
+      child.on('error', reject);
+      child.on('exit', (c) => resolve(c));
+    });
+    if (code !== 0) {
+      await new Promise((r) => setTimeout(r, 20)); // let runc's last stderr line arrive
+      throw new RunboxError('unavailable', `${argv.slice(3, 5).join(' ')} failed (exit ${code}): ${channel.diagnostics}`);
+    }
+  } catch (e) {
+    channel.close();
+    throw e;
+  } finally {
+    // The container holds its own copies now; ours would keep the pipes open after it exits.
+    for (const fd of [ctl.read, out.write, err.write]) fs.closeSync(fd);
+  }
+  log.trace({ argv: argv.slice(3) }, 'runc started');
+  return channel;
+}
+
+export async function waitReady(channel: AgentChannel): Promise<void> {
+  const r = await channel.waitFor((f): f is Extract<AgentFrame, { type: 'ready' }> => f.type === 'ready', 'ready message', AGENT_READY_TIMEOUT_MS);
+  if (r.version !== AGENT_VERSION) {
+    throw new RunboxError('internal', `agent speaks ${r.version}, host expects ${AGENT_VERSION}: rebuild with "npm run setup"`);
+  }
+}
+
+/** A VPS run by runc, talking to its agent over pipes. */
+export class RuncVps implements Vps {
+  private stateValue: VpsState = 'creating';
+  private jobStarted = false;
+  /** Set while a checkpoint/restore swaps the channel: the old channel's EOF is not the job's end. */
+  private swapping = false;
+  private onChannelSwap?: () => void;
+
+  constructor(
+    private readonly vpsInfo: Omit<VpsInfo, 'state'>,
+    private channelValue: AgentChannel,
+    readonly cgroup: VpsCgroup,
+    private readonly runc: RuncGlobal,
+    private readonly log: Logger,
+  ) {}
+
+  get id(): string {
+    return this.vpsInfo.id;
+  }
+  get state(): VpsState {
+    return this.stateValue;
+  }
+  get channel(): AgentChannel {
+    return this.channelValue;
+  }
+
+  info(): VpsInfo {
+    return { ...this.vpsInfo, state: this.stateValue };
+  }
+
+  transition(op: VpsOp): void {
+    this.stateValue = next(op, this.stateValue);
+  }
+
+  usage(): Promise<CgroupUsage> {
+    return this.cgroup.usage();
+  }
+
+  async writeFile(path: string, content: Buffer, mode?: number, owner?: string): Promise<void> {
+    next('writeFile', this.stateValue);
+    const frames = encodeFileWrite({ path, content, mode, owner });
+    for (const f of frames) {
+      const reply = this.channel.waitFor(
+        (x): x is Extract<AgentFrame, { type: 'fileWritten' }> => x.type === 'fileWritten',
+        `answer to writing ${path}`,
+        30_000,
+      );
+      await this.channel.send(f);
+      const r = await reply;
+      if (r.errno !== 0) throw new RunboxError('invalid_argument', `cannot write ${path} in the VPS: ${r.message}`);
+    }
+  }
+
+  /** Kills every process of the VPS from the host (does not trust the agent to do it). */
+  async killAll(): Promise<void> {
+    await runcKill(this.runc, this.id, 'KILL');
+  }
+
+  /** Replaces the channel (after a restore); called by the checkpoint code. */
+  beginSwap(): void {
+    this.swapping = true;
+  }
+  endSwap(channel: AgentChannel | undefined): void {
+    if (channel) {
+      this.channelValue.close();
+      this.channelValue = channel;
+    }
+    this.swapping = false;
+    this.onChannelSwap?.();
+  }
+
+  async run(job: JobRun): Promise<RunResult> {
+    if (this.jobStarted) throw new RunboxError('conflict', `VPS ${this.id} already ran a job; a VPS serves exactly one job`);
+    this.transition('run');
+    this.jobStarted = true;
+    const t0 = Date.now();
+    let startedAt = new Date(t0).toISOString();
+    let outputBytes = 0;
+    let truncated = false;
+    let timedOut = false;
+    let canceled = false;
+    let exited: Extract<AgentFrame, { type: 'exited' }> | undefined;
+    const diagnostics: string[] = [];
+
+    const onFrame = (f: AgentFrame) => {
+      if (f.type === 'started') startedAt = new Date().toISOString();
+      else if (f.type === 'stdout' || f.type === 'stderr') {
+        const room = Math.max(0, job.outputBytes - outputBytes);
+        const data = f.data.length > room ? f.data.subarray(0, room) : f.data;
+        if (data.length < f.data.length) truncated = true;
+        if (data.length > 0) {
+          job.onOutput?.(f.type, data, outputBytes);
+          outputBytes += data.length;
+        }
+      } else if (f.type === 'diagnostic') diagnostics.push(f.message);
+      else if (f.type === 'exited') exited = f;
+    };
+
+    const kill = (why: 'timeout' | 'cancel') => {
+      if (exited) return;
+      if (why === 'timeout') timedOut = true;
+      else canceled = true;
+      this.killAll().catch((e) => this.log.warn({ err: e }, 'kill failed'));
+    };
+    const timer = setTimeout(() => kill('timeout'), job.timeoutSec * 1000);
+    const onAbort = () => kill('cancel');
+    job.signal?.addEventListener('abort', onAbort);
+    if (job.signal?.aborted) onAbort();
+
+    // The job ends with the agent's X frame, or when the VPS dies (its output pipe hits EOF)
+    // outside of a checkpoint/restore swap.
+    const ended = new Promise<void>((resolve) => {
+      let off = () => {};
+      const bind = () => {
+        off();
+        const ch = this.channel;
+        off = ch.on((f) => {
+          onFrame(f);
+          if (f.type === 'exited') resolve();
+        });
+        void ch.whenClosed().then(() => {
+          if (!this.swapping && ch === this.channel) resolve();
+        });
+      };
+      this.onChannelSwap = bind;
+      bind();
+    });
+
+    try {
+      await this.channel.send([
+        encodeJob({ argv: job.argv, env: job.env ?? {}, workdir: job.workdir, user: job.user }),
+        ...encodeStdin(job.stdin ?? Buffer.alloc(0)),
+        encodeStdinClose(),
+      ]);
+    } catch (e) {
+      if (!this.channel.closed) throw e; // a VPS that died at once is reported below as lost
+    }
+    await ended;
+    clearTimeout(timer);
+    job.signal?.removeEventListener('abort', onAbort);
+    this.onChannelSwap = undefined;
+
+    const usage = await this.cgroup.usage().catch(() => undefined);
+    this.transition('markExited');
+    const x = exited as Extract<AgentFrame, { type: 'exited' }> | undefined;
+    const startFailed = x !== undefined && x.signal === 0 && (x.code === 127 || x.code === 126) && diagnostics.length > 0;
+    const result: RunResult = {
+      exitCode: x && x.code >= 0 ? x.code : null,
+      signal: x && x.signal > 0 ? x.signal : timedOut || canceled ? 9 : null,
+      oomKilled: (usage?.oomKills ?? 0) > 0,
+      timedOut,
+      canceled,
+      outputTruncated: truncated,
+      outputBytes,
+      usage: {
+        cpuMs: Math.round(usage?.cpuMs ?? (x ? x.cpuUs / 1000 : 0)),
+        memoryPeakBytes: usage?.memoryPeakBytes ?? (x ? x.maxRssKiB * 1024 : 0),
+        wallMs: Date.now() - t0,
+      },
+      startedAt,
+      finishedAt: new Date().toISOString(),
+    };
+    if (startFailed) result.error = { code: 'start_failed', message: diagnostics.join('; ') };
+    else if (!x && !timedOut && !canceled) {
+      result.error = { code: 'vps_lost', message: `the VPS ended without reporting an exit status${this.channel.diagnostics ? `: ${this.channel.diagnostics}` : ''}` };
+    }
+    return result;
+  }
+
+  /** Sends a signal to every process of the VPS through the agent. */
+  async signal(sig: number): Promise<void> {
+    await this.channel.send(encodeSignal(sig));
+  }
+}

@@ -1,0 +1,58 @@
+import fs from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import type { RuncEngine } from '../../runtime/runc-engine.js';
+
+/**
+ * Counts of every host object a VPS can leave behind, for before/after leak checks.
+ * Scoped to runbox names so unrelated activity on the machine does not disturb the counts.
+ */
+export interface HostSnapshot {
+  mounts: number;
+  netns: number;
+  links: number;
+  runcContainers: number;
+  cgroups: number;
+  loopDevices: number;
+}
+
+export async function hostSnapshot(engine: RuncEngine): Promise<HostSnapshot> {
+  const { stateDir, instance, runcRoot } = engine.layout;
+  const mountinfo = await fs.readFile('/proc/self/mountinfo', 'utf8');
+  const netns = await fs.readdir('/run/netns').catch(() => [] as string[]);
+  const links = execFileSync('ip', ['-o', 'link', 'show']).toString().split('\n').filter((l) => l.includes(`master ${engine.net.bridge}`));
+  const runc = JSON.parse(execFileSync('runc', ['--root', runcRoot, 'list', '--format', 'json']).toString() || 'null') as unknown[] | null;
+  const cgroups = await countCgroups(engine.layout.cgroupParent);
+  const loops = execFileSync('losetup', ['--list', '--noheadings']).toString().split('\n').filter((l) => l.includes(stateDir));
+  return {
+    mounts: mountinfo.split('\n').filter((l) => l.includes(stateDir)).length,
+    netns: netns.filter((n) => n.startsWith(`rb${instance}-`)).length,
+    links: links.length,
+    runcContainers: runc?.length ?? 0,
+    cgroups,
+    loopDevices: loops.length,
+  };
+}
+
+/** VPS cgroups of one instance, in every hierarchy (v1) or the unified one (v2). */
+async function countCgroups(parent: string): Promise<number> {
+  let n = 0;
+  for (const ctrl of ['memory', 'pids', 'cpu', 'cpuacct', 'freezer', 'devices', 'blkio', 'cpuset', '']) {
+    const dir = ctrl ? `/sys/fs/cgroup/${ctrl}${parent}` : `/sys/fs/cgroup${parent}`;
+    const kids = await fs.readdir(dir, { withFileTypes: true }).catch(() => []);
+    n += kids.filter((k) => k.isDirectory()).length;
+  }
+  return n;
+}
+
+export async function filesUnder(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (d: string) => {
+    for (const e of await fs.readdir(d, { withFileTypes: true }).catch(() => [])) {
+      const p = `${d}/${e.name}`;
+      out.push(p);
+      if (e.isDirectory()) await walk(p);
+    }
+  };
+  await walk(dir);
+  return out.sort();
+}
