@@ -194,7 +194,8 @@ export class RuncVps implements Vps {
     this.onChannelSwap = undefined;
 
     const usage = await this.cgroup.usage().catch(() => undefined);
-    this.transition('markExited');
+    // A VPS destroyed while its job ran is already on its way out; there is no "exited" to record.
+    if (this.stateValue === 'running') this.transition('markExited');
     const x = exited as Extract<AgentFrame, { type: 'exited' }> | undefined;
     const startFailed = x !== undefined && x.signal === 0 && (x.code === 127 || x.code === 126) && diagnostics.length > 0;
     const result: RunResult = {

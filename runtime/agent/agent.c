@@ -1,0 +1,791 @@
+/*
+ * runbox-agent: PID 1 of every runbox VPS (a fresh runc container per job).
+ *
+ * The wire protocol is specified in runtime/agent/PROTOCOL.md; that file is the contract
+ * with the TypeScript host and this program implements exactly that. In short: fd 0
+ * carries host -> agent frames (J job spec, I/C stdin, K signal, W file write), fd 1
+ * carries agent -> host frames (R ready, S started, O/E output, D diagnostic, X exit,
+ * w write result), fd 2 is free-form diagnostics for whoever reads the container log.
+ *
+ * Why a native PID 1 of our own rather than running the job directly:
+ *  - PID 1 must reap orphans (otherwise zombies pile up) and must kill leftovers
+ *    (`sleep 100 &`) when the job ends, or they would keep the output pipes open.
+ *  - The kernel drops signals to a PID 1 that has no handler for them; we block them and
+ *    read them from a signalfd so SIGTERM from `runc kill` can be forwarded to the job.
+ *  - Every frame to the host is ONE write() of at most PIPE_BUF (4096) bytes, so it is
+ *    atomic in the pipe: a CRIU checkpoint can never capture half a frame, and after
+ *    `runc restore` the host sees a clean frame stream on its new pipes.
+ *  - stdin from the host is buffered here (up to 64 MiB), so a job that never reads its
+ *    stdin can never make the agent stop reading fd 0 (which would deadlock the host).
+ *
+ * Everything runs in one poll() loop: fd 0, the signalfd, and the job's stdout/stderr/stdin
+ * pipes. All fds are O_CLOEXEC so nothing leaks into the job.
+ *
+ * Test mode: kill(-1, sig) from PID 1 of a pid namespace signals every *other* process of
+ * the VPS. Outside a container it would signal every process the caller may signal, so
+ * "kill every other process" means kill(-pgid_of_job, sig) instead when RUNBOX_AGENT_TEST=1
+ * is set, and also (as a safety net) whenever the agent is not PID 1. In that mode the agent
+ * also becomes a child subreaper so orphans of the job are reparented to it, like under PID 1.
+ * runtime/agent/test-agent.py exercises both modes.
+ *
+ * Build: gcc -static -O2 -Wall -Wextra -Werror -o build/runbox-agent runtime/agent/agent.c
+ * (static glibc cannot use NSS, hence the hand-written /etc/passwd and /etc/group parsing).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FRAME_MAX     4096                    /* PIPE_BUF: largest atomic pipe write */
+#define PAYLOAD_MAX   (FRAME_MAX - 5)         /* 5-byte header: type u8 + length u32 LE */
+#define IN_FRAME_MAX  (1024u * 1024u)         /* host frames above this are protocol errors */
+#define STDIN_CAP     (64u * 1024u * 1024u)   /* max buffered, not yet consumed job stdin */
+#define FINISH_MS     5000                    /* max wait for pipe EOF after the job ended */
+#define MAX_GROUPS    1024
+#define DEFAULT_PATH  "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+extern char **environ;
+
+enum { J_NONE, J_RUNNING, J_FINISHING, J_DONE };
+
+static struct {
+    int state;
+    pid_t pid;
+    int in_fd, out_fd, err_fd;   /* our ends of the job's stdio pipes, -1 when closed */
+    int status;
+    struct rusage ru;
+    int64_t deadline;            /* J_FINISHING: stop waiting for pipe EOF at this time */
+} job;                           /* the fds are set to -1 first thing in main() */
+
+/* Job stdin received from the host but not yet written to the job: bytes [head, len). */
+static struct {
+    unsigned char *buf;
+    size_t head, len, cap;
+    int eof;       /* 'C' received: close the pipe once the buffer is empty */
+    int dead;      /* the job ended or closed its stdin: drop everything */
+    int dropped;   /* the host was already told that data over the cap was dropped */
+} in;
+
+static int pid1_mode;        /* real kill(-1) semantics (PID 1 and not test mode) */
+static int host_open = 1;    /* still reading fd 0 */
+static int host_broken;      /* a write to fd 1 failed (logged once) */
+
+/* ---------------------------------------------------------------- small helpers */
+
+/* All integers on the wire are little-endian, whatever the CPU. */
+static void putle(unsigned char *p, uint64_t v, int bytes) {
+    for (int i = 0; i < bytes; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static uint32_t get32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void close_fd(int *fd) {
+    if (*fd >= 0) close(*fd);
+    *fd = -1;
+}
+
+/* vsnprintf that returns the length actually stored (never negative, never > cap - 1). */
+static size_t vfmt(char *buf, size_t cap, const char *fmt, va_list ap) {
+    int n = vsnprintf(buf, cap, fmt, ap);
+    return n < 0 ? 0 : (size_t)n >= cap ? cap - 1 : (size_t)n;
+}
+
+/* One line on fd 2, written with one write() so concurrent writers do not interleave. */
+static void __attribute__((format(printf, 1, 2))) logmsg(const char *fmt, ...) {
+    char buf[1024] = "runbox-agent: ";
+    size_t n = strlen(buf);
+    va_list ap;
+    va_start(ap, fmt);
+    n += vfmt(buf + n, sizeof buf - n - 1, fmt, ap);
+    va_end(ap);
+    buf[n++] = '\n';
+    while (write(2, buf, n) < 0 && errno == EINTR) {}
+}
+
+/* ------------------------------------------------------------- frames to host */
+
+/*
+ * Send one frame with ONE write() (<= 4096 bytes in all), so it is atomic in the pipe.
+ * Blocking on a full pipe is intended: it is the backpressure that slows the job down.
+ */
+static void send_frame(unsigned char type, const void *payload, size_t n) {
+    unsigned char buf[FRAME_MAX];
+    if (n > PAYLOAD_MAX) n = PAYLOAD_MAX;   /* callers never exceed it; safety net only */
+    buf[0] = type;
+    putle(buf + 1, n, 4);
+    if (n) memcpy(buf + 5, payload, n);
+    size_t len = n + 5, off = 0;
+    while (off < len) {
+        ssize_t w = write(1, buf + off, len - off);
+        if (w > 0) { off += (size_t)w; continue; }   /* partial only if fd 1 isn't a pipe */
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && errno == EAGAIN) {              /* someone made fd 1 non-blocking */
+            struct pollfd p = { 1, POLLOUT, 0 };
+            poll(&p, 1, -1);
+            continue;
+        }
+        if (!host_broken) logmsg("writing to host failed: %s", strerror(errno));
+        host_broken = 1;      /* keep going: after a CRIU restore fd 1 may work again */
+        return;
+    }
+}
+
+static void __attribute__((format(printf, 1, 2))) send_diag(const char *fmt, ...) {
+    char buf[PAYLOAD_MAX + 1];
+    va_list ap;
+    va_start(ap, fmt);
+    size_t n = vfmt(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    send_frame('D', buf, n);
+}
+
+static void send_exit(int32_t code, int32_t sig, uint64_t cpu_us, uint64_t maxrss_kib) {
+    unsigned char p[24];
+    putle(p, (uint32_t)code, 4);
+    putle(p + 4, (uint32_t)sig, 4);
+    putle(p + 8, cpu_us, 8);
+    putle(p + 16, maxrss_kib, 8);
+    send_frame('X', p, sizeof p);
+}
+
+/* ------------------------------------------------ users and groups (no NSS) */
+
+struct ident {
+    uid_t uid;
+    gid_t gid;
+    char home[4096];
+    gid_t groups[MAX_GROUPS];
+    int ngroups;
+};
+
+/* Strict decimal id: digits only (no sign, no spaces), at most 2^32 - 2. */
+static int parse_id(const char *s, unsigned long *out) {
+    size_t len = strlen(s);
+    if (len == 0 || len > 10 || strspn(s, "0123456789") != len) return -1;
+    unsigned long v = strtoul(s, NULL, 10);
+    if (v > 0xfffffffeUL) return -1;
+    *out = v;
+    return 0;
+}
+
+/* Next entry of /etc/passwd or /etc/group split into at most nf fields (the last keeps
+ * any further colons). Returns the field count, or -1 at EOF. Skips NIS "+"/"-" lines. */
+static int next_entry(FILE *fp, char **line, size_t *cap, char **f, int nf) {
+    ssize_t len;
+    while ((len = getline(line, cap, fp)) >= 0) {
+        char *s = *line;
+        if (len > 0 && s[len - 1] == '\n') s[--len] = '\0';
+        if (!*s || *s == '#' || *s == '+' || *s == '-') continue;
+        int n = 0;
+        for (f[n++] = s; n < nf && (s = strchr(s, ':')) != NULL; f[n++] = s) *s++ = '\0';
+        return n;
+    }
+    return -1;
+}
+
+static void add_group(struct ident *id, gid_t g) {
+    for (int i = 0; i < id->ngroups; i++)
+        if (id->groups[i] == g) return;
+    if (id->ngroups < MAX_GROUPS) id->groups[id->ngroups++] = g;
+}
+
+/*
+ * Resolve "name", "uid", "name:group" or "uid:gid" (NULL or empty = root) the way runc
+ * does: a uid absent from /etc/passwd gets gid 0 and HOME=/; the supplementary groups are
+ * the /etc/group entries listing the user, unless a group was given explicitly (then that
+ * group is the only one). Returns 0, or -1 with a message in err.
+ */
+static int resolve_user(const char *spec, struct ident *id, char *err, size_t errlen) {
+    char buf[1024], name[256] = "", *f[7], *line = NULL, *group;
+    size_t cap = 0;
+    unsigned long uid = 0, gid = 0, v, w;
+    int n, found = 0;
+    snprintf(buf, sizeof buf, "%s", spec && *spec ? spec : "0");
+    if ((group = strchr(buf, ':')) != NULL) *group++ = '\0';
+    int by_uid = parse_id(buf, &uid) == 0;
+    snprintf(id->home, sizeof id->home, "/");
+    id->ngroups = 0;
+
+    /* passwd fields: name:password:uid:gid:gecos:home:shell */
+    FILE *fp = fopen("/etc/passwd", "re");
+    while (fp && !found && (n = next_entry(fp, &line, &cap, f, 7)) >= 0)
+        if (n >= 6 && !parse_id(f[2], &v) && !parse_id(f[3], &w) &&
+            (by_uid ? v == uid : strcmp(f[0], buf) == 0)) {
+            found = 1;
+            uid = v;
+            gid = w;
+            snprintf(name, sizeof name, "%s", f[0]);
+            if (*f[5]) snprintf(id->home, sizeof id->home, "%s", f[5]);
+        }
+    if (fp) fclose(fp);
+
+    /* group fields: name:password:gid:member,member,... */
+    int group_ok = !group || parse_id(group, &gid) == 0;
+    if (!group_ok || (!group && found)) {
+        fp = fopen("/etc/group", "re");
+        while (fp && !group_ok && (n = next_entry(fp, &line, &cap, f, 4)) >= 0)
+            if (n >= 3 && !parse_id(f[2], &v) && strcmp(f[0], group) == 0) { gid = v; group_ok = 1; }
+        while (fp && !group && (n = next_entry(fp, &line, &cap, f, 4)) >= 0) {
+            char *save = NULL;
+            if (n < 4 || parse_id(f[2], &v)) continue;
+            for (char *m = strtok_r(f[3], ",", &save); m; m = strtok_r(NULL, ",", &save))
+                if (strcmp(m, name) == 0) add_group(id, (gid_t)v);
+        }
+        if (fp) fclose(fp);
+    }
+    free(line);
+    if (!found && !by_uid) { snprintf(err, errlen, "unknown user: %s", buf); return -1; }
+    if (!group_ok) { snprintf(err, errlen, "unknown group: %s", group); return -1; }
+    id->uid = (uid_t)uid;
+    id->gid = (gid_t)gid;
+    add_group(id, id->gid);
+    return 0;
+}
+
+/* ---------------------------------------------------------- killing and stdin */
+
+/* "Every process of the VPS except the agent" (see the test-mode note at the top). */
+static void kill_all(int sig) {
+    if (pid1_mode) kill(-1, sig);
+    else if (job.pid > 0) kill(-job.pid, sig);
+}
+
+/* Drop all buffered stdin for good (the job ended or closed its end of the pipe). */
+static void stdin_kill(void) {
+    close_fd(&job.in_fd);
+    in.dead = 1;
+    free(in.buf);
+    in.buf = NULL;
+    in.head = in.len = in.cap = 0;
+}
+
+/* Write as much buffered stdin as the pipe takes right now (our end is non-blocking). */
+static void stdin_flush(void) {
+    if (job.in_fd < 0) return;
+    while (in.len > in.head) {
+        size_t k = in.len - in.head;
+        ssize_t w = write(job.in_fd, in.buf + in.head, k > 65536 ? 65536 : k);
+        if (w > 0) { in.head += (size_t)w; continue; }
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && errno == EAGAIN) return;
+        stdin_kill();       /* EPIPE: the job closed its stdin, nobody will read the rest */
+        return;
+    }
+    in.head = in.len = 0;
+    if (in.cap > (1u << 20)) { free(in.buf); in.buf = NULL; in.cap = 0; }  /* give back */
+    if (in.eof) close_fd(&job.in_fd);
+}
+
+static void stdin_append(const unsigned char *p, size_t n) {
+    if (in.dead || job.state == J_FINISHING || job.state == J_DONE) return;
+    if (in.eof) { logmsg("stdin data after 'C' ignored"); return; }
+    size_t pending = in.len - in.head;
+    if (pending + n > STDIN_CAP) {
+        if (!in.dropped) send_diag("stdin: more than 64 MiB buffered, dropping further input");
+        in.dropped = 1;
+        n = STDIN_CAP - pending;
+    }
+    if (n == 0) return;
+    if (in.len + n > in.cap && in.head > 0) {        /* compact before growing */
+        memmove(in.buf, in.buf + in.head, pending);
+        in.len = pending;
+        in.head = 0;
+    }
+    if (in.len + n > in.cap) {
+        size_t cap = in.cap ? in.cap : 65536;
+        while (cap < in.len + n) cap *= 2;
+        unsigned char *nb = realloc(in.buf, cap);
+        if (!nb) { send_diag("stdin: out of memory, dropping input"); return; }
+        in.buf = nb;
+        in.cap = cap;
+    }
+    memcpy(in.buf + in.len, p, n);
+    in.len += n;
+    stdin_flush();
+}
+
+/* ------------------------------------------------------------ job output and end */
+
+/* Relay one read's worth (<= one frame) of a job pipe; closes the fd on EOF or error. */
+static int relay_once(int *fd, unsigned char type) {
+    unsigned char buf[PAYLOAD_MAX];
+    ssize_t n = read(*fd, buf, sizeof buf);
+    if (n > 0) { send_frame(type, buf, (size_t)n); return 1; }
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return 0;
+    close_fd(fd);
+    return 0;
+}
+
+/* Relay what is buffered in a job pipe, at most ~1 MiB (the largest pipe buffer): a
+ * leftover like `yes &` refills it forever, and it must not keep us from killing it. */
+static void drain(int *fd, unsigned char type) {
+    for (int k = 0; k < 256 && *fd >= 0 && relay_once(fd, type); k++) {}
+}
+
+/* Send X once the job was reaped and both output pipes reached EOF (or force: timeout). */
+static void maybe_finish(int force) {
+    if (job.state != J_FINISHING || (!force && (job.out_fd >= 0 || job.err_fd >= 0))) return;
+    if (job.out_fd >= 0 || job.err_fd >= 0) {
+        send_diag("output pipes still open %d ms after the job ended; closing them", FINISH_MS);
+        close_fd(&job.out_fd);
+        close_fd(&job.err_fd);
+    }
+    int st = job.status;
+    uint64_t cpu = (uint64_t)(job.ru.ru_utime.tv_sec + job.ru.ru_stime.tv_sec) * 1000000u
+                 + (uint64_t)(job.ru.ru_utime.tv_usec + job.ru.ru_stime.tv_usec);
+    send_exit(WIFEXITED(st) ? WEXITSTATUS(st) : -1, WIFSIGNALED(st) ? WTERMSIG(st) : 0,
+              cpu, (uint64_t)job.ru.ru_maxrss);
+    job.state = J_DONE;
+}
+
+/*
+ * The job's process ended: take what it wrote, then SIGKILL every leftover (a background
+ * `sleep 100 &` holds the pipes open and would delay EOF forever), and wait for EOF in the
+ * main loop (J_FINISHING), where late output is still relayed and the leftovers reaped.
+ */
+static void job_ended(void) {
+    drain(&job.out_fd, 'O');
+    drain(&job.err_fd, 'E');
+    kill_all(SIGKILL);
+    stdin_kill();
+    job.state = J_FINISHING;
+    job.deadline = now_ms() + FINISH_MS;
+    maybe_finish(0);
+}
+
+/* PID 1 reaps every child, orphans included; the job's status and rusage are kept. */
+static void reap(void) {
+    for (;;) {
+        int st;
+        struct rusage ru;
+        pid_t p = wait4(-1, &st, WNOHANG, &ru);
+        if (p < 0 && errno == EINTR) continue;
+        if (p <= 0) return;
+        if (p == job.pid && job.state == J_RUNNING) {
+            job.status = st;
+            job.ru = ru;
+            job_ended();
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ job start */
+
+struct spec { char **argv, **env; const char *workdir; struct ident id; };
+
+/*
+ * Records are key:u8 + NUL-terminated string. Returns 1 with key and val set, 0 at the
+ * end, -1 for an unterminated record. stop_key (W's 'd', -1 for none) ends the records:
+ * it is returned with *i left at its data, which runs to the end of the payload.
+ */
+static int next_record(char *buf, size_t n, size_t *i, int stop_key, char *key, char **val) {
+    if (*i >= n) return 0;
+    *key = buf[(*i)++];
+    *val = buf + *i;
+    if ((unsigned char)*key == stop_key) return 1;
+    char *nul = memchr(*val, '\0', n - *i);
+    if (!nul) return -1;
+    *i = (size_t)(nul - buf) + 1;
+    return 1;
+}
+
+/* In the child: report a setup failure to the parent through the CLOEXEC pipe and die. */
+static void __attribute__((noreturn, format(printf, 3, 4)))
+child_fail(int errfd, int code, const char *fmt, ...) {
+    unsigned char buf[1024];
+    putle(buf, (uint32_t)code, 4);
+    va_list ap;
+    va_start(ap, fmt);
+    size_t n = vfmt((char *)buf + 4, sizeof buf - 4, fmt, ap);
+    va_end(ap);
+    while (write(errfd, buf, 4 + n) < 0 && errno == EINTR) {}
+    _exit(code);
+}
+
+static void __attribute__((noreturn))
+exec_child(struct spec *s, int in_r, int out_w, int err_w, int errfd) {
+    setsid();    /* own session and process group: no controlling tty, pgid = job pid */
+    if (dup2(in_r, 0) < 0 || dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0)
+        child_fail(errfd, 126, "dup2: %s", strerror(errno));
+    /* Every fd >= 3 closes at exec: ours are all O_CLOEXEC already, this also catches any
+     * inherited from runc, and the error pipe stays usable until the exec itself. */
+    if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) != 0)       /* Linux < 5.11 */
+        for (int fd = 3; fd < 65536; fd++) fcntl(fd, F_SETFD, FD_CLOEXEC);
+    if (s->workdir) {
+        if (chdir(s->workdir) != 0)
+            child_fail(errfd, 126, "chdir: %s: %s", s->workdir, strerror(errno));
+    } else if (chdir(s->id.home) != 0 && chdir("/") != 0) {
+        child_fail(errfd, 126, "chdir: /: %s", strerror(errno));
+    }
+    /* Groups first, uid last: after setuid we are no longer allowed to change them. */
+    if (setgroups((size_t)s->id.ngroups, s->id.groups) != 0)
+        child_fail(errfd, 126, "setgroups: %s", strerror(errno));
+    if (setgid(s->id.gid) != 0)
+        child_fail(errfd, 126, "setgid %u: %s", (unsigned)s->id.gid, strerror(errno));
+    if (setuid(s->id.uid) != 0)
+        child_fail(errfd, 126, "setuid %u: %s", (unsigned)s->id.uid, strerror(errno));
+    /* The agent ignores SIGPIPE and blocks the signals it reads from its signalfd; both
+     * would be inherited across exec, so reset every disposition and the mask. */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; sig++) sigaction(sig, &sa, NULL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    environ = s->env;    /* glibc's execvpe searches the PATH of environ, not of envp */
+    execvpe(s->argv[0], s->argv, s->env);
+    int e = errno;
+    child_fail(errfd, e == ENOENT ? 127 : 126, "exec: %s: %s", s->argv[0], strerror(e));
+}
+
+/* The job could not be started: D then X with 126/127, and the job counts as done. */
+static void start_failed(int code, const char *msg) {
+    send_diag("%s", msg);
+    send_exit(code, 0, 0, 0);
+    job.state = J_DONE;
+    stdin_kill();
+}
+
+static int has_var(char **env, int n, const char *prefix) {
+    for (int i = 0; i < n; i++)
+        if (strncmp(env[i], prefix, strlen(prefix)) == 0) return 1;
+    return 0;
+}
+
+static void handle_job(const unsigned char *payload, size_t n) {
+    if (job.state != J_NONE) { send_diag("job already started"); return; }
+    job.state = J_DONE;    /* only one J is ever accepted, even if this one fails */
+
+    static struct spec s;  /* static: struct ident is large */
+    char err[1200], *copy = malloc(n + 1), *home = NULL, *val, key;
+    const char *user = NULL;
+    int argc = 0, envc = 0, r, p[8] = { -1, -1, -1, -1, -1, -1, -1, -1 };
+    s.argv = calloc(n / 2 + 2, sizeof(char *));   /* every record is >= 2 bytes */
+    s.env = calloc(n / 2 + 4, sizeof(char *));
+    s.workdir = NULL;
+#define JFAIL(msg) do { start_failed(126, (msg)); goto out; } while (0)
+    if (!copy || !s.argv || !s.env) JFAIL("out of memory");
+    memcpy(copy, payload, n);
+    copy[n] = '\0';
+    for (size_t i = 0; (r = next_record(copy, n, &i, -1, &key, &val)) > 0;) {
+        switch (key) {
+        case 'a': s.argv[argc++] = val; break;
+        case 'e': s.env[envc++] = val; break;
+        case 'w': s.workdir = val; break;
+        case 'u': user = val; break;
+        default: logmsg("job spec: unknown record key 0x%02x ignored", (unsigned char)key);
+        }
+    }
+    if (r < 0) JFAIL("invalid job spec: unterminated record");
+    if (argc == 0) JFAIL("invalid job spec: no argv");
+    if (resolve_user(user, &s.id, err, sizeof err) != 0) JFAIL(err);
+    if (!has_var(s.env, envc, "PATH=")) s.env[envc++] = DEFAULT_PATH;
+    if (!has_var(s.env, envc, "HOME=")) {
+        if (asprintf(&home, "HOME=%s", s.id.home) < 0) { home = NULL; JFAIL("out of memory"); }
+        s.env[envc++] = home;
+    }
+
+    /* p[0..1] stdin, p[2..3] stdout, p[4..5] stderr, p[6..7] exec error report. */
+    const char *what = "pipe";
+    for (int i = 0; i < 4; i++)
+        if (pipe2(p + 2 * i, O_CLOEXEC) != 0) goto sys_fail;
+    what = "fork";
+    pid_t pid = fork();
+    if (pid < 0) goto sys_fail;
+    if (pid == 0) exec_child(&s, p[0], p[3], p[5], p[7]);
+    close_fd(&p[0]);
+    close_fd(&p[3]);
+    close_fd(&p[5]);
+    close_fd(&p[7]);
+
+    /* Blocks only until exec: on success the CLOEXEC write end closes and we read EOF. */
+    unsigned char rep[1024];
+    ssize_t got = 0, rd;
+    while ((rd = read(p[6], rep + got, sizeof rep - 1 - (size_t)got)) != 0) {
+        if (rd < 0 && errno == EINTR) continue;
+        if (rd < 0) break;
+        got += rd;
+    }
+    if (got >= 4) {
+        int st;
+        while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+        rep[got] = '\0';
+        start_failed((int)get32(rep), (char *)rep + 4);
+        goto out;
+    }
+    job.pid = pid;
+    job.state = J_RUNNING;
+    /* Our ends are non-blocking; the job's ends stay blocking, as programs expect. */
+    job.in_fd = p[1]; job.out_fd = p[2]; job.err_fd = p[4];
+    p[1] = p[2] = p[4] = -1;
+    fcntl(job.in_fd, F_SETFL, O_NONBLOCK);
+    fcntl(job.out_fd, F_SETFL, O_NONBLOCK);
+    fcntl(job.err_fd, F_SETFL, O_NONBLOCK);
+    unsigned char pidle[4];
+    putle(pidle, (uint32_t)pid, 4);
+    send_frame('S', pidle, 4);
+    stdin_flush();        /* stdin that came before J; closes at once after an early C */
+    goto out;
+sys_fail:
+    snprintf(err, sizeof err, "%s: %s", what, strerror(errno));
+    start_failed(126, err);
+#undef JFAIL
+out:
+    for (int i = 0; i < 8; i++) close_fd(&p[i]);
+    free(copy);
+    free(s.argv);
+    free(s.env);
+    free(home);
+}
+
+/* ------------------------------------------------------------------ file write */
+
+/* Answer a W: i32 errno (0 = ok) + message (empty on success). */
+static void __attribute__((format(printf, 2, 3))) send_wresult(int err, const char *fmt, ...) {
+    unsigned char buf[PAYLOAD_MAX];
+    putle(buf, (uint32_t)err, 4);
+    va_list ap;
+    va_start(ap, fmt);
+    size_t n = vfmt((char *)buf + 4, sizeof buf - 4, fmt, ap);
+    va_end(ap);
+    send_frame('w', buf, 4 + n);
+}
+
+/* mkdir -p of every parent of path (intermediate symlinks are followed: we are inside the
+ * VPS, so they cannot lead outside it). Returns 0 or an errno, with the culprit in failed. */
+static int make_parents(const char *path, char *failed, size_t flen) {
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *s = strchr(buf + 1, '/'); s; s = strchr(s + 1, '/')) {
+        *s = '\0';
+        if (mkdir(buf, 0755) == 0) chmod(buf, 0755);   /* exactly 0755, whatever the umask */
+        else if (errno != EEXIST) { snprintf(failed, flen, "%s", buf); return errno; }
+        *s = '/';
+    }
+    return 0;
+}
+
+static void handle_write(const unsigned char *payload, size_t n) {
+    char *copy = malloc(n + 1), *path = NULL, *owner = NULL, *mode_s = NULL, *val, key;
+    char failed[4096], err[1200];
+    const unsigned char *data = NULL;
+    size_t dlen = 0;
+    int append = 0, fd = -1, e, r;
+    unsigned long mode = 0644;
+    static struct ident oid;
+    struct stat st;
+#define WFAIL(e, ...) do { send_wresult((e), __VA_ARGS__); goto out; } while (0)
+    if (!copy) WFAIL(ENOMEM, "out of memory");
+    memcpy(copy, payload, n);
+    copy[n] = '\0';
+    for (size_t i = 0; (r = next_record(copy, n, &i, 'd', &key, &val)) > 0;) {
+        switch (key) {
+        case 'd': data = payload + i; dlen = n - i; i = n; break;   /* data to the end */
+        case 'p': path = val; break;
+        case 'm': mode_s = val; break;
+        case 'o': owner = val; break;
+        case 'A': append = 1; break;
+        default: logmsg("write request: unknown record key 0x%02x ignored", (unsigned char)key);
+        }
+    }
+    if (r < 0) WFAIL(EINVAL, "invalid write request: unterminated record");
+    if (mode_s && (!*mode_s || strspn(mode_s, "01234567") != strlen(mode_s) ||
+                   (mode = strtoul(mode_s, NULL, 8)) > 07777))
+        WFAIL(EINVAL, "invalid mode: %s", mode_s);
+    if (!path || path[0] != '/' || strlen(path) >= sizeof failed)
+        WFAIL(EINVAL, "invalid path: %s", path ? path : "(missing)");
+    if (owner && resolve_user(owner, &oid, err, sizeof err) != 0) WFAIL(EINVAL, "%s", err);
+    if ((e = make_parents(path, failed, sizeof failed)) != 0)
+        WFAIL(e, "mkdir %s: %s", failed, strerror(e));
+    /* O_NOFOLLOW: never follow a symlink planted as the final component. O_NONBLOCK: a
+     * planted FIFO must not hang the agent in open(); non-regular files are refused. */
+    fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK |
+                    (append ? O_APPEND : O_TRUNC), (mode_t)mode);
+    if (fd < 0) WFAIL(errno, "open %s: %s", path, strerror(errno));
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+        WFAIL(EINVAL, "open %s: not a regular file", path);
+    /* chown before chmod: chown clears the setuid/setgid bits, even when root does it. */
+    if (owner && fchown(fd, oid.uid, oid.gid) != 0)
+        WFAIL(errno, "chown %s: %s", path, strerror(errno));
+    if (fchmod(fd, (mode_t)mode) != 0) WFAIL(errno, "chmod %s: %s", path, strerror(errno));
+    while (dlen > 0) {
+        ssize_t w = write(fd, data, dlen);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) WFAIL(errno, "write %s: %s", path, strerror(errno));
+        data += w;
+        dlen -= (size_t)w;
+    }
+    e = close(fd) == 0 ? 0 : errno;
+    fd = -1;
+    if (e) WFAIL(e, "close %s: %s", path, strerror(e));
+    send_wresult(0, "%s", "");
+#undef WFAIL
+out:
+    if (fd >= 0) close(fd);
+    free(copy);
+}
+
+/* ------------------------------------------------------------ frames from host */
+
+static void dispatch(unsigned char type, const unsigned char *p, size_t n) {
+    uint32_t sig;
+    switch (type) {
+    case 'J': handle_job(p, n); break;
+    case 'I': stdin_append(p, n); break;
+    case 'C':   /* before J, it is applied when the job starts (see handle_job) */
+        in.eof = 1;
+        if (job.state == J_RUNNING && in.len == in.head) close_fd(&job.in_fd);
+        break;
+    case 'K':
+        sig = n == 4 ? get32(p) : 0;
+        if (sig < 1 || sig >= NSIG) logmsg("protocol error: bad K frame (length %zu)", n);
+        else kill_all((int)sig);
+        break;
+    case 'W': handle_write(p, n); break;
+    default: logmsg("protocol error: unknown frame type 0x%02x ignored", type);
+    }
+}
+
+/*
+ * Host frames accumulate in a growable buffer. The host promises frames <= 4096 bytes but
+ * anything up to 1 MiB is accepted; a larger length is a protocol error and that many bytes
+ * are skipped (hskip), which keeps the stream in sync.
+ */
+static unsigned char *hbuf;
+static size_t hlen, hcap, hskip;
+
+static void host_readable(void) {
+    if (hcap - hlen < 65536) {    /* hlen < IN_FRAME_MAX + 5 here, so this is bounded */
+        unsigned char *nb = realloc(hbuf, hlen + 65536);
+        if (!nb) { logmsg("out of memory reading host frames"); return; }
+        hbuf = nb;
+        hcap = hlen + 65536;
+    }
+    ssize_t r = read(0, hbuf + hlen, hcap - hlen);
+    if (r < 0 && (errno == EINTR || errno == EAGAIN)) return;
+    if (r <= 0) {
+        if (r < 0) logmsg("reading host frames: %s", strerror(errno));
+        if (job.state == J_NONE) exit(0);    /* host gone before a job: nothing to do */
+        host_open = 0;                       /* else keep running the job to its end */
+        return;
+    }
+    hlen += (size_t)r;
+    size_t off = 0;
+    for (;;) {
+        if (hskip) {
+            size_t k = hlen - off < hskip ? hlen - off : hskip;
+            off += k;
+            hskip -= k;
+            if (hskip) break;
+        }
+        if (hlen - off < 5) break;
+        uint32_t len = get32(hbuf + off + 1);
+        if (len > IN_FRAME_MAX) {
+            logmsg("protocol error: frame type 0x%02x length %u exceeds 1 MiB, skipped",
+                   hbuf[off], len);
+            hskip = len;
+            off += 5;
+            continue;
+        }
+        if (hlen - off < 5 + (size_t)len) break;
+        dispatch(hbuf[off], hbuf + off + 5, len);
+        off += 5 + (size_t)len;
+    }
+    memmove(hbuf, hbuf + off, hlen - off);
+    hlen -= off;
+}
+
+/* ----------------------------------------------------------------------- main */
+
+int main(void) {
+    /* fds 0-2 must be taken, or our pipes could land there and be clobbered by dup2. */
+    for (int fd = 0; fd < 3; fd++)
+        if (fcntl(fd, F_GETFD) < 0) {
+            int nfd = open("/dev/null", O_RDWR);
+            if (nfd >= 0 && nfd != fd) { dup2(nfd, fd); close(nfd); }
+        }
+    job.in_fd = job.out_fd = job.err_fd = -1;
+    const char *t = getenv("RUNBOX_AGENT_TEST");
+    int test = t && strcmp(t, "1") == 0;
+    pid1_mode = getpid() == 1 && !test;
+    if (!pid1_mode) {
+        if (!test) logmsg("not PID 1: only the job's process group will be signalled");
+        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);   /* adopt the job's orphans */
+    }
+
+    /* EPIPE instead of death when the job closes its stdin or the host goes away. */
+    signal(SIGPIPE, SIG_IGN);
+    /* Blocked signals are never dropped, even for PID 1; the signalfd delivers them. */
+    sigset_t set;
+    sigemptyset(&set);
+    for (const int *sig = (const int[]){ SIGCHLD, SIGTERM, SIGINT, SIGHUP, 0 }; *sig; sig++)
+        sigaddset(&set, *sig);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    int sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (sfd < 0) { logmsg("signalfd: %s", strerror(errno)); return 1; }
+
+    send_frame('R', "runbox-agent/1", 14);
+
+    for (;;) {
+        struct pollfd pf[5];
+        int n = 0, i_host = -1, i_sig, i_out = -1, i_err = -1, i_in = -1;
+        if (host_open) { i_host = n; pf[n++] = (struct pollfd){ 0, POLLIN, 0 }; }
+        i_sig = n; pf[n++] = (struct pollfd){ sfd, POLLIN, 0 };
+        if (job.out_fd >= 0) { i_out = n; pf[n++] = (struct pollfd){ job.out_fd, POLLIN, 0 }; }
+        if (job.err_fd >= 0) { i_err = n; pf[n++] = (struct pollfd){ job.err_fd, POLLIN, 0 }; }
+        /* POLLOUT only while stdin is pending, or poll would spin on a writable pipe. */
+        if (job.in_fd >= 0 && in.len > in.head) {
+            i_in = n;
+            pf[n++] = (struct pollfd){ job.in_fd, POLLOUT, 0 };
+        }
+        int timeout = -1;
+        if (job.state == J_FINISHING) {
+            int64_t left = job.deadline - now_ms();
+            timeout = left < 0 ? 0 : left > 100 ? 100 : (int)left;
+        }
+        int r = poll(pf, (nfds_t)n, timeout);
+        if (r < 0) {
+            if (errno != EINTR) { logmsg("poll: %s", strerror(errno)); sleep(1); }
+            continue;
+        }
+        const short ready = POLLIN | POLLHUP | POLLERR | POLLNVAL;
+        if (i_out >= 0 && (pf[i_out].revents & ready)) relay_once(&job.out_fd, 'O');
+        if (i_err >= 0 && (pf[i_err].revents & ready)) relay_once(&job.err_fd, 'E');
+        if (i_in >= 0 && pf[i_in].revents) stdin_flush();
+        if (pf[i_sig].revents & POLLIN) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
+                if (si.ssi_signo == SIGCHLD) reap();
+                else kill_all((int)si.ssi_signo);    /* SIGTERM/SIGINT/SIGHUP */
+            }
+        }
+        if (i_host >= 0 && (pf[i_host].revents & ready)) host_readable();
+        if (job.state == J_FINISHING) {
+            if (now_ms() >= job.deadline) maybe_finish(1);
+            else if (r == 0) kill_all(SIGKILL);      /* catch anything forked in a race */
+            else maybe_finish(0);
+        }
+    }
+}

@@ -1,0 +1,137 @@
+import { execFileSync, type ChildProcess } from 'node:child_process';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { RuncVps } from '../../runtime/runc-vps.js';
+import { testEngine, type TestEngine } from '../helpers/engine.js';
+import { canConnect, createUplink, hostAddresses, listenInNetns, startHostRedis, stopChild, waitFor } from '../helpers/net.js';
+
+let t: TestEngine;
+let redis: Awaited<ReturnType<typeof startHostRedis>>;
+beforeAll(async () => {
+  t = await testEngine('network');
+  redis = await startHostRedis();
+});
+afterAll(async () => {
+  await redis?.stop();
+  await t?.cleanup();
+});
+
+const connects = (vpsAddr: string, port: number) => `if echo | nc -w 2 ${vpsAddr} ${port} >/dev/null 2>&1; then echo open; else echo closed; fi`;
+
+describe('network mode none', () => {
+  it('has loopback only and no route anywhere', async () => {
+    const r = await t.sh('ip -o link | cut -d: -f2 | tr -d " "; ip route | wc -l');
+    expect(r.stdout.trim().split('\n')).toEqual(['lo', '0']);
+  });
+});
+
+describe('network mode private', () => {
+  it('has its own address, route table, and can change its own routes', async () => {
+    const r = await t.sh('ip -4 -o addr show eth0 | tr -s " " | cut -d" " -f4; ip route add 203.0.113.0/24 dev eth0 && ip route | grep -c 203.0.113', {
+      spec: { network: 'private' },
+    });
+    expect(r.exitCode).toBe(0);
+    const [cidr, routes] = r.stdout.trim().split('\n');
+    expect(cidr).toMatch(/^10\.\d+\.\d+\.\d+\/24$/);
+    expect(routes).toBe('1');
+    expect(execFileSync('ip', ['route']).toString()).not.toMatch(/203\.0\.113/);
+  });
+
+  it('two VPSs get different addresses', async () => {
+    const a = await t.create({ network: 'private' });
+    const b = await t.create({ network: 'private' });
+    try {
+      expect(a.info().network.address).toBeDefined();
+      expect(a.info().network.address).not.toBe(b.info().network.address);
+    } finally {
+      await t.engine.destroy(a.id);
+      await t.engine.destroy(b.id);
+    }
+  });
+
+  it.each(['private', 'egress'] as const)('%s: cannot reach the host\'s own services on any host address', async (mode) => {
+    expect(await canConnect('127.0.0.1', redis.port)).toBe(true); // the service is up
+    const targets = [gatewayOf(t), ...hostAddresses()].filter(Boolean);
+    // Probed in parallel (dropped packets cost the full nc timeout each), printed in order.
+    const script = targets.map((a, i) => `(${connects(a, redis.port)}) > /tmp/p${i} &`).join(' ') + ` wait; cat ${targets.map((_, i) => `/tmp/p${i}`).join(' ')}`;
+    const r = await t.sh(script, { spec: { network: mode } });
+    expect(r.stdout.trim().split('\n')).toEqual(targets.map(() => 'closed'));
+  });
+
+  it('cannot reach another VPS, while the host can', async () => {
+    const server = await t.create({ network: 'private' });
+    const serverRun = server.run({ argv: ['nc', '-ll', '-p', '7000', '-e', 'echo', 'hi'], timeoutSec: 30, outputBytes: 1000 });
+    try {
+      const addr = server.info().network.address!;
+      await waitFor(() => canConnect(addr, 7000), 'the VPS listener');
+      for (const mode of ['private', 'egress'] as const) {
+        const r = await t.sh(connects(addr, 7000), { spec: { network: mode } });
+        expect(r.stdout.trim(), mode).toBe('closed');
+      }
+    } finally {
+      await t.engine.destroy(server.id);
+      await serverRun;
+    }
+  });
+
+  it('keeps its own firewall rules to itself', async () => {
+    const r = await t.run(['/opt/host/run', 'nft', '-f', '/tmp/rules.nft'], {
+      spec: { network: 'private' },
+      inside: async (vps) => {
+        await installHostNft(vps);
+        await vps.writeFile('/tmp/rules.nft', Buffer.from('table inet vpsonly {\n chain out {\n type filter hook output priority 0;\n ip daddr 192.0.2.1 drop\n }\n}\n'));
+      },
+    });
+    expect(r.stderr).toBe('');
+    expect(r.exitCode).toBe(0);
+    expect(execFileSync('nft', ['list', 'tables']).toString()).not.toMatch(/vpsonly/);
+    // and another VPS starts with an empty ruleset
+    const other = await t.run(['/opt/host/run', 'nft', 'list', 'ruleset'], { spec: { network: 'private' }, inside: installHostNft });
+    expect(other.exitCode).toBe(0);
+    expect(other.stdout.trim()).toBe('');
+  });
+});
+
+describe('network mode egress', () => {
+  let uplink: ReturnType<typeof createUplink>;
+  let listener: ChildProcess;
+  beforeAll(async () => {
+    uplink = createUplink(`e${process.pid % 10000}`);
+    listener = listenInNetns(uplink.ns, 8000, 'from-outside');
+    await waitFor(() => canConnect(uplink.address, 8000), 'the uplink listener');
+  });
+  afterAll(async () => {
+    if (listener) await stopChild(listener);
+    uplink?.remove();
+  });
+
+  it('reaches the outside through NAT; private does not', async () => {
+    const egress = await t.sh(`echo | nc -w 2 ${uplink.address} 8000`, { spec: { network: 'egress' } });
+    expect(egress.stdout.trim()).toBe('from-outside');
+    const priv = await t.sh(connects(uplink.address, 8000), { spec: { network: 'private' } });
+    expect(priv.stdout.trim()).toBe('closed');
+  });
+});
+
+function gatewayOf(te: TestEngine): string {
+  const out = execFileSync('ip', ['-4', '-o', 'addr', 'show', 'dev', te.engine.net.bridge]).toString();
+  return /inet (\d+\.\d+\.\d+\.\d+)/.exec(out)?.[1] ?? '';
+}
+
+/**
+ * Copies the host's nft and the libraries it links into /opt/host of the VPS, with a launcher
+ * that runs it through the copied dynamic loader: so root *inside* the VPS runs a real nft.
+ */
+async function installHostNft(vps: RuncVps): Promise<void> {
+  const fs = await import('node:fs/promises');
+  const nft = execFileSync('sh', ['-c', 'command -v nft']).toString().trim();
+  const libs = execFileSync('ldd', [nft])
+    .toString()
+    .split('\n')
+    .map((l) => /(\/\S+)/.exec(l.includes('=>') ? l.split('=>')[1]! : l)?.[1])
+    .filter((p): p is string => !!p);
+  for (const f of [nft, ...libs]) {
+    await vps.writeFile(`/opt/host/${f.split('/').pop()}`, await fs.readFile(f), 0o755);
+  }
+  const loader = libs.find((l) => l.includes('ld-linux'))!.split('/').pop();
+  await vps.writeFile('/opt/host/run', Buffer.from(`#!/bin/sh\nexec /opt/host/${loader} --library-path /opt/host /opt/host/"$@"\n`), 0o755);
+}
