@@ -67,10 +67,10 @@ export function parseRunArgs(args: string[]): RunRequest {
   if (argv.length === 0 || argv[0] === '') throw new RunboxError('invalid_argument', 'no command given: runbox run [flags] -- CMD [ARGS...]');
 
   const limits: LimitsInput = {};
-  if (v.memory !== undefined) limits.memoryMb = Math.max(1, Math.round(parseSize(v.memory) / MiB));
-  if (v.disk !== undefined) limits.diskMb = Math.max(1, Math.round(parseSize(v.disk) / MiB));
-  if (v.output !== undefined) limits.outputBytes = parseSize(v.output);
-  if (v.timeout !== undefined) limits.timeoutSec = parseDuration(v.timeout);
+  if (v.memory !== undefined) limits.memoryMb = Math.max(1, Math.round(flag('--memory', parseSize, v.memory) / MiB));
+  if (v.disk !== undefined) limits.diskMb = Math.max(1, Math.round(flag('--disk', parseSize, v.disk) / MiB));
+  if (v.output !== undefined) limits.outputBytes = flag('--output', parseSize, v.output);
+  if (v.timeout !== undefined) limits.timeoutSec = flag('--timeout', parseDuration, v.timeout);
   if (v.cpus !== undefined) limits.cpus = positiveNumber('--cpus', v.cpus);
   if (v.pids !== undefined) limits.pids = positiveInt('--pids', v.pids);
 
@@ -97,6 +97,16 @@ function check<T>(flag: string, schema: z.ZodType<T>, value: string): T {
   const r = schema.safeParse(value);
   if (!r.success) throw new RunboxError('invalid_argument', `${flag} "${value}": expected ${r.error.issues[0]?.message ?? 'a valid value'}`);
   return r.data;
+}
+
+/** Runs a value parser, prefixing its error with the flag so the user knows which one was wrong. */
+function flag<T>(name: string, parse: (s: string) => T, value: string): T {
+  try {
+    return parse(value);
+  } catch (e) {
+    if (e instanceof RunboxError) throw new RunboxError(e.code, `${name}: ${e.message}`, { cause: e });
+    throw e;
+  }
 }
 
 function positiveNumber(flag: string, s: string): number {

@@ -6,11 +6,12 @@ const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, m: 1024 ** 2,
 export function parseSize(input: string): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)(?:i?b)?\s*$/i.exec(input);
   if (!m) throw new RunboxError('invalid_argument', `invalid size "${input}" (examples: 256m, 1g, 512k)`);
-  const value = Number(m[1]) * SIZE_UNITS[m[2]!.toLowerCase()]!;
+  // Floor before the check: "0.5" (half a byte) must not slip through as 0.
+  const value = Math.floor(Number(m[1]) * SIZE_UNITS[m[2]!.toLowerCase()]!);
   if (!Number.isFinite(value) || value <= 0) {
     throw new RunboxError('invalid_argument', `invalid size "${input}": must be greater than zero`);
   }
-  return Math.floor(value);
+  return value;
 }
 
 /** Parses "30s", "5m", "1h", "250ms", "90" (seconds) into seconds (may be fractional). */

@@ -23,6 +23,11 @@ export class AgentChannel {
   private closedFlag = false;
   private readonly closedPromise: Promise<void>;
   private protocolError?: Error;
+  /**
+   * Frames that arrived while nobody listened. A restored agent starts writing before `runc
+   * restore` has even returned, i.e. before the job's listener moved over to this channel.
+   */
+  private backlog: AgentFrame[] = [];
   /** Frames that describe a state rather than an event ('ready', 'exited'), kept for late waiters. */
   private readonly sticky: AgentFrame[] = [];
 
@@ -56,6 +61,7 @@ export class AgentChannel {
       }
       for (const f of frames) {
         if (f.type === 'ready' || f.type === 'exited') this.sticky.push(f);
+        if (this.listeners.size === 0) this.backlog.push(f);
         for (const l of this.listeners) l(f);
       }
     });
@@ -79,8 +85,12 @@ export class AgentChannel {
     return this.stderrTail.trim();
   }
 
+  /** Adds a listener; the first one also receives, at once and in order, what arrived before it. */
   on(l: Listener): () => void {
     this.listeners.add(l);
+    const early = this.backlog;
+    this.backlog = [];
+    for (const f of early) l(f);
     return () => this.listeners.delete(l);
   }
 

@@ -82,6 +82,7 @@ export interface FileWrite {
 /** A file as one or more W frames (the later ones append). */
 export function encodeFileWrite(f: FileWrite): Buffer[] {
   checkNoNul('file path', f.path);
+  if (f.owner) checkNoNul('file owner', f.owner);
   const head = (append: boolean) =>
     records([
       ['p', f.path],

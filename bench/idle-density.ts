@@ -1,0 +1,182 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { newId } from '../core/ids.js';
+import { VpsCgroup } from '../runtime/cgroups/cgroup.js';
+import { parseKeyValues } from '../runtime/cgroups/stats.js';
+import {
+  checkInterrupted,
+  countOwnProcesses,
+  median,
+  meminfo,
+  meminfoDelta,
+  memAvailableMedian,
+  MiB,
+  note,
+  now,
+  report,
+  run,
+  sleep,
+  type BenchContext,
+  type Benchmark,
+} from './lib.js';
+
+const NAME = 'idle-density';
+const SETTLE_MS = 2000;
+
+interface Density {
+  /** MemAvailable lost per instance, bytes. */
+  hostBytes: number;
+  /** Sum of the instances' cgroup memory usage / N, bytes. */
+  cgroupBytes: number;
+  /** Host processes added per instance. */
+  procs: number;
+  /** Seconds to start all N. */
+  startSec: number;
+}
+
+/** memory.stat of one cgroup (v1 or v2), for the breakdown notes. */
+async function memoryStat(ctx: BenchContext, relPath: string): Promise<Record<string, number>> {
+  const l = ctx.engine.cgroups;
+  const file = l.kind === 'v1' ? path.join(l.controllers.memory, relPath, 'memory.stat') : path.join(l.root, relPath, 'memory.stat');
+  const stat = parseKeyValues(await fs.readFile(file, 'utf8').catch(() => ''));
+  if (l.kind === 'v1') {
+    const kmem = await fs.readFile(path.join(l.controllers.memory, relPath, 'memory.kmem.usage_in_bytes'), 'utf8').catch(() => '');
+    if (kmem) stat.kmem_usage = Number(kmem);
+  }
+  return stat;
+}
+
+const mib = (b: number | undefined) => `${((b ?? 0) / MiB).toFixed(2)}`;
+
+function describeStat(s: Record<string, number>, v1: boolean): string {
+  return v1
+    ? `rss ${mib(s.rss)} MiB, cache ${mib(s.cache)} MiB (mapped ${mib(s.mapped_file)}, shmem ${mib(s.shmem)}), kmem ${mib(s.kmem_usage)} MiB`
+    : `anon ${mib(s.anon)} MiB, file ${mib(s.file)} MiB (shmem ${mib(s.shmem)}), kernel ${mib(s.kernel)} MiB, slab ${mib(s.slab)} MiB`;
+}
+
+/** One kind of instance to hold N of. */
+interface Kind {
+  label: string;
+  /** Unmeasured per-instance preparation (bare bundles). */
+  prepare(): Promise<string>;
+  /** Starts one instance (measured); returns its id. */
+  start(id: string): Promise<void>;
+  /** cgroup path (relative to each hierarchy root) of an instance. */
+  cgroupPath(id: string): string;
+  stop(id: string): Promise<void>;
+}
+
+function oursKind(ctx: BenchContext): Kind {
+  return {
+    label: 'ours',
+    prepare: async () => newId(),
+    start: async (id) => {
+      await ctx.engine.create(id, await ctx.spec(id));
+    },
+    cgroupPath: (id) => ctx.engine.layout.vps(id).cgroupsPath,
+    stop: (id) => ctx.engine.destroy(id),
+  };
+}
+
+function bareKind(ctx: BenchContext): Kind {
+  return {
+    label: 'bare',
+    prepare: async () => {
+      const id = `bare-${newId()}`;
+      await ctx.bareBundle(id, ['sleep', '1000']);
+      return id;
+    },
+    start: async (id) => {
+      // Detached: runc hands its stdio to the container, so give it none to hold.
+      const r = await run(ctx.bareArgs('run', '--detach', '--bundle', path.join(ctx.bareBundles, id), id), { stdio: 'ignore' });
+      if (r.code !== 0) throw new Error(`runc run -d ${id} failed (${r.code ?? r.signal})`);
+    },
+    cgroupPath: (id) => `${ctx.bareCgroupParent}/${id}`,
+    stop: async (id) => {
+      await ctx.bareRemove(id);
+      await fs.rm(path.join(ctx.bareBundles, id), { recursive: true, force: true });
+    },
+  };
+}
+
+/** Holds N instances of a kind at once and measures what they cost the host; stops them all. */
+async function measure(ctx: BenchContext, kind: Kind, count: number): Promise<Density> {
+  const prepared: string[] = [];
+  const started: string[] = [];
+  const parents = [ctx.engine.layout.cgroupParent, ctx.bareCgroupParent];
+  try {
+    for (let i = 0; i < count; i++) prepared.push(await kind.prepare());
+    const procs0 = await countOwnProcesses(parents);
+    const info0 = await meminfo();
+    const mem0 = await memAvailableMedian();
+    const t0 = now();
+    for (const id of prepared) {
+      checkInterrupted();
+      started.push(id);
+      await kind.start(id);
+    }
+    const startSec = (now() - t0) / 1000;
+    await sleep(SETTLE_MS);
+    const mem1 = await memAvailableMedian();
+    const info1 = await meminfo();
+    const procs1 = await countOwnProcesses(parents);
+    let cg = 0;
+    for (const id of started) cg += (await new VpsCgroup(ctx.engine.cgroups, kind.cgroupPath(id)).usage()).memoryCurrentBytes;
+    const d = { hostBytes: (mem0 - mem1) / count, cgroupBytes: cg / count, procs: (procs1 - procs0) / count, startSec };
+    note(
+      `  ${kind.label}: started ${count} in ${startSec.toFixed(1)} s; per instance: ${mib(d.hostBytes)} MiB host, ` +
+        `${mib(d.cgroupBytes)} MiB cgroup, ${d.procs.toFixed(2)} processes`,
+    );
+    note(`    meminfo change per instance (MiB): ${meminfoDelta(info0, info1, count)}`);
+    note(`    one instance's memory.stat: ${describeStat(await memoryStat(ctx, kind.cgroupPath(started[0]!)), ctx.engine.cgroups.kind === 'v1')}`);
+    return d;
+  } finally {
+    const t = now();
+    for (const id of started) await kind.stop(id);
+    await fs.rm(ctx.bareBundles, { recursive: true, force: true });
+    if (started.length) note(`    stopped ${started.length} in ${((now() - t) / 1000).toFixed(1)} s`);
+  }
+}
+
+export const idleDensity: Benchmark = {
+  name: NAME,
+  description: 'memory and host processes per idle VPS (N ready, no job) vs N bare `runc run -d` containers running sleep',
+  options: {
+    count: { default: 50, min: 1, help: 'instances of each kind held at once' },
+    rounds: { default: 3, min: 1, help: 'rounds of (ours, bare), order alternating; the median is reported' },
+  },
+  async run(ctx, opts) {
+    const count = opts.count!;
+    const rounds = opts.rounds!;
+    const kinds = { ours: oursKind(ctx), bare: bareKind(ctx) };
+    // Warm-up (unmeasured): the golden disk image, runc's and the agent's pages in the page cache.
+    for (const k of [kinds.ours, kinds.bare]) {
+      const id = await k.prepare();
+      try {
+        await k.start(id);
+      } finally {
+        await k.stop(id);
+      }
+    }
+    await sleep(500);
+
+    const results = { ours: [] as Density[], bare: [] as Density[] };
+    for (let r = 0; r < rounds; r++) {
+      note(`round ${r + 1}/${rounds}: ${count} of each`);
+      for (const which of r % 2 === 0 ? (['ours', 'bare'] as const) : (['bare', 'ours'] as const)) {
+        checkInterrupted();
+        results[which].push(await measure(ctx, kinds[which], count));
+        await sleep(1000);
+      }
+    }
+
+    const med = (which: 'ours' | 'bare', f: (d: Density) => number) => median(results[which].map(f));
+    const metric = (name: string, unit: string, f: (d: Density) => number) =>
+      report(NAME, { metric: name, value: med('ours', f), unit, baseline: med('bare', f) });
+    metric('host_mem_per_vps', 'MiB', (d) => d.hostBytes / MiB);
+    metric('cgroup_mem_per_vps', 'MiB', (d) => d.cgroupBytes / MiB);
+    metric('host_procs_per_vps', 'processes', (d) => d.procs);
+    metric('start_all', 's', (d) => d.startSec);
+    note(`target: host memory ≤ 4 MB (3.81 MiB) per VPS; got ${med('ours', (d) => d.hostBytes / MiB).toFixed(2)} MiB (median of ${rounds})`);
+  },
+};

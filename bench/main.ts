@@ -1,0 +1,108 @@
+#!/usr/bin/env node
+/**
+ * Benchmark harness: `npm run bench -- NAME [--key value ...]`, `npm run bench -- list`.
+ * Results: one JSON object per line on stdout; progress and notes on stderr.
+ */
+import { errorMessage } from '../core/errors.js';
+import { coldRun } from './cold-run.js';
+import { idleDensity } from './idle-density.js';
+import { BenchContext, installSignalHandlers, Interrupted, interrupted, note, type Benchmark } from './lib.js';
+
+/** Each benchmark gets an address range of its own (no network is used by the current ones). */
+const BENCHMARKS: Array<{ bench: Benchmark; netCidr: string }> = [
+  { bench: coldRun, netCidr: '10.250.0.0/24' },
+  { bench: idleDensity, netCidr: '10.250.2.0/24' },
+];
+
+function usage(): string {
+  const lines = ['usage: npm run bench -- NAME [--key value ...] | list', 'benchmarks:'];
+  for (const { bench } of BENCHMARKS) {
+    lines.push(`  ${bench.name.padEnd(14)} ${bench.description}`);
+    for (const [k, o] of Object.entries(bench.options)) lines.push(`    --${k} N`.padEnd(20) + `${o.help} (default ${o.default})`);
+  }
+  return lines.join('\n');
+}
+
+function parseOptions(bench: Benchmark, args: string[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [k, o] of Object.entries(bench.options)) out[k] = o.default;
+  for (let i = 0; i < args.length; i += 2) {
+    const flag = args[i]!;
+    const m = /^--([a-z][a-z0-9-]*)(?:=(.*))?$/.exec(flag);
+    if (!m) throw new UsageError(`unexpected argument "${flag}"`);
+    const key = m[1]!;
+    const def = bench.options[key];
+    if (!def) throw new UsageError(`${bench.name} has no option --${key} (options: ${Object.keys(bench.options).map((k) => `--${k}`).join(', ') || 'none'})`);
+    let raw = m[2];
+    if (raw === undefined) raw = args[i + 1];
+    else i--; // --key=value takes one slot
+    if (raw === undefined) throw new UsageError(`--${key} needs a value`);
+    const v = Number(raw);
+    if (!Number.isInteger(v) || v < def.min) throw new UsageError(`--${key} must be an integer ≥ ${def.min}, got "${raw}"`);
+    out[key] = v;
+  }
+  return out;
+}
+
+class UsageError extends Error {}
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === 'list') {
+    for (const { bench } of BENCHMARKS) process.stdout.write(`${bench.name.padEnd(14)} ${bench.description}\n`);
+    return 0;
+  }
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    process.stderr.write(`${usage()}\n`);
+    return name === undefined ? 2 : 0;
+  }
+  const entry = BENCHMARKS.find((b) => b.bench.name === name);
+  if (!entry) {
+    process.stderr.write(`bench: unknown benchmark "${name}" (known: ${BENCHMARKS.map((b) => b.bench.name).join(', ')}; see "list")\n`);
+    return 2;
+  }
+  let opts: Record<string, number>;
+  try {
+    opts = parseOptions(entry.bench, rest);
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    process.stderr.write(`bench: ${e.message}\n${usage()}\n`);
+    return 2;
+  }
+  if (process.getuid?.() !== 0) {
+    process.stderr.write('bench: must run as root (it creates containers, mounts and cgroups)\n');
+    return 2;
+  }
+
+  const ctx = await BenchContext.create(entry.bench.name, entry.netCidr);
+  installSignalHandlers(() => ctx.cleanup());
+  note(`${entry.bench.name} ${JSON.stringify(opts)}; state dir ${ctx.stateDir}`);
+  let code = 0;
+  try {
+    await entry.bench.run(ctx, opts);
+  } catch (e) {
+    if (e instanceof Interrupted) code = 130;
+    else {
+      process.stderr.write(`bench: ${entry.bench.name} failed: ${e instanceof Error ? (e.stack ?? e.message) : errorMessage(e)}\n`);
+      code = 1;
+    }
+  } finally {
+    const leaks = await ctx.cleanup();
+    if (leaks.length) {
+      for (const l of leaks) process.stderr.write(`bench: LEAK/cleanup problem: ${l}\n`);
+      code ||= 1;
+    } else note('cleanup done; leak check clean (runc lists empty, no new netns, no mounts/loop devices/cgroups left)');
+  }
+  if (interrupted() && code === 0) code = 130;
+  return code;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    process.stderr.write(`bench: ${errorMessage(e)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,84 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { RunboxError } from '../../core/errors.js';
+import { execOk } from '../exec.js';
+import { checkpointArgs, restoreArgs } from '../oci/runc.js';
+import { readInitRef, type RuncEngine } from '../runc-engine.js';
+import type { RuncVps } from '../runc-vps.js';
+import { next } from '../state.js';
+
+export interface CheckpointInfo {
+  imagePath: string;
+  leaveRunning: boolean;
+  sizeBytes: number;
+  durationMs: number;
+  createdAt: string;
+}
+
+/**
+ * Checkpoints a VPS with CRIU through `runc checkpoint`.
+ *
+ * What makes this work (see HOST-NOTES): every process is a descendant of the agent (PID 1), the
+ * agent's stdio are real pipes (runc records them in descriptors.json and maps new pipes onto
+ * them at restore), image and work paths are absolute, and criu runs with CRIU_FAULT=130 (the
+ * wrapper installed by setup) because these VMs do not deliver hardware breakpoints.
+ *
+ * Without `leaveRunning` the VPS's processes end after the dump; the VPS keeps its layer and
+ * network so that `restore` can bring it back on this host.
+ */
+export async function checkpoint(engine: RuncEngine, vps: RuncVps, opts: { leaveRunning: boolean; name?: string }): Promise<CheckpointInfo> {
+  next('checkpoint', vps.state);
+  if (!engine.runc.criu) throw new RunboxError('host_unsupported', 'no criu configured (RUNBOX_CRIU)');
+  const p = engine.layout.vps(vps.id);
+  const imagePath = path.join(p.checkpoints, opts.name ?? `${Date.now()}`);
+  const workPath = `${imagePath}.work`;
+  await fs.mkdir(imagePath, { recursive: true });
+  await fs.mkdir(workPath, { recursive: true });
+  const t0 = Date.now();
+  const old = vps.channel;
+  if (!opts.leaveRunning) vps.beginSwap();
+  try {
+    await execOk(checkpointArgs(engine.runc, vps.id, { imagePath, workPath, leaveRunning: opts.leaveRunning }), { timeoutMs: 120_000 });
+  } catch (e) {
+    if (!opts.leaveRunning) vps.endSwap(undefined);
+    await fs.rm(imagePath, { recursive: true, force: true });
+    throw new RunboxError('internal', `checkpoint of VPS ${vps.id} failed`, { cause: e });
+  } finally {
+    await fs.rm(workPath, { recursive: true, force: true });
+  }
+  // Read the old pipe to its end: output the agent wrote just before the dump is not lost.
+  if (!opts.leaveRunning) await Promise.race([old.whenClosed(), new Promise((r) => setTimeout(r, 5000))]);
+  return { imagePath, leaveRunning: opts.leaveRunning, sizeBytes: await dirSize(imagePath), durationMs: Date.now() - t0, createdAt: new Date(t0).toISOString() };
+}
+
+/** Restores a checkpointed VPS on this host, in its own bundle, with fresh agent pipes. */
+export async function restore(engine: RuncEngine, vps: RuncVps, imagePath: string): Promise<{ durationMs: number }> {
+  const p = engine.layout.vps(vps.id);
+  const workPath = `${imagePath}.restore-work`;
+  await fs.mkdir(workPath, { recursive: true });
+  const t0 = Date.now();
+  vps.beginSwap();
+  try {
+    await engine.startRestored(vps, restoreArgs(engine.runc, vps.id, { bundle: p.bundle, pidFile: p.pidFile, imagePath, workPath }));
+  } catch (e) {
+    vps.endSwap(undefined);
+    throw new RunboxError('internal', `restore of VPS ${vps.id} failed`, { cause: e });
+  } finally {
+    await fs.rm(workPath, { recursive: true, force: true });
+  }
+  const record = await engine.readRecord(vps.id);
+  if (record) {
+    record.init = await readInitRef(p.pidFile);
+    await engine.writeRecord(record);
+  }
+  return { durationMs: Date.now() - t0 };
+}
+
+async function dirSize(dir: string): Promise<number> {
+  let total = 0;
+  for (const e of await fs.readdir(dir, { withFileTypes: true })) {
+    const full = path.join(dir, e.name);
+    total += e.isDirectory() ? await dirSize(full) : (await fs.stat(full)).size;
+  }
+  return total;
+}

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Idempotent host setup, run first by `npm start` and `npm test` (prestart/pretest).
+# Prints one line per step it actually performs; a run with nothing to do is quiet and fast (cheap
+# checks only: dpkg-query, command -v, stamp files and mtimes) and needs no network.
+# Fails loudly, saying what failed and what to do.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+STATE_DIR="${RUNBOX_STATE_DIR:-/var/lib/runbox}"
+
+log() { echo "setup: $*"; }
+warn() { echo "setup: warning: $*" >&2; }
+die() {
+  echo "setup: ERROR: $1" >&2
+  shift
+  for line in "$@"; do echo "setup:   $line" >&2; done
+  exit 1
+}
+
+# ---- a. root ------------------------------------------------------------------------------------
+if [ "$(id -u)" -ne 0 ]; then
+  die "runbox setup must run as root (it installs packages, and VPSs need namespaces, cgroups and mounts)." \
+    "Run it as root, e.g. 'sudo npm test' or 'sudo bash scripts/setup.sh'."
+fi
+
+# One setup at a time (npm start and npm test may race).
+if command -v flock >/dev/null 2>&1; then
+  mkdir -p /run/lock
+  exec 9>/run/lock/runbox-setup.lock
+  flock 9
+fi
+
+# ---- b. Debian packages -------------------------------------------------------------------------
+PACKAGES=(runc iproute2 nftables iptables redis-server busybox-static gcc libc6-dev make e2fsprogs
+  util-linux procps psmisc kmod ca-certificates debootstrap)
+installed="$(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' "${PACKAGES[@]}" 2>/dev/null || true)"
+missing=()
+for p in "${PACKAGES[@]}"; do
+  grep -qE "^$p ii" <<<"$installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  aptlog="$(mktemp)"
+  if ! apt-get update -q >"$aptlog" 2>&1; then
+    cat "$aptlog" >&2
+    rm -f "$aptlog"
+    die "apt-get update failed (output above)." "Check the network and /etc/apt/sources.list*, then rerun scripts/setup.sh."
+  fi
+  # The redis-server package may start its own service; runbox starts its own redis and leaves it be.
+  if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >"$aptlog" 2>&1; then
+    cat "$aptlog" >&2
+    rm -f "$aptlog"
+    die "apt-get install ${missing[*]} failed (output above)." "Fix the apt problem shown, then rerun scripts/setup.sh."
+  fi
+  rm -f "$aptlog"
+fi
+
+# ---- c. CRIU >= 4 (private prefix when the system one is older) -----------------------------------
+bash "$ROOT/scripts/install-criu.sh"
+
+# ---- d. npm dependencies ------------------------------------------------------------------------
+if [ ! -d node_modules ] || [ ! -e node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  log "installing npm dependencies (npm ci)"
+  npm ci --no-audit --no-fund || die "npm ci failed (output above)." "Fix the problem shown (network, lockfile), then rerun scripts/setup.sh."
+fi
+
+mkdir -p build
+
+# ---- e. the in-VPS agent (static C binary) --------------------------------------------------------
+AGENT_SRC=runtime/agent/agent.c
+AGENT_BIN=build/runbox-agent
+if [ ! -e "$AGENT_SRC" ]; then
+  die "$AGENT_SRC is missing." "It is part of the repository: restore it, then rerun scripts/setup.sh."
+elif [ ! -e "$AGENT_BIN" ] || [ "$AGENT_SRC" -nt "$AGENT_BIN" ]; then
+  log "compiling $AGENT_BIN"
+  gcc -static -O2 -Wall -Wextra -Werror -o "$AGENT_BIN.tmp" "$AGENT_SRC" ||
+    { rm -f "$AGENT_BIN.tmp"; die "compiling $AGENT_SRC failed (errors above)."; }
+  mv -f "$AGENT_BIN.tmp" "$AGENT_BIN"
+fi
+
+# ---- f. pipe.node (N-API addon: real pipes for container stdio) -----------------------------------
+PIPE_SRC=runtime/native/pipe.c
+PIPE_BIN=build/pipe.node
+if [ ! -e "$PIPE_BIN" ] || [ "$PIPE_SRC" -nt "$PIPE_BIN" ]; then
+  log "compiling $PIPE_BIN"
+  node_inc="$(node -p 'process.execPath.replace(/bin\/node$/, "include/node")')"
+  if [ ! -e "$node_inc/node_api.h" ]; then # npm's nodedir setting, then node-gyp's header cache
+    nodedir="$(npm config get nodedir 2>/dev/null || true)"
+    for cand in "$nodedir/include/node" "${HOME:-/root}/.cache/node-gyp/$(node -p 'process.versions.node')/include/node"; do
+      if [ -e "$cand/node_api.h" ]; then node_inc="$cand"; break; fi
+    done
+  fi
+  [ -e "$node_inc/node_api.h" ] || die "Node's C headers (node_api.h) were not found." \
+    "Install Node's headers (the nodejs package ships /usr/include/node) or run 'npx node-gyp install', then rerun."
+  gcc -shared -fPIC -O2 -Wall -Wextra -I"$node_inc" -o "$PIPE_BIN.tmp" "$PIPE_SRC" ||
+    { rm -f "$PIPE_BIN.tmp"; die "compiling $PIPE_SRC failed (errors above)."; }
+  mv -f "$PIPE_BIN.tmp" "$PIPE_BIN"
+fi
+
+# ---- g. TypeScript ------------------------------------------------------------------------------
+TS_DIRS=()
+for d in core runtime worker api cli bench test; do [ -d "$d" ] && TS_DIRS+=("$d"); done
+if [ "${#TS_DIRS[@]}" -gt 0 ] && [ -n "$(find "${TS_DIRS[@]}" -name '*.ts' -print -quit)" ]; then
+  need_build=0
+  if [ ! -e dist/.tsbuildinfo ] || [ tsconfig.json -nt dist/.tsbuildinfo ] || [ package-lock.json -nt dist/.tsbuildinfo ]; then
+    need_build=1
+  # A newer .ts file, or a newer directory (a file was added, removed or renamed there).
+  elif [ -n "$(find "${TS_DIRS[@]}" \( -name '*.ts' -o -type d \) -newer dist/.tsbuildinfo -print -quit)" ]; then
+    need_build=1
+  # The last build (maybe a manual `npm run build`) recorded errors (diagnostic category 1).
+  elif grep -q '"category":1' dist/.tsbuildinfo; then
+    need_build=1
+  fi
+  if [ "$need_build" -eq 1 ]; then
+    log "compiling TypeScript (npm run build)"
+    if ! npm run --silent build; then
+      # tsc writes its build info even when it reports errors; drop it so the next run retries.
+      rm -f dist/.tsbuildinfo
+      die "TypeScript build failed (errors above)." "Fix the errors, then rerun (npm run build to check)."
+    fi
+    touch dist/.tsbuildinfo # tsc leaves it untouched when nothing changed
+  fi
+fi
+
+# ---- h. the `base` template ---------------------------------------------------------------------
+BUSYBOX=/bin/busybox
+[ -x "$BUSYBOX" ] || die "$BUSYBOX is missing." "Install the busybox-static package (apt-get install busybox-static)."
+TPL_SRC=templates/base
+TPL_DIR="$STATE_DIR/templates/base"
+tpl_hash="$(
+  {
+    (cd "$TPL_SRC" && find . -type f -print0 | LC_ALL=C sort -z | while IFS= read -r -d '' f; do
+      printf '%s\0' "$f"
+      sha256sum <"$f"
+    done)
+    printf 'busybox\0'
+    sha256sum <"$BUSYBOX"
+  } | sha256sum | cut -c1-16
+)"
+if [ "$(readlink "$TPL_DIR/current" 2>/dev/null || true)" != "$tpl_hash" ]; then
+  mkdir -p "$TPL_DIR"
+  if [ ! -e "$TPL_DIR/$tpl_hash/template.json" ]; then
+    log "building template base ($tpl_hash) in $TPL_DIR"
+    rm -rf "${TPL_DIR:?}/$tpl_hash" "$TPL_DIR"/.build-* # half-made leftovers of a killed run
+    tmp="$(mktemp -d "$TPL_DIR/.build-$tpl_hash.XXXXXX")"
+    trap 'rm -rf "$tmp"' EXIT
+    BUSYBOX="$BUSYBOX" bash "$TPL_SRC/build.sh" "$tmp/rootfs" || die "building template base failed (errors above)."
+    size="$(du -sb "$tmp/rootfs" | cut -f1)"
+    printf '{"name":"base","hash":"%s","builtAt":"%s","sizeBytes":%s}\n' \
+      "$tpl_hash" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$size" >"$tmp/template.json"
+    chmod 0755 "$tmp"
+    mv -T "$tmp" "$TPL_DIR/$tpl_hash"
+    trap - EXIT
+  fi
+  ln -sfn "$tpl_hash" "$TPL_DIR/.current.tmp"
+  mv -T "$TPL_DIR/.current.tmp" "$TPL_DIR/current"
+fi
