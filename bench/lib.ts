@@ -1,4 +1,5 @@
 import { spawn, type StdioOptions } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import os from 'node:os';
@@ -185,41 +186,62 @@ export function meminfoDelta(before: Record<string, number>, after: Record<strin
     .join(', ');
 }
 
+export interface ProcessScan {
+  /** Live processes that belong to this benchmark (see scanProcesses). */
+  own: number;
+  /** RssAnon of every other live process, bytes: what neighbours on a shared machine hold. */
+  othersAnonBytes: number;
+}
+
 /**
- * Host processes that belong to this benchmark: descendants of this process, and processes in one
- * of the given cgroup parents (e.g. a VPS's agent, reparented away from runc). Neighbours' processes
- * on a shared machine do not count, which a plain /proc count would include.
+ * Host processes, split into this benchmark's own (descendants of this process, and processes in
+ * one of the given cgroup parents, e.g. a VPS's agent reparented away from runc) and everybody
+ * else's. Neighbours on a shared machine do not count as ours, which a plain /proc count would do;
+ * their anonymous memory is summed so a MemAvailable difference can be corrected for it.
  */
-export async function countOwnProcesses(cgroupParents: string[]): Promise<number> {
+export async function scanProcesses(cgroupParents: string[]): Promise<ProcessScan> {
   const pids = (await fs.readdir('/proc')).filter((n) => /^\d+$/.test(n)).map(Number);
   const ppid = new Map<number, number>();
   const inCgroup = new Set<number>();
-  await Promise.all(
-    pids.map(async (pid) => {
-      const [stat, cg] = await Promise.all([
-        fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => ''),
-        fs.readFile(`/proc/${pid}/cgroup`, 'utf8').catch(() => ''),
-      ]);
-      if (!stat) return;
-      ppid.set(pid, Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
-      for (const line of cg.split('\n')) {
-        const cgPath = line.split(':').slice(2).join(':');
-        if (cgroupParents.some((p) => cgPath.startsWith(`${p}/`))) {
-          inCgroup.add(pid);
-          break;
-        }
+  const anon = new Map<number, number>();
+  for (const pid of pids) {
+    let stat: string;
+    let cg: string;
+    let status: string;
+    try {
+      stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      cg = readFileSync(`/proc/${pid}/cgroup`, 'utf8');
+      status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    } catch {
+      continue; // exited meanwhile
+    }
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // A zombie is no running process (this host's init reaps orphans only every few seconds).
+    if (fields[0] === 'Z') continue;
+    ppid.set(pid, Number(fields[1]));
+    anon.set(pid, Number(/^RssAnon:\s+(\d+) kB$/m.exec(status)?.[1] ?? 0) * 1024);
+    for (const line of cg.split('\n')) {
+      const cgPath = line.split(':').slice(2).join(':');
+      if (cgroupParents.some((p) => cgPath.startsWith(`${p}/`))) {
+        inCgroup.add(pid);
+        break;
       }
-    }),
-  );
+    }
+  }
   const descends = (pid: number) => {
     for (let p = ppid.get(pid), hops = 0; p !== undefined && p > 1 && hops < 64; p = ppid.get(p), hops++) {
       if (p === process.pid) return true;
     }
     return false;
   };
-  let n = 0;
-  for (const pid of ppid.keys()) if (pid !== process.pid && (inCgroup.has(pid) || descends(pid))) n++;
-  return n;
+  let own = 0;
+  let othersAnonBytes = 0;
+  for (const pid of ppid.keys()) {
+    if (pid === process.pid) continue;
+    if (inCgroup.has(pid) || descends(pid)) own++;
+    else othersAnonBytes += anon.get(pid) ?? 0;
+  }
+  return { own, othersAnonBytes };
 }
 
 export const MiB = 1024 * 1024;

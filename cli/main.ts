@@ -42,6 +42,8 @@ main(process.argv.slice(2)).then(
   },
   (e: unknown) => {
     process.stderr.write(`runbox: ${isRunboxError(e) ? '' : 'error: '}${errorMessage(e)}\n`);
-    process.exitCode = isRunboxError(e) && e.code === 'invalid_argument' ? 2 : 125;
+    // 2: the request was wrong (fix the command line); 125: runbox or the host failed.
+    const userError = isRunboxError(e) && ['invalid_argument', 'template_missing', 'limit_exceeded'].includes(e.code);
+    process.exitCode = userError ? 2 : 125;
   },
 );

@@ -33,7 +33,8 @@ export const RUN_USAGE = `usage: runbox run [flags] -- CMD [ARGS...]
   --workdir DIR        working directory inside the VPS
   -i, --stdin          pass this process's stdin to the command
 exit status: the command's; 128+N if killed by signal N; 124 on timeout; 137 on OOM kill;
-125 if runbox itself failed (bad flags, unknown template, host problem).`;
+2 for a bad request (flags, unknown template, limits above the host's maximum);
+125 if runbox itself or the host failed.`;
 
 /** Parses `runbox run` arguments (everything after "run"). Pure: throws invalid_argument. */
 export function parseRunArgs(args: string[]): RunRequest {

@@ -11,7 +11,7 @@ import { resolveTemplate, type TemplateRef } from '../../runtime/templates/store
 import type { JobRun, RunResult, VpsSpec } from '../../runtime/vps.js';
 
 /** Templates are built once by setup; tests share them read-only. */
-export const TEMPLATES_DIR = process.env.RUNBOX_TEMPLATES_DIR ?? '/var/lib/runbox/templates';
+export const TEMPLATES_DIR = process.env.RUNBOX_TEMPLATES_DIR ?? path.join(process.env.RUNBOX_STATE_DIR ?? '/var/lib/runbox', 'templates');
 export const CRIU = process.env.RUNBOX_CRIU ?? '/opt/runbox/criu/bin/criu';
 export const AGENT = path.join(REPO_ROOT, 'build/runbox-agent');
 

@@ -1,0 +1,86 @@
+import { spawn } from 'node:child_process';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { REPO_ROOT } from '../../core/config.js';
+import { gc } from '../../runtime/gc.js';
+import { testEngine, TEMPLATES_DIR, type TestEngine } from '../helpers/engine.js';
+import { filesUnder, hostSnapshot } from '../helpers/host.js';
+import { waitFor } from '../helpers/net.js';
+
+let t: TestEngine;
+beforeAll(async () => {
+  t = await testEngine('teardown');
+  // Warm up once so that instance-level objects (golden image, bridge, firewall table) exist
+  // before the "before" snapshot: those are shared per instance, not per VPS.
+  await t.sh('true', { spec: { network: 'private' } });
+});
+afterAll(async () => {
+  await t?.cleanup();
+});
+
+describe('teardown', () => {
+  it('100 create/run/destroy cycles leave nothing behind', async () => {
+    const before = await hostSnapshot(t.engine);
+    const filesBefore = await filesUnder(t.stateDir);
+    for (let i = 0; i < 100; i++) {
+      const r = await t.sh('echo $$ > /tmp/pid; cat /tmp/pid', { spec: { network: i % 4 === 0 ? 'private' : 'none' } });
+      expect(r.exitCode).toBe(0);
+    }
+    expect(await hostSnapshot(t.engine)).toEqual(before);
+    expect(await filesUnder(t.stateDir)).toEqual(filesBefore);
+  });
+
+  it('destroy is idempotent and accepts unknown ids', async () => {
+    const vps = await t.create();
+    await t.engine.destroy(vps.id);
+    await t.engine.destroy(vps.id);
+    await t.engine.destroy('doesnotexist');
+  });
+
+  it('gc cleans up after a process that crashed while owning VPSs', async () => {
+    const before = await hostSnapshot(t.engine);
+    // A separate process creates two VPSs (one with a network), starts a job, and is SIGKILLed.
+    const script = `
+      import { RuncEngine } from ${JSON.stringify(path.join(REPO_ROOT, 'dist/runtime/runc-engine.js'))};
+      import { resolveTemplate } from ${JSON.stringify(path.join(REPO_ROOT, 'dist/runtime/templates/store.js'))};
+      import { createLogger } from ${JSON.stringify(path.join(REPO_ROOT, 'dist/core/log.js'))};
+      const e = new RuncEngine(${JSON.stringify({ ...t.engine.opts, log: undefined })});
+      e.opts.log = createLogger('silent');
+      const template = await resolveTemplate(${JSON.stringify(TEMPLATES_DIR)}, 'base');
+      const spec = { template, hostname: 'orphan', memoryMb: 64, cpus: 1, pids: 64, diskMb: 32 };
+      await e.create('orphan0000a1', { ...spec, network: 'private' });
+      const b = await e.create('orphan0000b2', { ...spec, network: 'none' });
+      b.run({ argv: ['sleep', '1000'], timeoutSec: 1000, outputBytes: 100 });
+      console.log('ready');
+      setInterval(() => {}, 1000);
+    `;
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    await waitFor(() => out.includes('ready'), 'the crashing process to create its VPSs', 20_000);
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('exit', r));
+
+    const orphaned = await hostSnapshot(t.engine);
+    expect(orphaned.runcContainers).toBe(before.runcContainers + 2);
+    expect(orphaned.netns).toBe(before.netns + 1);
+
+    const report = await gc(t.engine);
+    expect(report.vps.sort()).toEqual(['orphan0000a1', 'orphan0000b2']);
+    expect(await hostSnapshot(t.engine)).toEqual(before);
+    expect(await fs.readdir(t.engine.layout.vpsRoot)).toEqual([]);
+  });
+
+  it('gc leaves VPSs of live processes alone', async () => {
+    const vps = await t.create();
+    try {
+      const report = await gc(t.engine);
+      expect(report.vps).toEqual([]);
+      const r = await vps.run({ argv: ['echo', 'still fine'], timeoutSec: 10, outputBytes: 100 });
+      expect(r.exitCode).toBe(0);
+    } finally {
+      await t.engine.destroy(vps.id);
+    }
+  });
+});
