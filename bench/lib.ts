@@ -175,7 +175,7 @@ export async function memAvailableMedian(reads = 3, gapMs = 200): Promise<number
 /** "Field +x.xx MiB" per instance for the meminfo fields that moved, biggest first (for notes). */
 export function meminfoDelta(before: Record<string, number>, after: Record<string, number>, per: number): string {
   const keys = [
-    'MemFree', 'MemAvailable', 'Buffers', 'Cached', 'AnonPages', 'Shmem', 'Slab', 'SReclaimable', 'SUnreclaim',
+    'MemTotal', 'MemFree', 'MemAvailable', 'Buffers', 'Cached', 'AnonPages', 'Shmem', 'Slab', 'SReclaimable', 'SUnreclaim',
     'KernelStack', 'PageTables', 'Percpu', 'VmallocUsed', 'Mapped',
   ];
   return keys

@@ -35,6 +35,24 @@ export const EnvSchema = z.object({
   RUNBOX_MAX_DISK_MB: int(65536),
   RUNBOX_MAX_TIMEOUT_SEC: num(24 * 3600),
   RUNBOX_MAX_OUTPUT_BYTES: int(1024 * 1024 * 1024),
+  // Services (API, worker): see README "Configuration".
+  RUNBOX_REDIS_URL: z.string().url().optional(),
+  RUNBOX_REDIS_PREFIX: z.string().regex(/^[A-Za-z0-9:_-]{1,32}$/).default('rb:'),
+  RUNBOX_API_HOST: z.string().min(1).default('127.0.0.1'),
+  RUNBOX_API_PORT: z.coerce.number().int().min(0).max(65535).default(8080),
+  RUNBOX_API_TOKENS: z.string().optional(),
+  RUNBOX_TOKEN_FILE: z.string().optional(),
+  RUNBOX_HOST_ID: z.string().regex(/^[A-Za-z0-9._-]{1,63}$/).optional(),
+  RUNBOX_POOLS: z.string().regex(/^([a-z0-9._-]+:(none|private|egress))?(,[a-z0-9._-]+:(none|private|egress))*$/, 'a list like base:none,base:private').default('base:none'),
+  RUNBOX_POOL_MIN_IDLE: z.coerce.number().int().min(0).default(2),
+  RUNBOX_POOL_MAX: z.coerce.number().int().min(1).default(16),
+  RUNBOX_WORKER_CONCURRENCY: int(8),
+  RUNBOX_TENANT_CONCURRENCY: int(8),
+  RUNBOX_RESULT_TTL_SEC: int(7 * 24 * 3600),
+  RUNBOX_MAX_BODY_BYTES: int(32 * 1024 * 1024),
+  RUNBOX_RATE_LIMIT_PER_SEC: int(100),
+  RUNBOX_MAX_ARTIFACT_BYTES: int(64 * 1024 * 1024),
+  RUNBOX_SHUTDOWN_GRACE_SEC: num(30),
 });
 export type Env = z.infer<typeof EnvSchema>;
 
@@ -49,14 +67,19 @@ export interface RuntimeConfig {
   maxLimits: Limits;
 }
 
-/** Compiles validated env into the typed config components receive. */
-export function runtimeConfigFromEnv(raw: NodeJS.ProcessEnv): RuntimeConfig {
+/** Validates the environment once; the error lists every bad variable. */
+export function parseEnv(raw: NodeJS.ProcessEnv): Env {
   const parsed = EnvSchema.safeParse(raw);
   if (!parsed.success) {
     const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
     throw new Error(`invalid configuration:\n${lines.join('\n')}`);
   }
-  const e = parsed.data;
+  return parsed.data;
+}
+
+/** Compiles validated env into the typed config components receive. */
+export function runtimeConfigFromEnv(raw: NodeJS.ProcessEnv): RuntimeConfig {
+  const e = parseEnv(raw);
   return {
     stateDir: path.resolve(e.RUNBOX_STATE_DIR),
     runcPath: e.RUNBOX_RUNC,
@@ -80,5 +103,58 @@ export function runtimeConfigFromEnv(raw: NodeJS.ProcessEnv): RuntimeConfig {
       timeoutSec: e.RUNBOX_MAX_TIMEOUT_SEC,
       outputBytes: e.RUNBOX_MAX_OUTPUT_BYTES,
     },
+  };
+}
+
+export interface PoolConfig {
+  template: string;
+  network: 'none' | 'private' | 'egress';
+}
+
+export interface ServiceConfig extends RuntimeConfig {
+  redisUrl?: string;
+  redisPrefix: string;
+  apiHost: string;
+  apiPort: number;
+  apiTokens?: string;
+  tokenFile: string;
+  hostId: string;
+  pools: PoolConfig[];
+  poolMinIdle: number;
+  poolMax: number;
+  workerConcurrency: number;
+  tenantConcurrency: number;
+  resultTtlSec: number;
+  maxBodyBytes: number;
+  rateLimitPerSec: number;
+  maxArtifactBytes: number;
+  shutdownGraceSec: number;
+}
+
+export function serviceConfigFromEnv(raw: NodeJS.ProcessEnv, hostname: string): ServiceConfig {
+  const e = parseEnv(raw);
+  const rt = runtimeConfigFromEnv(raw);
+  return {
+    ...rt,
+    redisUrl: e.RUNBOX_REDIS_URL,
+    redisPrefix: e.RUNBOX_REDIS_PREFIX,
+    apiHost: e.RUNBOX_API_HOST,
+    apiPort: e.RUNBOX_API_PORT,
+    apiTokens: e.RUNBOX_API_TOKENS,
+    tokenFile: e.RUNBOX_TOKEN_FILE ?? path.join(rt.stateDir, 'api-tokens'),
+    hostId: e.RUNBOX_HOST_ID ?? hostname,
+    pools: e.RUNBOX_POOLS.split(',').filter(Boolean).map((p) => {
+      const [template, network] = p.split(':') as [string, PoolConfig['network']];
+      return { template, network };
+    }),
+    poolMinIdle: e.RUNBOX_POOL_MIN_IDLE,
+    poolMax: e.RUNBOX_POOL_MAX,
+    workerConcurrency: e.RUNBOX_WORKER_CONCURRENCY,
+    tenantConcurrency: e.RUNBOX_TENANT_CONCURRENCY,
+    resultTtlSec: e.RUNBOX_RESULT_TTL_SEC,
+    maxBodyBytes: e.RUNBOX_MAX_BODY_BYTES,
+    rateLimitPerSec: e.RUNBOX_RATE_LIMIT_PER_SEC,
+    maxArtifactBytes: e.RUNBOX_MAX_ARTIFACT_BYTES,
+    shutdownGraceSec: e.RUNBOX_SHUTDOWN_GRACE_SEC,
   };
 }

@@ -1,0 +1,67 @@
+import type { Redis } from 'ioredis';
+import { z } from 'zod';
+import { Keys } from './keys.js';
+
+export const PoolStateSchema = z.object({
+  template: z.string(),
+  network: z.string(),
+  diskMb: z.number(),
+  idle: z.number(),
+  creating: z.number(),
+  inUse: z.number(),
+  minIdle: z.number(),
+  maxSize: z.number(),
+  created: z.number(),
+  createMsAvg: z.number(),
+});
+export type PoolState = z.infer<typeof PoolStateSchema>;
+
+export const HostSchema = z.object({
+  id: z.string(),
+  address: z.string().nullable(),
+  startedAt: z.string(),
+  heartbeatAt: z.string(),
+  draining: z.boolean(),
+  running: z.number(),
+  capacity: z.number(),
+  pools: z.array(PoolStateSchema),
+  templates: z.array(z.object({ name: z.string(), hash: z.string() })),
+  version: z.string(),
+});
+export type Host = z.infer<typeof HostSchema>;
+
+/** Hosts announce themselves with a heartbeat key that expires when they stop. */
+export class HostRegistry {
+  readonly keys: Keys;
+  constructor(
+    readonly redis: Redis,
+    prefix: string,
+  ) {
+    this.keys = new Keys(prefix);
+  }
+
+  async heartbeat(h: Host, ttlSec: number): Promise<void> {
+    await this.redis.multi().set(this.keys.host(h.id), JSON.stringify(h), 'EX', ttlSec).sadd(this.keys.hosts(), h.id).exec();
+  }
+
+  async remove(id: string): Promise<void> {
+    await this.redis.multi().del(this.keys.host(id)).srem(this.keys.hosts(), id).exec();
+  }
+
+  /** Live hosts (expired heartbeats are dropped from the set on the way). */
+  async list(): Promise<Host[]> {
+    const ids = await this.redis.smembers(this.keys.hosts());
+    if (ids.length === 0) return [];
+    const raws = await this.redis.mget(...ids.map((i) => this.keys.host(i)));
+    const out: Host[] = [];
+    const dead: string[] = [];
+    raws.forEach((r, i) => (r ? out.push(HostSchema.parse(JSON.parse(r))) : dead.push(ids[i]!)));
+    if (dead.length) await this.redis.srem(this.keys.hosts(), ...dead);
+    return out.sort((a, b) => a.id.localeCompare(b.id));
+  }
+
+  async get(id: string): Promise<Host | null> {
+    const r = await this.redis.get(this.keys.host(id));
+    return r ? HostSchema.parse(JSON.parse(r)) : null;
+  }
+}

@@ -1,0 +1,20 @@
+/** Redis key names, all under one prefix so several runbox instances can share a Redis. */
+export class Keys {
+  constructor(readonly prefix: string) {}
+  job = (id: string) => `${this.prefix}job:${id}`;
+  request = (id: string) => `${this.prefix}job:${id}:req`;
+  history = (id: string) => `${this.prefix}job:${id}:hist`;
+  tenantJobs = (tenant: string) => `${this.prefix}jobs:${tenant}`;
+  idempotency = (tenant: string, key: string) => `${this.prefix}idem:${tenant}:${key}`;
+  log = (id: string) => `${this.prefix}log:${id}`;
+  artifacts = (id: string) => `${this.prefix}art:${id}`;
+  host = (id: string) => `${this.prefix}host:${id}`;
+  hosts = () => `${this.prefix}hosts`;
+  tenantActive = (tenant: string) => `${this.prefix}active:${tenant}`;
+  statusCounts = () => `${this.prefix}stats:status`;
+  histogram = (name: string) => `${this.prefix}stats:hist:${name}`;
+  rate = (tenant: string, window: number) => `${this.prefix}rate:${tenant}:${window}`;
+  eventsChannel = () => `${this.prefix}events`;
+  cancelChannel = () => `${this.prefix}cancel`;
+  bullPrefix = () => `${this.prefix}bull`;
+}
