@@ -103,9 +103,10 @@ async function staleCgroups(engine: RuncEngine, kept: Set<string>, removeParent:
   return removed;
 }
 
+/** Every mounted hierarchy, including the hybrid layout's cgroup2 at "unified" (runc makes dirs there too). */
 async function hierarchies(root: string): Promise<string[]> {
   const entries = await fs.readdir(root, { withFileTypes: true });
-  return entries.filter((e) => e.isDirectory() && e.name !== 'unified').map((e) => path.join(root, e.name));
+  return entries.filter((e) => e.isDirectory()).map((e) => path.join(root, e.name));
 }
 
 async function killCgroup(dir: string): Promise<void> {

@@ -34,7 +34,8 @@ export interface VpsRecord {
   createdAt: string;
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** A timer that does not keep the process alive (the CLI must exit as soon as its work is done). */
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms).unref());
 
 /** The container's init as a ProcessRef, taken right after runc started it (so pid reuse is detected later). */
 export async function readInitRef(pidFile: string): Promise<ProcessRef | undefined> {
@@ -115,6 +116,7 @@ export class RuncEngine implements VpsEngine {
         this.runc,
         log,
       );
+      vps.initPid = record.init?.pid;
       this.live.set(id, vps);
       await waitReady(channel);
       vps.transition('markReady');
@@ -129,9 +131,20 @@ export class RuncEngine implements VpsEngine {
     }
   }
 
-  /** Idempotent: kills the container, unmounts, frees the network and removes every file. */
-  async destroy(id: VpsId): Promise<void> {
-    if (!VPS_ID.test(id)) return;
+  private readonly destroying = new Map<VpsId, Promise<void>>();
+
+  /** Idempotent, also when called concurrently: kills, unmounts, frees the network, removes files. */
+  destroy(id: VpsId): Promise<void> {
+    if (!VPS_ID.test(id)) return Promise.resolve();
+    let p = this.destroying.get(id);
+    if (!p) {
+      p = this.destroyNow(id).finally(() => this.destroying.delete(id));
+      this.destroying.set(id, p);
+    }
+    return p;
+  }
+
+  private async destroyNow(id: VpsId): Promise<void> {
     const p = this.layout.vps(id);
     const vps = this.live.get(id);
     if (vps && vps.state !== 'destroyed' && vps.state !== 'destroying') vps.transition('destroy');
@@ -165,6 +178,11 @@ export class RuncEngine implements VpsEngine {
     } catch {
       await runcDelete(this.runc, id, true);
     }
+  }
+
+  /** Destroys every VPS this process created (shutdown); waits for destroys already under way. */
+  async destroyAll(): Promise<void> {
+    await Promise.all([...this.live.keys()].map((id) => this.destroy(id)));
   }
 
   async list(): Promise<VpsId[]> {

@@ -32,7 +32,7 @@ if KEYS[5] ~= '' then
   local prev = redis.call('GET', KEYS[5])
   if prev then return {'exists', prev} end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5, #ARGV - 1))
 redis.call('SET', KEYS[2], ARGV[1])
 redis.call('RPUSH', KEYS[3], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])

@@ -3,9 +3,10 @@
  *
  * The wire protocol is specified in runtime/agent/PROTOCOL.md; that file is the contract
  * with the TypeScript host and this program implements exactly that. In short: fd 0
- * carries host -> agent frames (J job spec, I/C stdin, K signal, W file write), fd 1
- * carries agent -> host frames (R ready, S started, O/E output, D diagnostic, X exit,
- * w write result), fd 2 is free-form diagnostics for whoever reads the container log.
+ * carries host -> agent frames (J job spec, I/C stdin, K signal, W file write, G collect
+ * files), fd 1 carries agent -> host frames (R ready, S started, O/E output, D diagnostic,
+ * X exit, w write result, F/B/Z collected files), fd 2 is free-form diagnostics for whoever
+ * reads the container log.
  *
  * Why a native PID 1 of our own rather than running the job directly:
  *  - PID 1 must reap orphans (otherwise zombies pile up) and must kill leftovers
@@ -17,6 +18,10 @@
  *    `runc restore` the host sees a clean frame stream on its new pipes.
  *  - stdin from the host is buffered here (up to 64 MiB), so a job that never reads its
  *    stdin can never make the agent stop reading fd 0 (which would deadlock the host).
+ *  - Files go in (W) and out (G) through the agent, never through the host's view of the
+ *    VPS's disk: the agent lives in the VPS's mount namespace, so a symlink planted by the
+ *    job can only ever resolve to a file of the VPS itself, never to a host file (the
+ *    Judge0-style escapes, CVE-2024-28185 and CVE-2024-28189).
  *
  * Everything runs in one poll() loop: fd 0, the signalfd, and the job's stdout/stderr/stdin
  * pipes. All fds are O_CLOEXEC so nothing leaks into the job.
@@ -34,6 +39,8 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
+#include <glob.h>
 #include <grp.h>
 #include <poll.h>
 #include <signal.h>
@@ -56,6 +63,8 @@
 #define STDIN_CAP     (64u * 1024u * 1024u)   /* max buffered, not yet consumed job stdin */
 #define FINISH_MS     5000                    /* max wait for pipe EOF after the job ended */
 #define MAX_GROUPS    1024
+#define COLLECT_SMALL (1024u * 1024u)         /* collected files up to this size are read whole
+                                                 before their F header, so its size is exact */
 #define DEFAULT_PATH  "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 extern char **environ;
@@ -460,6 +469,24 @@ exec_child(struct spec *s, int in_r, int out_w, int err_w, int errfd) {
     child_fail(errfd, e == ENOENT ? 127 : 126, "exec: %s: %s", s->argv[0], strerror(e));
 }
 
+/* Where the started job began (exec_child's chdir choice), for relative collect patterns;
+ * empty while no job was started, and then relative patterns are relative to "/". */
+static char job_cwd[4096];
+
+static void remember_cwd(const struct spec *s) {
+    struct stat st;
+    char here[4096] = "";
+    const char *dir = s->workdir ? s->workdir
+                    : stat(s->id.home, &st) == 0 && S_ISDIR(st.st_mode) ? s->id.home : "/";
+    /* A relative workdir was relative to our own cwd (runc's "/"; anything in test mode). */
+    if (dir[0] != '/' && !getcwd(here, sizeof here)) here[0] = '\0';
+    size_t n = strlen(here);
+    if (n + 1 + strlen(dir) >= sizeof job_cwd) { snprintf(job_cwd, sizeof job_cwd, "/"); return; }
+    memcpy(job_cwd, here, n);
+    if (dir[0] != '/') job_cwd[n++] = '/';
+    memcpy(job_cwd + n, dir, strlen(dir) + 1);
+}
+
 /* The job could not be started: D then X with 126/127, and the job counts as done. */
 static void start_failed(int code, const char *msg) {
     send_diag("%s", msg);
@@ -537,6 +564,7 @@ static void handle_job(const unsigned char *payload, size_t n) {
     }
     job.pid = pid;
     job.state = J_RUNNING;
+    remember_cwd(&s);
     /* Our ends are non-blocking; the job's ends stay blocking, as programs expect. */
     job.in_fd = p[1]; job.out_fd = p[2]; job.err_fd = p[4];
     p[1] = p[2] = p[4] = -1;
@@ -647,6 +675,331 @@ out:
     free(copy);
 }
 
+/* ------------------------------------------------------------- file collection */
+
+/*
+ * G: collect the files matching glob patterns and stream them to the host, each as one F
+ * frame (path, size, mode) and its content in B frames, then one Z frame (counts, truncated
+ * flag, text listing what was skipped). It runs synchronously in the agent (normally after
+ * the job ended) and every step is bounded, so a file planted by the job cannot hang it:
+ *  - every match is lstat()ed first: a symlink is reported and never followed, a directory
+ *    is walked with nftw(FTW_PHYS) (symlinks met there are reported, never followed), and
+ *    anything but a regular file (FIFO, device, socket) is reported and never even opened;
+ *  - the open itself is O_NOFOLLOW|O_NONBLOCK and is checked again with fstat (a regular
+ *    file, the same inode as the lstat) in case a still-running job swapped the path;
+ *  - a walk does not enter directories of another filesystem (/proc, /sys, /dev, ...).
+ * Symlinks in the directory part of a pattern are resolved by the kernel, but inside the
+ * VPS's mount namespace: they can only lead to files of the VPS, never to the host's.
+ *
+ * Sizes: a file up to COLLECT_SMALL (1 MiB) is read whole into memory first, so its F size is
+ * exactly the number of bytes that follow (a file that grew since fstat is cut at its fstat
+ * size). A bigger file is streamed: F carries the fstat size and at most that many bytes
+ * follow; if it shrank or grew meanwhile the Z text says so ("changed PATH: ...").
+ */
+
+#define Z_FIXED       13                      /* u32 files + u64 bytes + u8 truncated */
+#define NOTES_MAX     (PAYLOAD_MAX - Z_FIXED) /* the Z text must fit in the same frame */
+#define NOTES_RESERVE 64                      /* kept for the "(N more entries ...)" line */
+#define PATH_ROOM     (PAYLOAD_MAX - 64)      /* longest path an F header can carry */
+#define WALK_FDS      16                      /* directory fds nftw may keep open */
+
+struct devino { dev_t dev; ino_t ino; int used; };
+
+static struct {
+    uint64_t budget;         /* content bytes that may still be sent (n minus bytes sent) */
+    uint64_t max_files;      /* f */
+    uint32_t files;          /* F frames sent */
+    uint64_t bytes;          /* content bytes sent in B frames */
+    int truncated;           /* something was left out because of a cap */
+    int stop;                /* the file cap was hit: end the whole collection */
+    dev_t walk_dev;          /* device of the directory being walked */
+    unsigned char *buf;      /* COLLECT_SMALL bytes, for whole-file reads */
+    char notes[NOTES_MAX];   /* Z text so far */
+    size_t nlen;
+    unsigned omitted;        /* notes that did not fit */
+    struct devino *seen;     /* open-addressing hash set of every inode met */
+    size_t nseen, seen_cap;  /* seen_cap is 0 or a power of two */
+} col;
+
+/* One line of the Z text. Newlines in names become '?', so it stays one entry per line. */
+static void __attribute__((format(printf, 1, 2))) note(const char *fmt, ...) {
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    size_t n = vfmt(line, sizeof line - 1, fmt, ap);
+    va_end(ap);
+    for (size_t i = 0; i < n; i++)
+        if (line[i] == '\n' || line[i] == '\r') line[i] = '?';
+    line[n++] = '\n';
+    if (col.nlen + n > NOTES_MAX - NOTES_RESERVE) { col.omitted++; return; }
+    memcpy(col.notes + col.nlen, line, n);
+    col.nlen += n;
+}
+
+static size_t seen_slot(const struct devino *t, size_t cap, dev_t dev, ino_t ino) {
+    uint64_t h = (uint64_t)ino * 0x9e3779b97f4a7c15ull ^ (uint64_t)dev;
+    size_t i = (size_t)(h ^ (h >> 29)) & (cap - 1);
+    while (t[i].used && (t[i].dev != dev || t[i].ino != ino)) i = (i + 1) & (cap - 1);
+    return i;
+}
+
+/* Records an inode; 1 if it was met before (overlapping patterns or walks, hard links), so
+ * every file is sent, and every symlink reported, at most once. */
+static int seen_before(const struct stat *st) {
+    if (col.nseen * 2 >= col.seen_cap) {       /* grow at half load */
+        size_t cap = col.seen_cap ? col.seen_cap * 2 : 1024;
+        struct devino *t = calloc(cap, sizeof *t);
+        if (!t) return 0;   /* out of memory: at worst a file is sent twice, within the caps */
+        for (size_t i = 0; i < col.seen_cap; i++)
+            if (col.seen[i].used)
+                t[seen_slot(t, cap, col.seen[i].dev, col.seen[i].ino)] = col.seen[i];
+        free(col.seen);
+        col.seen = t;
+        col.seen_cap = cap;
+    }
+    size_t i = seen_slot(col.seen, col.seen_cap, st->st_dev, st->st_ino);
+    if (col.seen[i].used) return 1;
+    col.seen[i] = (struct devino){ st->st_dev, st->st_ino, 1 };
+    col.nseen++;
+    return 0;
+}
+
+static const char *file_kind(mode_t m) {
+    return S_ISFIFO(m) ? "FIFO" : S_ISCHR(m) ? "character device" : S_ISBLK(m) ? "block device"
+         : S_ISSOCK(m) ? "socket" : S_ISDIR(m) ? "directory" : "not a regular file";
+}
+
+/* F: records p (path), s (size, decimal), m (mode, octal). path is <= PATH_ROOM bytes. */
+static void send_file_header(const char *path, uint64_t size, mode_t mode) {
+    char buf[PAYLOAD_MAX];
+    size_t n = 0, len = strlen(path);
+    buf[n++] = 'p';
+    memcpy(buf + n, path, len + 1);      /* with its NUL */
+    n += len + 1;
+    n += (size_t)snprintf(buf + n, 32, "s%llu", (unsigned long long)size) + 1;
+    n += (size_t)snprintf(buf + n, 32, "m%o", (unsigned)(mode & 07777)) + 1;
+    send_frame('F', buf, n);
+}
+
+static void skip_over_budget(const char *path, uint64_t size) {
+    col.truncated = 1;
+    note("skipped %s: over the size cap (%llu bytes, %llu left)", path,
+         (unsigned long long)size, (unsigned long long)col.budget);
+}
+
+/* Sends one file if it is a regular file that fits the caps; else says why not in Z. */
+static void collect_file(const char *path, const struct stat *lst) {
+    if (seen_before(lst)) return;
+    if (S_ISLNK(lst->st_mode)) { note("skipped %s: symlink", path); return; }
+    if (!S_ISREG(lst->st_mode)) { note("skipped %s: %s", path, file_kind(lst->st_mode)); return; }
+    if (col.files >= col.max_files) {
+        col.truncated = 1;
+        col.stop = 1;
+        note("skipped %s: over the file count cap (%llu); collection stopped", path,
+             (unsigned long long)col.max_files);
+        return;
+    }
+    if (strlen(path) > PATH_ROOM) { note("skipped %.200s...: path too long", path); return; }
+    if ((uint64_t)lst->st_size > col.budget) {
+        skip_over_budget(path, (uint64_t)lst->st_size);
+        return;
+    }
+
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) { note("error %s: open: %s", path, strerror(errno)); return; }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_dev != lst->st_dev ||
+        st.st_ino != lst->st_ino) {
+        note("skipped %s: replaced while being collected", path);
+        close(fd);
+        return;
+    }
+    uint64_t size = (uint64_t)st.st_size, sent = 0;
+    if (size > col.budget) { skip_over_budget(path, size); close(fd); return; }
+
+    if (size <= COLLECT_SMALL) {
+        /* Whole file into memory first: F then carries the exact byte count. */
+        size_t got = 0;
+        while (got < size) {
+            ssize_t r = read(fd, col.buf + got, (size_t)size - got);
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0) { note("error %s: read: %s", path, strerror(errno)); close(fd); return; }
+            if (r == 0) break;                    /* shrank since fstat: send what is there */
+            got += (size_t)r;
+        }
+        send_file_header(path, got, st.st_mode);
+        for (size_t off = 0; off < got; off += PAYLOAD_MAX)
+            send_frame('B', col.buf + off, got - off < PAYLOAD_MAX ? got - off : PAYLOAD_MAX);
+        sent = got;
+    } else {
+        /* Streamed: F carries the fstat size, at most that many bytes follow. */
+        unsigned char chunk[PAYLOAD_MAX];
+        ssize_t r = 0;
+        send_file_header(path, size, st.st_mode);
+        while (sent < size) {
+            size_t want = size - sent < sizeof chunk ? (size_t)(size - sent) : sizeof chunk;
+            r = read(fd, chunk, want);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) break;
+            send_frame('B', chunk, (size_t)r);
+            sent += (size_t)r;
+        }
+        if (sent < size && r < 0)
+            note("error %s: read: %s after %llu of %llu bytes; sent %llu bytes", path,
+                 strerror(errno), (unsigned long long)sent, (unsigned long long)size,
+                 (unsigned long long)sent);
+        else if (sent < size)
+            note("changed %s: shrank while read; sent %llu of %llu bytes", path,
+                 (unsigned long long)sent, (unsigned long long)size);
+        else if (read(fd, chunk, 1) > 0)
+            note("changed %s: grew while read; sent its first %llu bytes", path,
+                 (unsigned long long)size);
+    }
+    close(fd);
+    col.files++;
+    col.bytes += sent;
+    col.budget -= sent;
+}
+
+/* nftw callback (FTW_PHYS: symlinks come as FTW_SL, never followed). */
+static int walk_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    if (flag == FTW_D || flag == FTW_DNR) {
+        if (ftw->level > 0) {        /* the walk's root was checked by collect_match */
+            if (sb->st_dev != col.walk_dev) {
+                note("skipped %s: another filesystem, not walked", path);
+                return FTW_SKIP_SUBTREE;
+            }
+            if (seen_before(sb)) return FTW_SKIP_SUBTREE;   /* walked already */
+        }
+        if (flag == FTW_DNR) note("error %s: cannot read directory", path);
+    } else if (flag == FTW_NS) {
+        note("error %s: cannot stat", path);
+    } else {
+        collect_file(path, sb);      /* FTW_F (any non-directory) or FTW_SL */
+    }
+    return col.stop ? FTW_STOP : FTW_CONTINUE;
+}
+
+/* Lexical clean-up of a glob result: "//" and "/./" collapse, a trailing "/" or "/." goes.
+ * ".." stays: removing it would change the meaning when the component before is a symlink. */
+static void tidy_path(char *p) {
+    char *w = p;
+    for (const char *r = p; *r;) {
+        if (r[0] == '/' && r[1] == '/') { r++; continue; }
+        if (r[0] == '/' && r[1] == '.' && (r[2] == '/' || r[2] == '\0')) { r += 2; continue; }
+        *w++ = *r++;
+    }
+    *w = '\0';
+    while (w - p > 1 && w[-1] == '/') *--w = '\0';
+    if (!*p) { p[0] = '/'; p[1] = '\0'; }  /* was "/" or "/.": at least 2 bytes long */
+}
+
+/* One glob result: a file (or something to report), or a directory to walk. */
+static void collect_match(char *path) {
+    struct stat st;
+    tidy_path(path);
+    if (lstat(path, &st) != 0) { note("error %s: %s", path, strerror(errno)); return; }
+    if (!S_ISDIR(st.st_mode)) { collect_file(path, &st); return; }
+    if (seen_before(&st)) return;            /* this directory was walked already */
+    col.walk_dev = st.st_dev;
+    if (nftw(path, walk_entry, WALK_FDS, FTW_PHYS | FTW_ACTIONRETVAL) == -1)
+        note("error %s: walk: %s", path, strerror(errno));
+}
+
+/* A relative pattern is relative to the job's working directory, whose name is escaped so
+ * that glob takes it literally. Returns a malloc'ed absolute pattern, or NULL. */
+static char *absolute_pattern(const char *pat) {
+    if (pat[0] == '/') return strdup(pat);
+    const char *base = job_cwd[0] ? job_cwd : "/";
+    char *out = malloc(2 * strlen(base) + strlen(pat) + 2), *w = out;
+    if (!out) return NULL;
+    for (const char *b = base; *b; b++) {
+        if (strchr("\\*?[", *b)) *w++ = '\\';
+        *w++ = *b;
+    }
+    *w++ = '/';
+    strcpy(w, pat);
+    return out;
+}
+
+/* Strict decimal u64: digits only, no sign, no overflow. */
+static int parse_u64(const char *s, uint64_t *out) {
+    size_t len = s ? strlen(s) : 0;
+    if (len == 0 || len > 20 || strspn(s, "0123456789") != len) return -1;
+    errno = 0;
+    unsigned long long v = strtoull(s, NULL, 10);
+    if (errno) return -1;
+    *out = v;
+    return 0;
+}
+
+/* Z: u32 files, u64 bytes, u8 truncated, then the notes. */
+static void send_collected(void) {
+    unsigned char buf[PAYLOAD_MAX];
+    putle(buf, col.files, 4);
+    putle(buf + 4, col.bytes, 8);
+    buf[12] = (unsigned char)(col.truncated != 0);
+    memcpy(buf + Z_FIXED, col.notes, col.nlen);
+    size_t n = Z_FIXED + col.nlen;
+    if (col.omitted)
+        n += (size_t)snprintf((char *)buf + n, NOTES_RESERVE, "(%u more entries not listed)\n",
+                              col.omitted);
+    send_frame('Z', buf, n);
+}
+
+static void handle_collect(const unsigned char *payload, size_t n) {
+    char *copy = malloc(n + 1), **pats = calloc(n / 2 + 1, sizeof(char *));
+    char *max_bytes = NULL, *max_files = NULL, *val, key;
+    size_t npat = 0;
+    int r;
+    free(col.seen);
+    memset(&col, 0, sizeof col);
+#define CFAIL(...) do { note(__VA_ARGS__); goto out; } while (0)
+    if (!copy || !pats) CFAIL("error: out of memory");
+    memcpy(copy, payload, n);
+    copy[n] = '\0';
+    for (size_t i = 0; (r = next_record(copy, n, &i, -1, &key, &val)) > 0;) {
+        switch (key) {
+        case 'g': pats[npat++] = val; break;
+        case 'n': max_bytes = val; break;
+        case 'f': max_files = val; break;
+        default:
+            logmsg("collect request: unknown record key 0x%02x ignored", (unsigned char)key);
+        }
+    }
+    if (r < 0) CFAIL("invalid collect request: unterminated record");
+    if (npat == 0) CFAIL("invalid collect request: no pattern");
+    if (parse_u64(max_bytes, &col.budget) != 0)
+        CFAIL("invalid collect request: max bytes: %s", max_bytes ? max_bytes : "(missing)");
+    if (parse_u64(max_files, &col.max_files) != 0)
+        CFAIL("invalid collect request: max files: %s", max_files ? max_files : "(missing)");
+    if (col.max_files > UINT32_MAX) col.max_files = UINT32_MAX;   /* Z counts in a u32 */
+    if (!(col.buf = malloc(COLLECT_SMALL))) CFAIL("error: out of memory");
+
+    for (size_t k = 0; k < npat && !col.stop; k++) {
+        if (!*pats[k]) { note("error: empty pattern"); continue; }
+        char *full = absolute_pattern(pats[k]);
+        if (!full) CFAIL("error: out of memory");
+        glob_t g;
+        int gr = glob(full, 0, NULL, &g);    /* sorted: deterministic order */
+        if (gr == GLOB_NOMATCH) note("no match: %s", pats[k]);
+        else if (gr != 0)
+            note("error %s: glob: %s", pats[k], gr == GLOB_NOSPACE ? "out of memory" : "failed");
+        for (size_t i = 0; gr == 0 && i < g.gl_pathc && !col.stop; i++)
+            collect_match(g.gl_pathv[i]);
+        globfree(&g);
+        free(full);
+    }
+#undef CFAIL
+out:
+    send_collected();
+    free(col.buf);
+    free(col.seen);
+    memset(&col, 0, sizeof col);
+    free(pats);
+    free(copy);
+}
+
 /* ------------------------------------------------------------ frames from host */
 
 static void dispatch(unsigned char type, const unsigned char *p, size_t n) {
@@ -664,6 +1017,7 @@ static void dispatch(unsigned char type, const unsigned char *p, size_t n) {
         else kill_all((int)sig);
         break;
     case 'W': handle_write(p, n); break;
+    case 'G': handle_collect(p, n); break;
     default: logmsg("protocol error: unknown frame type 0x%02x ignored", type);
     }
 }

@@ -15,7 +15,12 @@ export type AgentFrame =
   | { type: 'stderr'; data: Buffer }
   | { type: 'diagnostic'; message: string }
   | { type: 'exited'; code: number; signal: number; cpuUs: number; maxRssKiB: number }
-  | { type: 'fileWritten'; errno: number; message: string };
+  | { type: 'fileWritten'; errno: number; message: string }
+  /** F: one collected file follows in `fileData` frames (see PROTOCOL.md for `size`). */
+  | { type: 'fileHeader'; path: string; size: number; mode: number }
+  | { type: 'fileData'; data: Buffer }
+  /** Z: end of a collection; `notes` are the agent's lines about skipped or failed entries. */
+  | { type: 'collected'; files: number; bytes: number; truncated: boolean; notes: string[] };
 
 export interface JobSpecFrame {
   argv: string[];
@@ -102,6 +107,58 @@ export function encodeFileWrite(f: FileWrite): Buffer[] {
   return out;
 }
 
+export interface CollectRequest {
+  /** glob(3) patterns; a relative one is relative to the job's working directory (or /). */
+  patterns: string[];
+  /** Total content bytes the agent may send. */
+  maxBytes: number;
+  /** Number of files the agent may send. */
+  maxFiles: number;
+}
+
+/** The G frame: collect files (answered by F/B frames and one Z). */
+export function encodeCollect(req: CollectRequest): Buffer {
+  if (req.patterns.length === 0) throw new Error('at least one pattern is needed');
+  for (const p of req.patterns) {
+    if (p === '') throw new Error('patterns must not be empty');
+    checkNoNul('pattern', p);
+  }
+  for (const [what, v] of [['maxBytes', req.maxBytes], ['maxFiles', req.maxFiles]] as const) {
+    if (!Number.isSafeInteger(v) || v < 0) throw new Error(`${what} must be a non-negative integer (got ${v})`);
+  }
+  const payload = records([
+    ...req.patterns.map((p): [string, string] => ['g', p]),
+    ['n', String(req.maxBytes)],
+    ['f', String(req.maxFiles)],
+  ]);
+  if (payload.length > MAX_PAYLOAD) throw new Error(`patterns together must fit in ${MAX_PAYLOAD} bytes (got ${payload.length})`);
+  return frame('G', payload);
+}
+
+/** Parses key:u8 + NUL-terminated string records; undefined if one is unterminated. */
+function parseRecords(p: Buffer): Map<string, string> | undefined {
+  const out = new Map<string, string>();
+  let i = 0;
+  while (i < p.length) {
+    const end = p.indexOf(0, i + 1);
+    if (end < 0) return undefined;
+    out.set(String.fromCharCode(p[i]!), p.subarray(i + 1, end).toString('utf8'));
+    i = end + 1;
+  }
+  return out;
+}
+
+function decodeFileHeader(p: Buffer): AgentFrame | undefined {
+  const r = parseRecords(p);
+  const path = r?.get('p');
+  const size = r?.get('s');
+  const mode = r?.get('m');
+  if (!path || !size || !mode || !/^[0-9]{1,16}$/.test(size) || !/^[0-7]{1,6}$/.test(mode)) return undefined;
+  const n = Number(size);
+  if (!Number.isSafeInteger(n)) return undefined;
+  return { type: 'fileHeader', path, size: n, mode: parseInt(mode, 8) };
+}
+
 /** Incremental decoder: feed bytes, get whole frames. Unknown types are reported, not fatal. */
 export class FrameDecoder {
   private buf: Buffer = Buffer.alloc(0);
@@ -146,6 +203,19 @@ function decode(type: string, p: Buffer): AgentFrame | undefined {
       };
     case 'w':
       return p.length >= 4 ? { type: 'fileWritten', errno: p.readInt32LE(0), message: p.subarray(4).toString('utf8') } : undefined;
+    case 'F':
+      return decodeFileHeader(p);
+    case 'B':
+      return { type: 'fileData', data: p };
+    case 'Z':
+      if (p.length < 13) return undefined;
+      return {
+        type: 'collected',
+        files: p.readUInt32LE(0),
+        bytes: Number(p.readBigUInt64LE(4)),
+        truncated: p[12] !== 0,
+        notes: p.subarray(13).toString('utf8').split('\n').filter((l) => l !== ''),
+      };
     default:
       return undefined;
   }

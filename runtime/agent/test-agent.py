@@ -433,6 +433,314 @@ def test_file_write_errors():
         shutil.rmtree(d)
 
 
+# ------------------------------------------------------------ file collection (G)
+
+def collect_req(patterns, max_bytes=1 << 30, max_files=10_000):
+    return records([("g", p) for p in patterns] +
+                   [("n", str(max_bytes)), ("f", str(max_files))])
+
+
+def parse_records(p):
+    out = []
+    while p:
+        end = p.index(b"\0", 1)
+        out.append((chr(p[0]), p[1:end].decode()))
+        p = p[end + 1:]
+    return out
+
+
+def collected(a, timeout=TIMEOUT):
+    """Reads F/B frames until Z. Returns (files by path, Z fields, notes, frame sizes)."""
+    files, order, sizes = {}, [], []
+    cur = None
+    deadline = time.time() + timeout
+    while True:
+        t, p = a.recv(timeout=max(0.1, deadline - time.time()))
+        sizes.append(5 + len(p))
+        if t == "F":
+            rec = dict(parse_records(p))
+            eq(sorted(rec), ["m", "p", "s"])
+            assert rec["p"] not in files, "sent twice: " + rec["p"]
+            cur = {"size": int(rec["s"]), "mode": int(rec["m"], 8), "data": bytearray()}
+            files[rec["p"]] = cur
+            order.append(rec["p"])
+        elif t == "B":
+            assert cur is not None, "B before F"
+            cur["data"] += p
+        elif t == "Z":
+            assert len(p) >= 13, p
+            n, nbytes, trunc = struct.unpack("<IQB", p[:13])
+            notes = p[13:].decode().splitlines()
+            for path, f in files.items():   # the F size is exact for files <= 1 MiB
+                eq((path, len(f["data"])), (path, f["size"]))
+            eq(n, len(files))
+            eq(nbytes, sum(len(f["data"]) for f in files.values()))
+            assert max(sizes) <= 4096, max(sizes)
+            return files, {"files": n, "bytes": nbytes, "truncated": trunc}, notes, order
+        else:
+            raise AssertionError("unexpected frame %r %r" % (t, p[:80]))
+
+
+def do_collect(patterns, a=None, timeout=TIMEOUT, **kw):
+    own = a is None
+    a = a or fresh()
+    try:
+        a.send("G", collect_req(patterns, **kw))
+        return collected(a, timeout)
+    finally:
+        if own:
+            a.close()
+
+
+def make_tree(d, spec):
+    """spec: {relpath: bytes | ("mode", bytes) }"""
+    for rel, v in spec.items():
+        mode, data = v if isinstance(v, tuple) else (0o644, v)
+        path = os.path.join(d, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, mode)
+
+
+def test_collect_basic():
+    d = tempfile.mkdtemp()
+    try:
+        binary = os.urandom(100_000)
+        make_tree(d, {"out/a.txt": (0o640, b"hello\n"), "out/sub/b.bin": (0o600, binary),
+                      "out/.hidden": b"dot", "out/empty": b"",
+                      "work/result.json": (0o755, b'{"ok":true}\n'), "work/other": b"no"})
+        a = fresh()
+        try:
+            a.send("J", job_spec(["true"], workdir=d + "/work"))
+            eq(collect(a)["x"][:2], (0, 0))
+            files, z, notes, _ = do_collect([d + "/out", "result.json"], a)
+        finally:
+            a.close()
+        eq(sorted(files), sorted([d + "/out/a.txt", d + "/out/sub/b.bin", d + "/out/.hidden",
+                                  d + "/out/empty", d + "/work/result.json"]))
+        eq(bytes(files[d + "/out/a.txt"]["data"]), b"hello\n")
+        eq(files[d + "/out/a.txt"]["mode"], 0o640)
+        assert bytes(files[d + "/out/sub/b.bin"]["data"]) == binary
+        eq(files[d + "/out/sub/b.bin"]["mode"], 0o600)
+        eq(bytes(files[d + "/work/result.json"]["data"]), b'{"ok":true}\n')
+        eq(files[d + "/work/result.json"]["mode"], 0o755)
+        eq(files[d + "/out/empty"]["size"], 0)
+        eq(z, {"files": 5, "bytes": 6 + 100_000 + 3 + 0 + 12, "truncated": 0})
+        eq(notes, [])
+    finally:
+        shutil.rmtree(d)
+
+
+def test_collect_relative_without_job():
+    # no job ran: a relative pattern is relative to /
+    files, z, notes, _ = do_collect(["etc/passwd", "etc/no-such-file-xyz"])
+    eq(list(files), ["/etc/passwd"])
+    eq(bytes(files["/etc/passwd"]["data"]), open("/etc/passwd", "rb").read())
+    eq(notes, ["no match: etc/no-such-file-xyz"])
+
+
+def test_collect_glob_escapes_workdir():
+    # the job's workdir is taken literally, even with glob metacharacters in its name
+    d = tempfile.mkdtemp()
+    try:
+        make_tree(d, {"w[1]*/r.txt": b"x", "w1x/r.txt": b"wrong"})
+        a = fresh()
+        try:
+            a.send("J", job_spec(["true"], workdir=d + "/w[1]*"))
+            collect(a)
+            files, z, notes, _ = do_collect(["*.txt"], a)
+        finally:
+            a.close()
+        eq(list(files), [d + "/w[1]*/r.txt"])
+    finally:
+        shutil.rmtree(d)
+
+
+def test_collect_dedupe_and_paths():
+    d = tempfile.mkdtemp()
+    try:
+        make_tree(d, {"out/a": b"a", "out/sub/b": b"b"})
+        os.link(d + "/out/a", d + "/out/hardlink")
+        pats = [d + "//out/./a", d + "/out/a", d + "/out/sub/", d + "/out", d + "/out/*",
+                d + "/out/sub/b"]
+        files, z, notes, _ = do_collect(pats)
+        # every file once; the hard link is the same file as a
+        eq(sorted(files), [d + "/out/a", d + "/out/sub/b"])
+        eq(z["files"], 2)
+        eq(notes, [])
+    finally:
+        shutil.rmtree(d)
+
+
+def test_collect_symlinks_never_followed():
+    d = tempfile.mkdtemp()
+    try:
+        make_tree(d, {"secret": b"HOST-SECRET", "out/ok.txt": b"fine"})
+        for name, target in [("shadow", "/etc/shadow"), ("root", "/proc/1/root"),
+                             ("secret", d + "/secret"), ("rel", "../secret"),
+                             ("dangling", "/no/such/target"), ("etcdir", "/etc")]:
+            os.symlink(target, d + "/out/" + name)
+        os.makedirs(d + "/out/deep")
+        os.symlink(d + "/secret", d + "/out/deep/link")
+        files, z, notes, _ = do_collect([d + "/out", d + "/out/*", d + "/out/secret"])
+        eq(list(files), [d + "/out/ok.txt"])
+        for f in files.values():
+            assert b"HOST-SECRET" not in f["data"]
+        want = sorted("skipped %s/out/%s: symlink" % (d, n) for n in
+                      ["shadow", "root", "secret", "rel", "dangling", "etcdir", "deep/link"])
+        eq(sorted(notes), want)     # each reported exactly once
+        eq(z["truncated"], 0)
+    finally:
+        shutil.rmtree(d)
+
+
+def test_collect_caps():
+    d = tempfile.mkdtemp()
+    try:
+        make_tree(d, {"out/big": b"B" * 50_000, "out/s1": b"1" * 100, "out/s2": b"2" * 200})
+        # the big file does not fit: skipped, smaller ones still come through
+        files, z, notes, _ = do_collect([d + "/out/*"], max_bytes=1000)
+        eq(sorted(files), [d + "/out/s1", d + "/out/s2"])
+        eq(z, {"files": 2, "bytes": 300, "truncated": 1})
+        eq(notes, ["skipped %s/out/big: over the size cap (50000 bytes, 1000 left)" % d])
+        # a budget that exactly fits
+        files, z, notes, _ = do_collect([d + "/out/*"], max_bytes=50_300)
+        eq((z["files"], z["truncated"], notes), (3, 0, []))
+        # zero budget: empty files still fit
+        make_tree(d, {"out/zero": b""})
+        files, z, notes, _ = do_collect([d + "/out/*"], max_bytes=0)
+        eq((list(files), z["truncated"], len(notes)), ([d + "/out/zero"], 1, 3))
+        # file count cap
+        for i in range(5):
+            make_tree(d, {"many/f%d" % i: b"x"})
+        files, z, notes, _ = do_collect([d + "/many/*"], max_files=2)
+        eq(sorted(files), [d + "/many/f0", d + "/many/f1"])   # glob results are sorted
+        eq((z["files"], z["truncated"]), (2, 1))
+        eq(notes, ["skipped %s/many/f2: over the file count cap (2); collection stopped" % d])
+        files, z, notes, _ = do_collect([d + "/many/*"], max_files=5)
+        eq((z["files"], z["truncated"], notes), (5, 0, []))
+        files, z, notes, _ = do_collect([d + "/many/f0", d + "/out"], max_files=0)
+        eq((z["files"], z["truncated"], len(notes)), (0, 1, 1))
+    finally:
+        shutil.rmtree(d)
+
+
+def test_collect_special_files_no_hang():
+    import socket
+    d = tempfile.mkdtemp()
+    try:
+        os.makedirs(d + "/out")
+        os.mkfifo(d + "/out/fifo")
+        os.symlink("/dev/zero", d + "/out/zero")
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(d + "/out/sock")
+        make_tree(d, {"out/real": b"r"})
+        t0 = time.time()
+        files, z, notes, _ = do_collect([d + "/out", "/dev/zero", "/dev/null"])
+        assert time.time() - t0 < 2
+        s.close()
+        eq(list(files), [d + "/out/real"])
+        eq(sorted(notes), sorted(["skipped %s/out/fifo: FIFO" % d,
+                                  "skipped %s/out/zero: symlink" % d,
+                                  "skipped %s/out/sock: socket" % d,
+                                  "skipped /dev/zero: character device",
+                                  "skipped /dev/null: character device"]))
+    finally:
+        shutil.rmtree(d)
+
+
+def test_collect_large_files():
+    d = tempfile.mkdtemp()
+    try:
+        mib = 1024 * 1024
+        contents = {"out/exact": os.urandom(mib), "out/over": os.urandom(mib + 1),
+                    "out/big": os.urandom(3 * mib + 12345)}
+        make_tree(d, contents)
+        files, z, notes, _ = do_collect([d + "/out"], timeout=30)
+        for rel, data in contents.items():
+            f = files[d + "/" + rel]
+            eq(f["size"], len(data))
+            assert bytes(f["data"]) == data, rel
+        eq((z["files"], z["bytes"], notes), (3, sum(map(len, contents.values())), []))
+    finally:
+        shutil.rmtree(d)
+
+
+def test_collect_other_filesystem_not_walked():
+    # /dev usually has /dev/pts, /dev/shm or /dev/mqueue mounted inside it
+    mounts = [m for m in ("/dev/pts", "/dev/shm", "/dev/mqueue") if os.path.ismount(m)]
+    if not mounts:
+        raise SkipTest("no mount point under /dev")
+    files, z, notes, _ = do_collect(["/dev"], max_bytes=0)
+    for m in mounts:
+        assert "skipped %s: another filesystem, not walked" % m in notes, notes
+
+
+def test_collect_notes_capped():
+    d = tempfile.mkdtemp()
+    try:
+        os.makedirs(d + "/out")
+        for i in range(2000):
+            os.symlink("/etc/passwd", d + "/out/link%04d" % i)
+        files, z, notes, _ = do_collect([d + "/out"])
+        eq(z["files"], 0)
+        assert notes[-1].endswith("more entries not listed)"), notes[-1]
+        listed = len(notes) - 1
+        eq(notes[-1], "(%d more entries not listed)" % (2000 - listed))
+        assert listed > 20
+    finally:
+        shutil.rmtree(d)
+
+
+def test_collect_bad_requests():
+    a = fresh()
+    try:
+        for payload, note_ in [
+            (records([("n", "1"), ("f", "1")]), "invalid collect request: no pattern"),
+            (records([("g", "/etc/passwd"), ("f", "1")]),
+             "invalid collect request: max bytes: (missing)"),
+            (records([("g", "/etc/passwd"), ("n", "-1"), ("f", "1")]),
+             "invalid collect request: max bytes: -1"),
+            (records([("g", "/etc/passwd"), ("n", "1")]),
+             "invalid collect request: max files: (missing)"),
+            (records([("g", "/etc/passwd"), ("n", "1"), ("f", "99999999999999999999")]),
+             "invalid collect request: max files: 99999999999999999999"),
+            (b"g/etc/passwd", "invalid collect request: unterminated record"),
+            (records([("g", ""), ("n", "1"), ("f", "1")]), "error: empty pattern"),
+        ]:
+            a.send("G", payload)
+            files, z, notes, _ = collected(a)
+            eq((files, z, notes), ({}, {"files": 0, "bytes": 0, "truncated": 0}, [note_]))
+        # unknown records are ignored; the agent keeps serving
+        a.send("G", records([("x", "?"), ("g", "/etc/hostname"), ("n", "100000"), ("f", "5")]))
+        files, z, notes, _ = collected(a)
+        eq(list(files), ["/etc/hostname"])
+        a.send("J", job_spec(["echo", "still alive"]))
+        eq(collect(a)["out"], b"still alive\n")
+    finally:
+        a.close()
+
+
+def test_collect_while_job_runs():
+    d = tempfile.mkdtemp()
+    try:
+        a = fresh()
+        try:
+            a.send("J", job_spec(["sh", "-c", "echo data > out.txt; echo ready; sleep 100"],
+                                 workdir=d))
+            eq(a.recv()[0], "S")
+            eq(a.recv(), ("O", b"ready\n"))
+            files, z, notes, _ = do_collect(["out.txt"], a)
+            eq(bytes(files[d + "/out.txt"]["data"]), b"data\n")
+            a.send("K", struct.pack("<I", 9))
+            eq(collect(a)["x"][:2], (-1, 9))
+        finally:
+            a.close()
+    finally:
+        shutil.rmtree(d)
+
+
 def test_background_leftovers():
     t0 = time.time()
     r = run(["sh", "-c", "sleep 100 & echo hi"])

@@ -47,7 +47,7 @@ export async function checkpoint(engine: RuncEngine, vps: RuncVps, opts: { leave
     await fs.rm(workPath, { recursive: true, force: true });
   }
   // Read the old pipe to its end: output the agent wrote just before the dump is not lost.
-  if (!opts.leaveRunning) await Promise.race([old.whenClosed(), new Promise((r) => setTimeout(r, 5000))]);
+  if (!opts.leaveRunning) await Promise.race([old.whenClosed(), new Promise((r) => setTimeout(r, 5000).unref())]);
   return { imagePath, leaveRunning: opts.leaveRunning, sizeBytes: await dirSize(imagePath), durationMs: Date.now() - t0, createdAt: new Date(t0).toISOString() };
 }
 
@@ -69,6 +69,7 @@ export async function restore(engine: RuncEngine, vps: RuncVps, imagePath: strin
   const record = await engine.readRecord(vps.id);
   if (record) {
     record.init = await readInitRef(p.pidFile);
+    vps.initPid = record.init?.pid;
     await engine.writeRecord(record);
   }
   return { durationMs: Date.now() - t0 };

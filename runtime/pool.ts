@@ -1,0 +1,156 @@
+import { newId } from '../core/ids.js';
+import type { Logger } from '../core/log.js';
+import type { PoolState } from '../core/store/hosts.js';
+import type { NetworkMode } from './net/network.js';
+import type { RuncEngine } from './runc-engine.js';
+import type { RuncVps } from './runc-vps.js';
+import type { TemplateRef } from './templates/store.js';
+import type { VpsSpec } from './vps.js';
+
+export interface PoolOptions {
+  template: TemplateRef;
+  network: NetworkMode;
+  /** Size of the writable layer of pooled VPSs (a job asking for another size gets a cold VPS). */
+  diskMb: number;
+  /** Generous creation-time limits; a job's own limits are written into the cgroup on acquire. */
+  memoryMb: number;
+  cpus: number;
+  pids: number;
+  minIdle: number;
+  maxSize: number;
+  /** Concurrent background creations; kept low so refills do not starve running jobs. */
+  refillConcurrency?: number;
+}
+
+/**
+ * A warm pool of ready VPSs for one (template, network mode): rootfs layer mounted, cgroup made,
+ * network configured, agent waiting for a job. A VPS leaves the pool for exactly one job and is
+ * destroyed after it; the pool refills in the background. An empty pool never fails a job: the job
+ * gets a VPS created on the spot (cold), it only waits longer.
+ */
+export class VpsPool {
+  private readonly idle: RuncVps[] = [];
+  private creating = 0;
+  private inUse = 0;
+  private created = 0;
+  private createMsTotal = 0;
+  private closed = false;
+  private refilling?: Promise<void>;
+
+  constructor(
+    readonly opts: PoolOptions,
+    private readonly engine: RuncEngine,
+    private readonly log: Logger,
+  ) {}
+
+  matches(template: string, network: NetworkMode, diskMb: number): boolean {
+    return this.opts.template.name === template && this.opts.network === network && this.opts.diskMb === diskMb;
+  }
+
+  /** A ready VPS: from the pool when one is idle, else created now. */
+  async acquire(): Promise<{ vps: RuncVps; warm: boolean }> {
+    this.inUse++;
+    const vps = this.idle.shift();
+    this.refill();
+    if (vps) return { vps, warm: true };
+    try {
+      return { vps: await this.createOne(), warm: false };
+    } catch (e) {
+      this.inUse--;
+      throw e;
+    }
+  }
+
+  /** The job is done with its VPS: destroy it (never reused) and refill. */
+  async release(vps: RuncVps): Promise<void> {
+    this.inUse--;
+    try {
+      await this.engine.destroy(vps.id);
+    } finally {
+      this.refill();
+    }
+  }
+
+  state(): PoolState {
+    return {
+      template: this.opts.template.name,
+      network: this.opts.network,
+      diskMb: this.opts.diskMb,
+      idle: this.idle.length,
+      creating: this.creating,
+      inUse: this.inUse,
+      minIdle: this.opts.minIdle,
+      maxSize: this.opts.maxSize,
+      created: this.created,
+      createMsAvg: this.created ? Math.round(this.createMsTotal / this.created) : 0,
+    };
+  }
+
+  /** Starts background creation until minIdle VPSs are idle (bounded by maxSize in total). */
+  refill(): void {
+    if (this.closed || this.refilling) return;
+    this.refilling = this.refillLoop().finally(() => {
+      this.refilling = undefined;
+      if (!this.closed && this.needsMore()) setTimeout(() => this.refill(), 1000).unref(); // retry after a failure
+    });
+  }
+
+  /** Resolves once the pool holds minIdle idle VPSs (for start-up and tests). */
+  async warm(): Promise<void> {
+    while (!this.closed && this.needsMore()) {
+      this.refill();
+      await this.refilling;
+    }
+  }
+
+  private needsMore(): boolean {
+    const total = this.idle.length + this.creating + this.inUse;
+    return this.idle.length + this.creating < this.opts.minIdle && total < this.opts.maxSize;
+  }
+
+  private async refillLoop(): Promise<void> {
+    const workers = Array.from({ length: this.opts.refillConcurrency ?? 1 }, async () => {
+      while (!this.closed && this.needsMore()) {
+        const vps = await this.createOne().catch((e: unknown) => {
+          this.log.warn({ err: e, template: this.opts.template.name }, 'pool refill failed');
+          return undefined;
+        });
+        if (!vps) return;
+        if (this.closed) await this.engine.destroy(vps.id);
+        else this.idle.push(vps);
+      }
+    });
+    await Promise.all(workers);
+  }
+
+  private async createOne(): Promise<RuncVps> {
+    this.creating++;
+    const t0 = performance.now();
+    try {
+      const id = newId();
+      const spec: VpsSpec = {
+        template: this.opts.template,
+        hostname: `vps-${id.slice(0, 8)}`,
+        network: this.opts.network,
+        memoryMb: this.opts.memoryMb,
+        cpus: this.opts.cpus,
+        pids: this.opts.pids,
+        diskMb: this.opts.diskMb,
+      };
+      const vps = await this.engine.create(id, spec);
+      this.created++;
+      this.createMsTotal += performance.now() - t0;
+      return vps;
+    } finally {
+      this.creating--;
+    }
+  }
+
+  /** Destroys idle VPSs and stops refilling; VPSs in use are released by their jobs. */
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.refilling;
+    const idle = this.idle.splice(0);
+    await Promise.all(idle.map((v) => this.engine.destroy(v.id)));
+  }
+}

@@ -1,0 +1,173 @@
+import os from 'node:os';
+import { Worker } from 'bullmq';
+import { connectRedis } from '../core/redis.js';
+import type { ServiceConfig } from '../core/config.js';
+import type { Logger } from '../core/log.js';
+import { QUEUE_NAME } from '../core/queue.js';
+import { ArtifactStore } from '../core/store/artifacts.js';
+import { HostRegistry } from '../core/store/hosts.js';
+import { JobStore } from '../core/store/jobs.js';
+import { Keys } from '../core/store/keys.js';
+import { LogStore } from '../core/store/logs.js';
+import { TenantSlots } from '../core/store/slots.js';
+import { gc } from '../runtime/gc.js';
+import { VpsPool } from '../runtime/pool.js';
+import { RuncEngine } from '../runtime/runc-engine.js';
+import { resolveTemplate } from '../runtime/templates/store.js';
+import { Heartbeat, primaryAddress } from './host.js';
+import { createProcessor, RunningJobs } from './processors/run-job.js';
+
+export interface WorkerOptions {
+  config: ServiceConfig;
+  redisUrl: string;
+  log: Logger;
+  /** BullMQ lock settings; shorter in tests so a killed worker's job is recovered quickly. */
+  lockDurationMs?: number;
+  stalledIntervalMs?: number;
+  templatesDir?: string;
+  /** Wait until pools hold their minimum idle VPSs before taking jobs. */
+  warmBeforeStart?: boolean;
+}
+
+export interface WorkerHandle {
+  hostId: string;
+  engine: RuncEngine;
+  pools: VpsPool[];
+  running: RunningJobs;
+  /** Graceful: stop taking jobs, let running ones finish up to the grace period, destroy all VPSs. */
+  close(): Promise<void>;
+}
+
+/**
+ * Composition root of a worker host: Redis → runtime engine (gc of a previous crash first) →
+ * warm pools → BullMQ worker → heartbeat + cancel listener. Closed in reverse order.
+ */
+export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
+  const { config, log } = o;
+  const hostId = config.hostId;
+  const hlog = log.child({ hostId });
+  const redis = connectRedis(o.redisUrl);
+  const sub = connectRedis(o.redisUrl);
+  const keys = new Keys(config.redisPrefix);
+  const jobs = new JobStore(redis, config.redisPrefix);
+
+  const engine = new RuncEngine({
+    stateDir: config.stateDir,
+    templatesDir: o.templatesDir,
+    runcPath: config.runcPath,
+    criuPath: config.criuPath,
+    agentPath: config.agentPath,
+    netCidr: config.netCidr,
+    log: hlog,
+  });
+  const cleaned = await gc(engine);
+  if (cleaned.vps.length) hlog.info({ vps: cleaned.vps.length }, 'cleaned up VPSs left by a previous run');
+
+  const pools: VpsPool[] = [];
+  for (const p of config.pools) {
+    const template = await resolveTemplate(engine.layout.templatesDir, p.template).catch((e: unknown) => {
+      hlog.warn({ err: e, template: p.template }, 'pool template not built; no pool for it');
+      return undefined;
+    });
+    if (!template) continue;
+    pools.push(
+      new VpsPool(
+        {
+          template,
+          network: p.network,
+          diskMb: config.defaultLimits.diskMb,
+          memoryMb: config.maxLimits.memoryMb,
+          cpus: config.maxLimits.cpus,
+          pids: config.maxLimits.pids,
+          minIdle: config.poolMinIdle,
+          maxSize: config.poolMax,
+        },
+        engine,
+        hlog,
+      ),
+    );
+  }
+  if (o.warmBeforeStart) await Promise.all(pools.map((p) => p.warm()));
+  else for (const p of pools) p.refill();
+
+  const running = new RunningJobs();
+  const processor = createProcessor(
+    {
+      hostId,
+      engine,
+      pools,
+      jobs,
+      logs: new LogStore(redis, config.redisPrefix),
+      artifacts: new ArtifactStore(redis, config.redisPrefix),
+      slots: new TenantSlots(redis, config.redisPrefix),
+      redis,
+      tenantConcurrency: config.tenantConcurrency,
+      resultTtlSec: config.resultTtlSec,
+      maxArtifactBytes: config.maxArtifactBytes,
+      log: hlog,
+    },
+    running,
+  );
+  const worker = new Worker(QUEUE_NAME, processor, {
+    connection: connectRedis(o.redisUrl),
+    prefix: keys.bullPrefix(),
+    concurrency: config.workerConcurrency,
+    lockDuration: o.lockDurationMs ?? 15_000,
+    stalledInterval: o.stalledIntervalMs ?? 10_000,
+    // Our processor decides what a re-delivered job means (host_lost); BullMQ must not fail it first.
+    maxStalledCount: 100,
+  });
+  worker.on('error', (e) => hlog.error({ err: e }, 'queue worker error'));
+
+  // Cancellation: a message names the job; whichever worker runs it aborts it. The record's
+  // cancelRequested flag is polled too, in case a message was missed (pub/sub is fire-and-forget).
+  await sub.subscribe(keys.cancelChannel());
+  sub.on('message', (_ch: string, jobId: string) => running.cancel(jobId));
+  const cancelPoll = setInterval(() => {
+    void (async () => {
+      for (const id of running.byId.keys()) {
+        const v = await redis.hget(keys.job(id), 'cancelRequested');
+        if (v === 'true') running.cancel(id);
+      }
+    })().catch(() => undefined);
+  }, 500);
+  cancelPoll.unref();
+
+  const heartbeat = new Heartbeat(
+    new HostRegistry(redis, config.redisPrefix),
+    { id: hostId, address: primaryAddress(), capacity: config.workerConcurrency, templatesDir: engine.layout.templatesDir, version: '0.1.0' },
+    pools,
+    () => running.byId.size,
+  );
+  heartbeat.start((e) => hlog.warn({ err: e }, 'heartbeat failed'));
+  hlog.info({ pools: pools.map((p) => `${p.opts.template.name}:${p.opts.network}`), concurrency: config.workerConcurrency }, 'worker started');
+
+  let closing: Promise<void> | undefined;
+  return {
+    hostId,
+    engine,
+    pools,
+    running,
+    close: () =>
+      (closing ??= (async () => {
+        hlog.info({ running: running.byId.size }, 'worker stopping');
+        const graceful = worker.close();
+        const deadline = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), config.shutdownGraceSec * 1000).unref());
+        if ((await Promise.race([graceful.then(() => 'done' as const), deadline])) === 'timeout') {
+          hlog.warn({ running: running.byId.size }, 'grace period over: canceling running jobs');
+          for (const id of running.byId.keys()) running.cancel(id);
+          await graceful;
+        }
+        clearInterval(cancelPoll);
+        await Promise.all(pools.map((p) => p.close()));
+        await heartbeat.stop().catch(() => undefined);
+        // Whatever is left (VPSs being destroyed in the background) goes now.
+        await engine.destroyAll();
+        await sub.quit().catch(() => undefined);
+        await redis.quit().catch(() => undefined);
+        hlog.info('worker stopped');
+      })()),
+  };
+}
+
+export const defaultHostId = (): string => os.hostname();

@@ -1,0 +1,237 @@
+import { DelayedError, type Job as BullJob } from 'bullmq';
+import { errorMessage, isRunboxError, RunboxError } from '../../core/errors.js';
+import { finalStatus } from '../../core/job-state.js';
+import { isTerminal, QueuePayloadSchema, type Job, type JobRequest } from '../../core/job.js';
+import type { Logger } from '../../core/log.js';
+import { MiB } from '../../core/units.js';
+import type { ArtifactStore } from '../../core/store/artifacts.js';
+import type { JobStore } from '../../core/store/jobs.js';
+import type { LogStore } from '../../core/store/logs.js';
+import { recordHistogram } from '../../core/store/metrics.js';
+import type { TenantSlots } from '../../core/store/slots.js';
+import type { Redis } from 'ioredis';
+import type { VpsPool } from '../../runtime/pool.js';
+import type { RuncEngine } from '../../runtime/runc-engine.js';
+import type { RuncVps } from '../../runtime/runc-vps.js';
+import { resolveTemplate } from '../../runtime/templates/store.js';
+import { newId } from '../../core/ids.js';
+import { OutputWriter } from '../logs.js';
+
+export interface RunJobDeps {
+  hostId: string;
+  engine: RuncEngine;
+  pools: VpsPool[];
+  jobs: JobStore;
+  logs: LogStore;
+  artifacts: ArtifactStore;
+  slots: TenantSlots;
+  redis: Redis;
+  tenantConcurrency: number;
+  resultTtlSec: number;
+  maxArtifactBytes: number;
+  log: Logger;
+}
+
+/** Jobs running on this worker, by id: cancellation and shutdown reach them through here. */
+export class RunningJobs {
+  readonly byId = new Map<string, AbortController>();
+  cancel(id: string): boolean {
+    const c = this.byId.get(id);
+    c?.abort();
+    return !!c;
+  }
+}
+
+const SLOT_RETRY_MS = 250;
+
+/**
+ * The BullMQ processor: one queued job → one fresh VPS → a recorded result.
+ *
+ * Retries are for infrastructure only: if no VPS can be made, the job goes back to `queued` and
+ * BullMQ retries it with backoff; a job whose command ran is completed whatever its exit status.
+ * A job found `running` when picked up again was running on a worker that died: it is recorded
+ * as failed with error.code "host_lost" (not re-run: jobs need not be idempotent).
+ */
+export function createProcessor(deps: RunJobDeps, running: RunningJobs) {
+  return async (bull: BullJob, token?: string): Promise<void> => {
+    const { jobId, tenant } = QueuePayloadSchema.parse(bull.data);
+    const log = deps.log.child({ jobId, tenant });
+    const stored = await deps.jobs.get(jobId);
+    if (!stored) return; // expired or deleted: nothing to do
+    const job = stored.job;
+    if (isTerminal(job.status)) return; // e.g. canceled while queued
+    if (running.byId.has(jobId)) return; // a duplicate delivery of a job this worker is running
+    if (job.status === 'running' || job.status === 'checkpointing' || job.status === 'migrating') {
+      await hostLost(deps, job, tenant, log);
+      return;
+    }
+    if (job.cancelRequested) {
+      await deps.jobs.transition(jobId, 'canceled', { finishedAt: new Date().toISOString() }, { host: deps.hostId }).catch(() => undefined);
+      return;
+    }
+    if (!(await deps.slots.acquire(tenant, jobId, deps.tenantConcurrency))) {
+      await bull.moveToDelayed(Date.now() + SLOT_RETRY_MS, token);
+      throw new DelayedError();
+    }
+    const abort = new AbortController();
+    running.byId.set(jobId, abort);
+    try {
+      await runOne(deps, bull, job, tenant, abort, log);
+    } finally {
+      running.byId.delete(jobId);
+      await deps.slots.release(tenant, jobId);
+    }
+  };
+}
+
+async function hostLost(deps: RunJobDeps, job: Job, tenant: string, log: Logger): Promise<void> {
+  log.warn({ previousHost: job.host }, 'job was running on a worker that is gone: recording host_lost');
+  await deps.jobs
+    .transition(
+      job.id,
+      'failed',
+      { error: { code: 'host_lost', message: `the worker running this job (host ${job.host}) stopped before it finished` }, finishedAt: new Date().toISOString() },
+      { host: job.host, note: 'host_lost' },
+    )
+    .catch((e) => log.warn({ err: e }, 'host_lost transition failed'));
+  await deps.slots.release(tenant, job.id);
+  await deps.jobs.expire(job.id, deps.resultTtlSec);
+}
+
+async function runOne(deps: RunJobDeps, bull: BullJob, job: Job, tenant: string, abort: AbortController, log: Logger): Promise<void> {
+  const req = await deps.jobs.getRequest(job.id);
+  if (!req) throw new RunboxError('internal', `job ${job.id} has no stored request`);
+  await deps.jobs.transition(job.id, 'starting', { host: deps.hostId, attempt: job.attempt + 1 }, { host: deps.hostId });
+
+  let vps: RuncVps | undefined;
+  let pool: VpsPool | undefined;
+  const dispose = (v: RuncVps) => {
+    // The VPS served its one job; destroying it does not hold up the result.
+    const done = pool ? pool.release(v) : deps.engine.destroy(v.id);
+    void done.catch((e) => log.error({ err: e, vpsId: v.id }, 'destroying the VPS failed'));
+  };
+  try {
+    ({ vps, pool } = await acquireVps(deps, req, job));
+    await prepare(vps, req, job);
+  } catch (e) {
+    if (vps) dispose(vps);
+    // Nothing of the job ran: put it back for a retry, or fail it on the last attempt.
+    const last = bull.attemptsMade + 1 >= (bull.opts.attempts ?? 1);
+    log.warn({ err: e, last }, 'could not start the job');
+    if (last || !isInfraError(e)) {
+      await deps.jobs.transition(job.id, 'failed', { error: errorOf(e), finishedAt: new Date().toISOString() }, { host: deps.hostId });
+      await deps.jobs.expire(job.id, deps.resultTtlSec);
+      return;
+    }
+    await deps.jobs.transition(job.id, 'queued', { host: null }, { host: deps.hostId, note: errorMessage(e) });
+    throw e;
+  }
+
+  if (!vps) throw new RunboxError('internal', 'no VPS');
+  const writer = new OutputWriter(deps.logs, job.id, log);
+  const startedAt = new Date().toISOString();
+  const toRunning = deps.jobs.transition(job.id, 'running', { startedAt }, { host: deps.hostId });
+  try {
+    const result = await vps.run({
+      argv: req.command ?? ['/bin/sh', '-c', req.script!],
+      env: req.env,
+      workdir: req.workdir,
+      user: req.user,
+      stdin: req.stdin === undefined ? undefined : Buffer.from(req.stdin),
+      timeoutSec: job.limits.timeoutSec,
+      outputBytes: job.limits.outputBytes,
+      signal: abort.signal,
+      onOutput: (stream, data, offset) => writer.push(stream, data, offset),
+    });
+    await toRunning.catch(() => undefined);
+    const collected = req.artifacts.length ? await collectArtifacts(deps, vps, req, job.id, log) : { list: [], truncated: false };
+    await writer.flush();
+    const status = finalStatus(result);
+    const error = result.error
+      ? { code: result.error.code, message: result.error.message }
+      : result.oomKilled
+        ? { code: 'oom_killed', message: `out of memory: the job exceeded its ${job.limits.memoryMb} MiB limit` }
+        : result.timedOut
+          ? { code: 'timeout', message: `the job exceeded its ${job.limits.timeoutSec} s time limit` }
+          : null;
+    await deps.jobs
+      .transition(
+        job.id,
+        status,
+        {
+          exitCode: result.exitCode,
+          signal: result.signal,
+          oomKilled: result.oomKilled,
+          error,
+          startedAt: result.startedAt,
+          finishedAt: result.finishedAt,
+          usage: result.usage,
+          outputBytes: result.outputBytes,
+          outputTruncated: result.outputTruncated,
+          artifacts: collected.list,
+          artifactsTruncated: collected.truncated,
+        },
+        { host: deps.hostId },
+      )
+      .catch((e) => {
+        // Canceled through the API while finishing: the record already says so.
+        if (!isRunboxError(e, 'conflict')) throw e;
+      });
+    void recordHistogram(deps.redis, deps.jobs.keys, 'job_queue_seconds', (Date.parse(result.startedAt) - Date.parse(job.createdAt)) / 1000).catch(() => undefined);
+    void recordHistogram(deps.redis, deps.jobs.keys, 'job_run_seconds', result.usage.wallMs / 1000).catch(() => undefined);
+    await deps.jobs.expire(job.id, deps.resultTtlSec);
+    log.info({ status, exitCode: result.exitCode, wallMs: result.usage.wallMs }, 'job finished');
+  } finally {
+    dispose(vps);
+  }
+}
+
+async function acquireVps(deps: RunJobDeps, req: JobRequest, job: Job): Promise<{ vps: RuncVps; pool?: VpsPool }> {
+  const pool = deps.pools.find((p) => p.matches(req.template, req.network, job.limits.diskMb));
+  if (pool) {
+    const { vps } = await pool.acquire();
+    return { vps, pool };
+  }
+  const template = await resolveTemplate(deps.engine.layout.templatesDir, req.template);
+  const id = newId();
+  const vps = await deps.engine.create(id, {
+    template,
+    hostname: req.hostname ?? `vps-${id.slice(0, 8)}`,
+    network: req.network,
+    memoryMb: job.limits.memoryMb,
+    cpus: job.limits.cpus,
+    pids: job.limits.pids,
+    diskMb: job.limits.diskMb,
+  });
+  return { vps };
+}
+
+/** Job-specific setup of a (possibly pooled) VPS: limits, hostname, files. */
+async function prepare(vps: RuncVps, req: JobRequest, job: Job): Promise<void> {
+  await vps.cgroup.setLimits({ memoryBytes: job.limits.memoryMb * MiB, cpus: job.limits.cpus, pids: job.limits.pids });
+  if (req.hostname && vps.info().spec.hostname !== req.hostname) await vps.setHostname(req.hostname);
+  for (const [path, f] of Object.entries(req.files)) {
+    await vps.writeFile(path, Buffer.from(f.content, f.encoding), f.mode);
+  }
+}
+
+async function collectArtifacts(deps: RunJobDeps, vps: RuncVps, req: JobRequest, jobId: string, log: Logger) {
+  try {
+    const r = await vps.collect(req.artifacts, { maxBytes: deps.maxArtifactBytes, maxFiles: 1000 });
+    await deps.artifacts.put(jobId, r.files.map((f) => ({ path: f.path, content: f.content })));
+    return { list: r.files.map((f) => ({ path: f.path, size: f.content.length, mode: f.mode })), truncated: r.truncated };
+  } catch (e) {
+    log.warn({ err: e }, 'collecting artifacts failed');
+    return { list: [], truncated: true };
+  }
+}
+
+const USER_ERRORS = new Set(['invalid_argument', 'template_missing', 'limit_exceeded']);
+
+function isInfraError(e: unknown): boolean {
+  return !(isRunboxError(e) && USER_ERRORS.has(e.code));
+}
+
+function errorOf(e: unknown): { code: string; message: string } {
+  return { code: isRunboxError(e) ? e.code : 'internal', message: errorMessage(e) };
+}
