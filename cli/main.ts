@@ -2,7 +2,12 @@
 import { errorMessage, isRunboxError } from '../core/errors.js';
 
 const USAGE = `usage: runbox COMMAND [ARGS]
+  up                             start everything here: Redis (unless RUNBOX_REDIS_URL), API, one worker
+  api | worker                   start one part (several workers can share one Redis)
   run [flags] -- CMD [ARGS...]   run one command in a fresh VPS on this machine (see runbox run --help)
+  submit [flags] -- CMD          submit a job through the API (see runbox submit --help)
+  status ID | logs [-f] ID | ls | cancel ID | hosts | templates
+                                 talk to the API (RUNBOX_API_URL, RUNBOX_TOKEN)
   gc [--all]                     clean up what a crashed runbox process left behind (--all: every VPS
                                  of this state dir, plus its bridge and firewall table)
   doctor                         check that this host can run VPSs, in plain words
@@ -16,6 +21,26 @@ async function main(argv: string[]): Promise<number> {
       if (rest[0] === '--help' || rest[0] === '-h') return usage((await import('./run-args.js')).RUN_USAGE, 0);
       return (await import('./run.js')).runCommand(rest);
     }
+    case 'worker':
+      return (await import('./services.js')).workerCommand(rest);
+    case 'api':
+      return (await import('./services.js')).apiCommand(rest);
+    case 'up':
+      return (await import('./services.js')).upCommand(rest);
+    case 'submit':
+      return (await import('./jobs-commands.js')).submitCommand(rest);
+    case 'status':
+      return (await import('./jobs-commands.js')).statusCommand(rest);
+    case 'logs':
+      return (await import('./jobs-commands.js')).logsCommand(rest);
+    case 'ls':
+      return (await import('./jobs-commands.js')).lsCommand(rest);
+    case 'cancel':
+      return (await import('./jobs-commands.js')).cancelCommand(rest);
+    case 'hosts':
+      return (await import('./jobs-commands.js')).hostsCommand(rest);
+    case 'templates':
+      return (await import('./jobs-commands.js')).templatesCommand(rest);
     case 'gc':
       return (await import('./maintenance.js')).gcCommand(rest);
     case 'doctor':
@@ -36,9 +61,13 @@ function usage(text: string, code: number): number {
   return code;
 }
 
+const LONG_RUNNING = new Set(['up', 'api', 'worker']);
+
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;
+    // A service that has shut down cleanly exits now, whatever library handle lingers.
+    if (LONG_RUNNING.has(process.argv[2] ?? '')) process.exit(code);
   },
   (e: unknown) => {
     process.stderr.write(`runbox: ${isRunboxError(e) ? '' : 'error: '}${errorMessage(e)}\n`);

@@ -9,7 +9,7 @@ export function engineFromEnv(): RuncEngine {
   const cfg = runtimeConfigFromEnv(process.env);
   return new RuncEngine({
     stateDir: cfg.stateDir,
-    templatesDir: process.env.RUNBOX_TEMPLATES_DIR,
+    templatesDir: cfg.templatesDir,
     runcPath: cfg.runcPath,
     criuPath: cfg.criuPath,
     agentPath: cfg.agentPath,

@@ -20,7 +20,7 @@ export async function runCommand(args: string[]): Promise<number> {
   const log = createLogger(process.env.RUNBOX_LOG_LEVEL ?? 'warn');
   const engine = new RuncEngine({
     stateDir: cfg.stateDir,
-    templatesDir: process.env.RUNBOX_TEMPLATES_DIR,
+    templatesDir: cfg.templatesDir,
     runcPath: cfg.runcPath,
     criuPath: cfg.criuPath,
     agentPath: cfg.agentPath,

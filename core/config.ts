@@ -15,6 +15,7 @@ const num = (def: number) => z.coerce.number().positive().default(def);
 /** Every environment variable runbox reads, with its default. Parsed once, in a composition root. */
 export const EnvSchema = z.object({
   RUNBOX_STATE_DIR: z.string().min(1).default('/var/lib/runbox'),
+  RUNBOX_TEMPLATES_DIR: z.string().min(1).optional(),
   RUNBOX_RUNC: z.string().min(1).default('runc'),
   RUNBOX_CRIU: z.string().min(1).default('/opt/runbox/criu/bin/criu'),
   RUNBOX_AGENT: z.string().min(1).default(path.join(REPO_ROOT, 'build/runbox-agent')),
@@ -53,11 +54,14 @@ export const EnvSchema = z.object({
   RUNBOX_RATE_LIMIT_PER_SEC: int(100),
   RUNBOX_MAX_ARTIFACT_BYTES: int(64 * 1024 * 1024),
   RUNBOX_SHUTDOWN_GRACE_SEC: num(30),
+  RUNBOX_JOB_LOCK_MS: z.coerce.number().int().min(1000).default(15_000),
 });
 export type Env = z.infer<typeof EnvSchema>;
 
 export interface RuntimeConfig {
   stateDir: string;
+  /** Built templates (default <stateDir>/templates). */
+  templatesDir: string;
   runcPath: string;
   criuPath: string;
   agentPath: string;
@@ -82,6 +86,7 @@ export function runtimeConfigFromEnv(raw: NodeJS.ProcessEnv): RuntimeConfig {
   const e = parseEnv(raw);
   return {
     stateDir: path.resolve(e.RUNBOX_STATE_DIR),
+    templatesDir: path.resolve(e.RUNBOX_TEMPLATES_DIR ?? path.join(e.RUNBOX_STATE_DIR, 'templates')),
     runcPath: e.RUNBOX_RUNC,
     criuPath: e.RUNBOX_CRIU,
     agentPath: path.resolve(e.RUNBOX_AGENT),
@@ -129,6 +134,8 @@ export interface ServiceConfig extends RuntimeConfig {
   rateLimitPerSec: number;
   maxArtifactBytes: number;
   shutdownGraceSec: number;
+  /** BullMQ job lock: a worker that stops renewing it for this long is presumed dead. */
+  jobLockMs: number;
 }
 
 export function serviceConfigFromEnv(raw: NodeJS.ProcessEnv, hostname: string): ServiceConfig {
@@ -156,5 +163,6 @@ export function serviceConfigFromEnv(raw: NodeJS.ProcessEnv, hostname: string): 
     rateLimitPerSec: e.RUNBOX_RATE_LIMIT_PER_SEC,
     maxArtifactBytes: e.RUNBOX_MAX_ARTIFACT_BYTES,
     shutdownGraceSec: e.RUNBOX_SHUTDOWN_GRACE_SEC,
+    jobLockMs: e.RUNBOX_JOB_LOCK_MS,
   };
 }

@@ -34,8 +34,17 @@ export interface VpsRecord {
   createdAt: string;
 }
 
-/** A timer that does not keep the process alive (the CLI must exit as soon as its work is done). */
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms).unref());
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Waits for `p` at most `ms`, and clears the timer either way: a leftover timer would keep a CLI
+ * process alive for no reason (an unref'd one would let it exit in the middle of an await).
+ */
+export async function within(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([p, new Promise((r) => (timer = setTimeout(r, ms)))]);
+  clearTimeout(timer);
+}
 
 /** The container's init as a ProcessRef, taken right after runc started it (so pid reuse is detected later). */
 export async function readInitRef(pidFile: string): Promise<ProcessRef | undefined> {
@@ -170,7 +179,7 @@ export class RuncEngine implements VpsEngine {
       } catch {
         /* already gone */
       }
-      if (vps) await Promise.race([vps.channel.whenClosed(), sleep(2000)]);
+      if (vps) await within(vps.channel.whenClosed(), 2000);
       else await waitGone(init, 2000);
     }
     try {

@@ -53,7 +53,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
 
   const engine = new RuncEngine({
     stateDir: config.stateDir,
-    templatesDir: o.templatesDir,
+    templatesDir: o.templatesDir ?? config.templatesDir,
     runcPath: config.runcPath,
     criuPath: config.criuPath,
     agentPath: config.agentPath,
@@ -108,12 +108,13 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     },
     running,
   );
+  const bullConnection = connectRedis(o.redisUrl);
   const worker = new Worker(QUEUE_NAME, processor, {
-    connection: connectRedis(o.redisUrl),
+    connection: bullConnection,
     prefix: keys.bullPrefix(),
     concurrency: config.workerConcurrency,
-    lockDuration: o.lockDurationMs ?? 15_000,
-    stalledInterval: o.stalledIntervalMs ?? 10_000,
+    lockDuration: o.lockDurationMs ?? config.jobLockMs,
+    stalledInterval: o.stalledIntervalMs ?? Math.max(500, Math.round(config.jobLockMs / 2)),
     // Our processor decides what a re-delivered job means (host_lost); BullMQ must not fail it first.
     maxStalledCount: 100,
   });
@@ -165,6 +166,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
         await engine.destroyAll();
         await sub.quit().catch(() => undefined);
         await redis.quit().catch(() => undefined);
+        bullConnection.disconnect(); // BullMQ does not close a connection it was given
         hlog.info('worker stopped');
       })()),
   };

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { RunboxError } from '../../core/errors.js';
 import { execOk } from '../exec.js';
 import { checkpointArgs, restoreArgs } from '../oci/runc.js';
-import { readInitRef, type RuncEngine } from '../runc-engine.js';
+import { readInitRef, within, type RuncEngine } from '../runc-engine.js';
 import type { RuncVps } from '../runc-vps.js';
 import { next } from '../state.js';
 
@@ -47,7 +47,7 @@ export async function checkpoint(engine: RuncEngine, vps: RuncVps, opts: { leave
     await fs.rm(workPath, { recursive: true, force: true });
   }
   // Read the old pipe to its end: output the agent wrote just before the dump is not lost.
-  if (!opts.leaveRunning) await Promise.race([old.whenClosed(), new Promise((r) => setTimeout(r, 5000).unref())]);
+  if (!opts.leaveRunning) await within(old.whenClosed(), 5000);
   return { imagePath, leaveRunning: opts.leaveRunning, sizeBytes: await dirSize(imagePath), durationMs: Date.now() - t0, createdAt: new Date(t0).toISOString() };
 }
 

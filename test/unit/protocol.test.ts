@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import {
-  AGENT_VERSION, encodeFileWrite, encodeJob, encodeSignal, encodeStdin, encodeStdinClose, FRAME_HEADER, FrameDecoder,
-  MAX_FRAME, MAX_PAYLOAD, type AgentFrame,
+  AGENT_VERSION, encodeCollect, encodeFileWrite, encodeJob, encodeSignal, encodeStdin, encodeStdinClose, FRAME_HEADER,
+  FrameDecoder, MAX_FRAME, MAX_PAYLOAD, type AgentFrame,
 } from '../../runtime/agent/protocol.js';
 
 /** Deterministic pseudo-random bytes. */
@@ -228,7 +228,7 @@ describe('FrameDecoder', () => {
     [mk('O', 'out\n'), { type: 'stdout', data: Buffer.from('out\n') }],
     [mk('O', ''), { type: 'stdout', data: Buffer.alloc(0) }],
     [mk('E', Buffer.from([0, 255, 10])), { type: 'stderr', data: Buffer.from([0, 255, 10]) }],
-    [mk('Z', 'unknown'), null],
+    [mk('Q', 'unknown'), null],
     [mk('D', 'exec: /bin/nope: No such file or directory ü'), { type: 'diagnostic', message: 'exec: /bin/nope: No such file or directory ü' }],
     [mk('w', writtenPayload(0, '')), { type: 'fileWritten', errno: 0, message: '' }],
     [mk('w', writtenPayload(13, 'Permission denied')), { type: 'fileWritten', errno: 13, message: 'Permission denied' }],
@@ -311,5 +311,138 @@ describe('FrameDecoder', () => {
     const frames = [...encodeStdin(bytes(9000)), encodeStdinClose(), encodeSignal(2)];
     // these are host->agent types, unknown to the host decoder: all skipped, nothing thrown
     expect(new FrameDecoder().push(Buffer.concat(frames))).toEqual([]);
+  });
+});
+
+function collectedPayload(files: number, bytes: bigint, truncated: number, text: string): Buffer {
+  const p = Buffer.alloc(13);
+  p.writeUInt32LE(files, 0);
+  p.writeBigUInt64LE(bytes, 4);
+  p[12] = truncated;
+  return Buffer.concat([p, Buffer.from(text, 'utf8')]);
+}
+
+describe('encodeCollect', () => {
+  it('lays out records byte-exactly', () => {
+    const f = encodeCollect({ patterns: ['/out', 'result.json'], maxBytes: 1048576, maxFiles: 100 });
+    const payload = 'g/out\0gresult.json\0n1048576\0f100\0';
+    expect(payload.length).toBe(33);
+    expect(f).toEqual(Buffer.concat([Buffer.from([0x47, 33, 0, 0, 0]), Buffer.from(payload, 'latin1')]));
+    expect([...f.subarray(0, 11)]).toEqual([0x47, 33, 0, 0, 0, 0x67, 0x2f, 0x6f, 0x75, 0x74, 0x00]);
+  });
+
+  it('keeps pattern order, duplicates and UTF-8, and encodes zero caps', () => {
+    const { type, payload } = unframe(encodeCollect({ patterns: ['b/*', 'é', 'b/*'], maxBytes: 0, maxFiles: 0 }));
+    expect(type).toBe('G');
+    expect(payload).toEqual(Buffer.from('gb/*\0g\xc3\xa9\0gb/*\0n0\0f0\0', 'latin1'));
+  });
+
+  it('writes big caps in plain decimal', () => {
+    const { payload } = unframe(encodeCollect({ patterns: ['/'], maxBytes: Number.MAX_SAFE_INTEGER, maxFiles: 2 ** 32 }));
+    expect(payload.toString('latin1')).toBe('g/\0n9007199254740991\0f4294967296\0');
+  });
+
+  it.each([
+    ['no pattern', { patterns: [], maxBytes: 1, maxFiles: 1 }, 'at least one pattern is needed'],
+    ['an empty pattern', { patterns: ['/a', ''], maxBytes: 1, maxFiles: 1 }, 'patterns must not be empty'],
+    ['NUL in a pattern', { patterns: ['/a\0b'], maxBytes: 1, maxFiles: 1 }, 'pattern must not contain NUL bytes'],
+    ['negative maxBytes', { patterns: ['/a'], maxBytes: -1, maxFiles: 1 }, 'maxBytes must be a non-negative integer (got -1)'],
+    ['fractional maxBytes', { patterns: ['/a'], maxBytes: 1.5, maxFiles: 1 }, 'maxBytes must be a non-negative integer (got 1.5)'],
+    ['NaN maxFiles', { patterns: ['/a'], maxBytes: 1, maxFiles: NaN }, 'maxFiles must be a non-negative integer (got NaN)'],
+    ['unsafe maxFiles', { patterns: ['/a'], maxBytes: 1, maxFiles: 2 ** 53 }, 'maxFiles must be a non-negative integer'],
+  ])('rejects %s', (_what, req, msg) => {
+    expect(() => encodeCollect(req)).toThrow(msg);
+  });
+
+  it('accepts patterns that exactly fill one frame and rejects one byte more', () => {
+    // "g" + pattern + NUL, "n1\0", "f1\0": 2 + len + 6
+    const fits = encodeCollect({ patterns: ['/' + 'x'.repeat(MAX_PAYLOAD - 9)], maxBytes: 1, maxFiles: 1 });
+    expect(fits.length).toBe(MAX_FRAME);
+    expect(() => encodeCollect({ patterns: ['/' + 'x'.repeat(MAX_PAYLOAD - 8)], maxBytes: 1, maxFiles: 1 })).toThrow(
+      'patterns together must fit in 4091 bytes (got 4092)',
+    );
+  });
+});
+
+describe('FrameDecoder: collection frames', () => {
+  const data = bytes(300, 11);
+  const STREAM: Array<[Buffer, AgentFrame | null]> = [
+    [mk('F', 'p/out/a.txt\0s6\0m640\0'), { type: 'fileHeader', path: '/out/a.txt', size: 6, mode: 0o640 }],
+    [mk('B', 'hello\n'), { type: 'fileData', data: Buffer.from('hello\n') }],
+    [mk('F', 'p/out/empty\0s0\0m644\0'), { type: 'fileHeader', path: '/out/empty', size: 0, mode: 0o644 }],
+    [mk('F', 'p/out/é b\n\0m4755\0s300\0'), { type: 'fileHeader', path: '/out/é b\n', size: 300, mode: 0o4755 }],
+    [mk('B', data), { type: 'fileData', data }],
+    [mk('B', ''), { type: 'fileData', data: Buffer.alloc(0) }],
+    [mk('F', 'p/big\0s9007199254740991\0m600\0'), { type: 'fileHeader', path: '/big', size: 2 ** 53 - 1, mode: 0o600 }],
+    [mk('F', 's1\0m644\0'), null], // no path
+    [mk('F', 'p\0s1\0m644\0'), null], // empty path
+    [mk('F', 'p/x\0s-1\0m644\0'), null],
+    [mk('F', 'p/x\0s\0m644\0'), null],
+    [mk('F', 'p/x\0s1\0m9\0'), null],
+    [mk('F', 'p/x\0s1\0'), null], // no mode
+    [mk('F', 'p/x\0s1\0m644'), null], // unterminated
+    [mk('F', 'p/x\0s9007199254740993\0m644\0'), null], // beyond 2^53
+    [mk('Z', collectedPayload(3, 4097n, 0, '')), { type: 'collected', files: 3, bytes: 4097, truncated: false, notes: [] }],
+    [
+      mk('Z', collectedPayload(0, 0n, 1, 'skipped /x: symlink\nskipped /big: over the size cap (5 bytes, 1 left)\n')),
+      { type: 'collected', files: 0, bytes: 0, truncated: true, notes: ['skipped /x: symlink', 'skipped /big: over the size cap (5 bytes, 1 left)'] },
+    ],
+    [mk('Z', Buffer.alloc(12)), null],
+    [
+      mk('Z', collectedPayload(2 ** 32 - 1, 2n ** 40n + 7n, 2, 'no match: *.ü')),
+      { type: 'collected', files: 2 ** 32 - 1, bytes: 2 ** 40 + 7, truncated: true, notes: ['no match: *.ü'] },
+    ],
+    [mk('Z', 'unknown'), null],
+  ];
+  const INPUT = Buffer.concat(STREAM.map(([b]) => b));
+  const EXPECTED = STREAM.flatMap(([, f]) => (f ? [f] : []));
+
+  it('decodes F, B and Z byte-exactly from one chunk, skipping malformed ones', () => {
+    const raw = [0x46, 12, 0, 0, 0, 0x70, 0x2f, 0x61, 0, 0x73, 0x31, 0, 0x6d, 0x36, 0x34, 0x34, 0, 0x42, 1, 0, 0, 0, 0x7a];
+    const z = [0x5a, 14, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0x78];
+    expect(new FrameDecoder().push(Buffer.from([...raw, ...z]))).toEqual([
+      { type: 'fileHeader', path: '/a', size: 1, mode: 0o644 },
+      { type: 'fileData', data: Buffer.from('z') },
+      { type: 'collected', files: 1, bytes: 1, truncated: true, notes: ['x'] },
+    ]);
+    expect(new FrameDecoder().push(INPUT)).toEqual(EXPECTED);
+    expect(EXPECTED).toHaveLength(10);
+  });
+
+  it('decodes identically when split at every byte boundary', () => {
+    for (let i = 0; i <= INPUT.length; i++) {
+      const d = new FrameDecoder();
+      const got = [...d.push(INPUT.subarray(0, i)), ...d.push(INPUT.subarray(i))];
+      expect(got, `split at ${i}`).toEqual(EXPECTED);
+    }
+  });
+
+  it('decodes identically when split at every pair of boundaries', () => {
+    const pick = [0, 1, 2, 7, 15, 16, 17];
+    const part = Buffer.concat(pick.map((i) => STREAM[i]![0]));
+    const expected = pick.flatMap((i) => (STREAM[i]![1] ? [STREAM[i]![1]!] : []));
+    for (let i = 0; i <= part.length; i++) {
+      for (let j = i; j <= part.length; j++) {
+        const d = new FrameDecoder();
+        const got = [...d.push(part.subarray(0, i)), ...d.push(part.subarray(i, j)), ...d.push(part.subarray(j))];
+        expect(got).toEqual(expected);
+      }
+    }
+  });
+
+  it('decodes one byte at a time', () => {
+    const d = new FrameDecoder();
+    const got: AgentFrame[] = [];
+    for (let i = 0; i < INPUT.length; i++) got.push(...d.push(INPUT.subarray(i, i + 1)));
+    expect(got).toEqual(EXPECTED);
+  });
+
+  it('accepts a maximal B frame', () => {
+    const big = bytes(MAX_PAYLOAD, 12);
+    expect(new FrameDecoder().push(mk('B', big))).toEqual([{ type: 'fileData', data: big }]);
+  });
+
+  it('skips the host-to-agent G frame (not an agent frame)', () => {
+    expect(new FrameDecoder().push(encodeCollect({ patterns: ['/a'], maxBytes: 1, maxFiles: 1 }))).toEqual([]);
   });
 });

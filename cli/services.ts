@@ -1,0 +1,134 @@
+import os from 'node:os';
+import { serviceConfigFromEnv, type ServiceConfig } from '../core/config.js';
+import { RunboxError } from '../core/errors.js';
+import { createLogger, type Logger } from '../core/log.js';
+import { startWorker, type WorkerHandle } from '../worker/main.js';
+
+/**
+ * Long-running parts: `runbox worker`, `runbox api`, `runbox up`. Each is a composition root:
+ * it parses the environment once, starts its parts in dependency order and, on SIGTERM/SIGINT,
+ * stops them in reverse order before exiting.
+ */
+export function loadConfig(): ServiceConfig {
+  return serviceConfigFromEnv(process.env, os.hostname());
+}
+
+export async function workerCommand(args: string[]): Promise<number> {
+  if (args.length) throw new RunboxError('invalid_argument', 'usage: runbox worker (configured by environment, see README)');
+  const config = loadConfig();
+  if (!config.redisUrl) throw new RunboxError('invalid_argument', 'runbox worker needs RUNBOX_REDIS_URL (the Redis shared with the API and other workers)');
+  const log = createLogger(config.logLevel);
+  const worker = await startWorker({ config, redisUrl: config.redisUrl, log, warmBeforeStart: false });
+  return untilSignal(log, [() => worker.close()]);
+}
+
+/** Waits for SIGTERM/SIGINT, then runs the closers in order. A second signal exits at once. */
+export function untilSignal(log: Logger, closers: Array<() => Promise<void>>): Promise<number> {
+  return new Promise((resolve) => {
+    let stopping = false;
+    const stop = (sig: NodeJS.Signals) => {
+      if (stopping) {
+        log.warn({ signal: sig }, 'second signal: exiting now');
+        process.exit(130);
+      }
+      stopping = true;
+      log.info({ signal: sig }, 'shutting down');
+      void (async () => {
+        for (const c of closers) await c().catch((e: unknown) => log.error({ err: e }, 'error while shutting down'));
+        resolve(0);
+      })();
+    };
+    process.on('SIGTERM', stop).on('SIGINT', stop);
+  });
+}
+
+export type { WorkerHandle };
+
+/** Builds the API's dependencies on one Redis URL; returns them with a closer. */
+async function apiDeps(config: ServiceConfig, redisUrl: string, log: Logger, shutdown: AbortSignal) {
+  const { connectRedis } = await import('../core/redis.js');
+  const { JobStore } = await import('../core/store/jobs.js');
+  const { LogStore } = await import('../core/store/logs.js');
+  const { ArtifactStore } = await import('../core/store/artifacts.js');
+  const { HostRegistry } = await import('../core/store/hosts.js');
+  const { JobEvents } = await import('../core/store/events.js');
+  const { JobQueue } = await import('../core/queue.js');
+  const { TokenAuth } = await import('../api/auth.js');
+  const { recipeNames } = await import('../runtime/templates/recipes.js');
+  const redis = connectRedis(redisUrl);
+  const events = new JobEvents(connectRedis(redisUrl), config.redisPrefix);
+  const queue = new JobQueue(redis, config.redisPrefix);
+  const hosts = new HostRegistry(redis, config.redisPrefix);
+  const tokens = await TokenAuth.load({ apiTokens: config.apiTokens, tokenFile: config.tokenFile });
+  if (tokens.size === 0) {
+    throw new RunboxError('invalid_argument', `no API tokens: set RUNBOX_API_TOKENS (tenant=token,...) or write ${config.tokenFile}`);
+  }
+  const deps = {
+    config,
+    jobs: new JobStore(redis, config.redisPrefix),
+    logs: new LogStore(redis, config.redisPrefix),
+    artifacts: new ArtifactStore(redis, config.redisPrefix),
+    hosts,
+    events,
+    queue,
+    tokens,
+    redis,
+    log,
+    shutdown,
+    knownTemplates: async () => {
+      const built = (await hosts.list()).flatMap((h) => h.templates.map((t) => t.name));
+      return [...new Set([...built, ...(await recipeNames())])].sort();
+    },
+  };
+  const close = async () => {
+    await queue.close();
+    await events.close();
+    await redis.quit().catch(() => undefined);
+  };
+  return { deps, close };
+}
+
+export async function apiCommand(args: string[]): Promise<number> {
+  if (args.length) throw new RunboxError('invalid_argument', 'usage: runbox api (configured by environment, see README)');
+  const config = loadConfig();
+  if (!config.redisUrl) throw new RunboxError('invalid_argument', 'runbox api needs RUNBOX_REDIS_URL (the Redis shared with the workers)');
+  const log = createLogger(config.logLevel);
+  const { startApi } = await import('../api/server.js');
+  const stop = new AbortController();
+  const { deps, close } = await apiDeps(config, config.redisUrl, log, stop.signal);
+  const api = await startApi(deps, { host: config.apiHost, port: config.apiPort });
+  log.info({ url: api.url }, 'API listening');
+  return untilSignal(log, [async () => stop.abort(), () => api.close(), close]);
+}
+
+/**
+ * `runbox up` (= `npm start`): Redis (embedded unless RUNBOX_REDIS_URL), one worker, the API.
+ * Prints the URL and a token; Ctrl-C stops everything, leaving no VPS behind.
+ */
+export async function upCommand(args: string[]): Promise<number> {
+  if (args.length) throw new RunboxError('invalid_argument', 'usage: runbox up (configured by environment, see README)');
+  const config = loadConfig();
+  const log = createLogger(config.logLevel);
+  const { startEmbeddedRedis } = await import('./embedded-redis.js');
+  const { ensureTokenFile } = await import('../api/auth.js');
+  const { startApi } = await import('../api/server.js');
+  const redis = config.redisUrl ? { url: config.redisUrl, stop: async () => undefined } : await startEmbeddedRedis(config.stateDir);
+  const token = config.apiTokens ? undefined : await ensureTokenFile(config.tokenFile);
+  const worker = await startWorker({ config, redisUrl: redis.url, log, warmBeforeStart: false });
+  const stop = new AbortController();
+  const { deps, close } = await apiDeps(config, redis.url, log, stop.signal);
+  const api = await startApi(deps, { host: config.apiHost, port: config.apiPort });
+  process.stdout.write(
+    [
+      `runbox is up.`,
+      `  API:    ${api.url}   (docs: ${api.url}/docs)`,
+      token ? `  token:  ${token.token}   (tenant "${token.tenant}", stored in ${config.tokenFile})` : '  tokens: from RUNBOX_API_TOKENS',
+      `  redis:  ${redis.url}`,
+      `  try:    curl -s -H "Authorization: Bearer <token>" -d '{"command":["echo","hello"]}' '${api.url}/v1/jobs?wait=30'`,
+      `          ./bin/runbox submit --wait 30 -- echo hello`,
+      `Ctrl-C stops everything.`,
+      '',
+    ].join('\n'),
+  );
+  return untilSignal(log, [async () => stop.abort(), () => api.close(), close, () => worker.close(), () => redis.stop()]);
+}
