@@ -50,6 +50,7 @@ export async function startEmbeddedRedis(stateDir: string): Promise<EmbeddedRedi
 
 async function ping(url: string): Promise<boolean> {
   const c = connectRedis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  c.on('error', () => undefined); // "not up yet" is the expected answer while starting
   try {
     await c.connect();
     return (await c.ping()) === 'PONG';

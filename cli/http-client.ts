@@ -61,8 +61,14 @@ async function problemError(res: Response): Promise<RunboxError> {
 function tokenFromFile(env: NodeJS.ProcessEnv): string | undefined {
   const file = env.RUNBOX_TOKEN_FILE ?? path.join(env.RUNBOX_STATE_DIR ?? '/var/lib/runbox', 'api-tokens');
   try {
-    const line = fs.readFileSync(file, 'utf8').split(/[\n,]/).map((l) => l.trim()).find((l) => l && !l.startsWith('#'));
-    return line?.split('=')[1];
+    const entries = fs
+      .readFileSync(file, 'utf8')
+      .split('\n')
+      .filter((l) => !l.trim().startsWith('#'))
+      .flatMap((l) => l.split(','))
+      .map((l) => l.trim())
+      .filter((l) => l.includes('='));
+    return entries[0]?.slice(entries[0].indexOf('=') + 1);
   } catch {
     return undefined;
   }

@@ -75,10 +75,10 @@ async function apiDeps(config: ServiceConfig, redisUrl: string, log: Logger, shu
     redis,
     log,
     shutdown,
-    knownTemplates: async () => {
+    knownTemplates: cached(2000, async () => {
       const built = (await hosts.list()).flatMap((h) => h.templates.map((t) => t.name));
       return [...new Set([...built, ...(await recipeNames())])].sort();
-    },
+    }),
   };
   const close = async () => {
     await queue.close();
@@ -86,6 +86,22 @@ async function apiDeps(config: ServiceConfig, redisUrl: string, log: Logger, shu
     await redis.quit().catch(() => undefined);
   };
   return { deps, close };
+}
+
+/** Memoizes an async value for `ms` (job creation asks for the template list every time). */
+function cached<T>(ms: number, fn: () => Promise<T>): () => Promise<T> {
+  let value: Promise<T> | undefined;
+  let at = 0;
+  return () => {
+    if (!value || Date.now() - at > ms) {
+      at = Date.now();
+      value = fn().catch((e: unknown) => {
+        value = undefined;
+        throw e;
+      });
+    }
+    return value;
+  };
 }
 
 export async function apiCommand(args: string[]): Promise<number> {

@@ -35,7 +35,9 @@ end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5, #ARGV - 1))
 redis.call('SET', KEYS[2], ARGV[1])
 redis.call('RPUSH', KEYS[3], ARGV[2])
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
+-- score: creation ms * 1000 + a sequence, so jobs created in the same millisecond keep their order
+local seq = redis.call('INCR', KEYS[4] .. ':seq') % 1000
+redis.call('ZADD', KEYS[4], tonumber(ARGV[3]) * 1000 + seq, ARGV[4])
 redis.call('HINCRBY', KEYS[6], 'queued', 1)
 if KEYS[5] ~= '' then redis.call('SET', KEYS[5], ARGV[4] .. '|' .. ARGV[#ARGV], 'EX', 86400) end
 return {'created', ARGV[4]}
@@ -133,25 +135,39 @@ export class JobStore {
     if (args.length) await this.redis.hset(this.keys.job(id), ...args);
   }
 
-  /** Newest first; `cursor` is the createdAt (ms) score to continue below. Filters apply per page. */
-  async list(tenant: string, opts: { limit: number; cursor?: number; status?: JobStatus; labels?: Record<string, string> }): Promise<{ jobs: Job[]; nextCursor: number | null }> {
+  /**
+   * Newest first. `cursor` ("<index score>:<id>", from the previous page) continues strictly after
+   * that job, also among jobs created in the same millisecond. Filters are applied while scanning.
+   */
+  async list(
+    tenant: string,
+    opts: { limit: number; cursor?: string; status?: JobStatus; labels?: Record<string, string> },
+  ): Promise<{ jobs: Job[]; nextCursor: string | null }> {
     const out: Job[] = [];
-    let max: string = opts.cursor !== undefined ? `(${opts.cursor}` : '+inf';
-    // Scan pages of ids until the page is full (filters may skip many).
+    const after = parseCursor(opts.cursor);
+    let max = after ? String(after.score) : '+inf';
+    let skipSameScore = after; // members sort by id (descending) within one score
     for (let round = 0; round < 50 && out.length < opts.limit; round++) {
-      const ids = await this.redis.zrevrangebyscore(this.keys.tenantJobs(tenant), max, '-inf', 'WITHSCORES', 'LIMIT', 0, opts.limit * 2);
-      if (ids.length === 0) return { jobs: out, nextCursor: null };
-      for (let i = 0; i < ids.length && out.length < opts.limit; i += 2) {
-        max = `(${ids[i + 1]}`;
-        const s = await this.get(ids[i]!);
+      const batch = await this.redis.zrevrangebyscore(this.keys.tenantJobs(tenant), max, '-inf', 'WITHSCORES', 'LIMIT', 0, opts.limit * 2 + 1);
+      if (batch.length === 0) return { jobs: out, nextCursor: null };
+      let last: { id: string; score: number } | undefined;
+      for (let i = 0; i < batch.length; i += 2) {
+        const id = batch[i]!;
+        const score = Number(batch[i + 1]);
+        last = { id, score };
+        if (skipSameScore && score === skipSameScore.score && id >= skipSameScore.id) continue;
+        const s = await this.get(id);
         if (!s) continue;
         if (opts.status && s.job.status !== opts.status) continue;
         if (opts.labels && Object.entries(opts.labels).some(([k, v]) => s.job.labels[k] !== v)) continue;
         out.push(s.job);
+        if (out.length === opts.limit) return { jobs: out, nextCursor: `${score}:${id}` };
       }
+      // Continue from the last member seen (inclusive score, skipping members up to it).
+      max = String(last!.score);
+      skipSameScore = last;
     }
-    const last = out.at(-1);
-    return { jobs: out, nextCursor: out.length === opts.limit && last ? Date.parse(last.createdAt) : null };
+    return { jobs: out, nextCursor: null };
   }
 
   /** Lets a finished job's data expire after `ttlSec` (its log and artifacts too). */
@@ -169,13 +185,20 @@ export class JobStore {
 
   /** Drops index entries of jobs older than the retention time (their data has expired). */
   async pruneIndex(tenant: string, olderThanMs: number): Promise<void> {
-    await this.redis.zremrangebyscore(this.keys.tenantJobs(tenant), '-inf', `(${olderThanMs}`);
+    await this.redis.zremrangebyscore(this.keys.tenantJobs(tenant), '-inf', `(${olderThanMs * 1000}`);
   }
 
   async statusCounts(): Promise<Record<string, number>> {
     const h = await this.redis.hgetall(this.keys.statusCounts());
     return Object.fromEntries(Object.entries(h).map(([k, v]) => [k, Number(v)]));
   }
+}
+
+function parseCursor(c: string | undefined): { score: number; id: string } | undefined {
+  if (!c) return undefined;
+  const m = /^(\d+):([a-z0-9]+)$/.exec(c);
+  if (!m) throw new RunboxError('invalid_argument', `invalid cursor "${c}" (use nextCursor from the previous page)`);
+  return { score: Number(m[1]), id: m[2]! };
 }
 
 interface RedisScripts {

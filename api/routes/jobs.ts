@@ -1,0 +1,136 @@
+import { Hono, type Context } from 'hono';
+import { isRunboxError, RunboxError } from '../../core/errors.js';
+import { newId } from '../../core/ids.js';
+import { newJobRecord } from '../../core/job-record.js';
+import { isTerminal, JobRequestSchema, type Job } from '../../core/job.js';
+import { resolveLimits } from '../../core/limits.js';
+import { aborted, anySignal } from '../abort.js';
+import { canonicalJson, sha256Hex } from '../canonical-json.js';
+import type { ApiEnv, RouteDeps } from '../deps.js';
+import { ownJob } from '../own-job.js';
+import { ListQuerySchema } from '../schemas.js';
+import { checkFiles, parseIdempotencyKey, parseWait, readJson } from '../request-input.js';
+import { parseOr400 } from '../validate.js';
+
+/** One index prune per this many creates keeps the tenant index bounded without a cron. */
+const PRUNE_EVERY = 100;
+
+/** POST /v1/jobs, GET /v1/jobs, GET /v1/jobs/:id, POST /v1/jobs/:id/cancel. */
+export function jobRoutes(deps: RouteDeps): Hono<ApiEnv> {
+  const app = new Hono<ApiEnv>();
+
+  app.post('/', async (c) => {
+    const tenant = c.get('tenant');
+    const wait = parseWait(c.req.query('wait'), c.req.header('prefer'));
+    const idemKey = parseIdempotencyKey(c.req.header('idempotency-key'));
+    const req = parseOr400(JobRequestSchema, await readJson(c), 'job request');
+
+    const known = await deps.knownTemplates();
+    if (!known.includes(req.template)) {
+      throw new RunboxError('template_missing', `template "${req.template}" does not exist; known templates: ${known.join(', ') || '(none)'}`, {
+        meta: { template: req.template, known },
+      });
+    }
+    const limits = resolveLimits(req.limits, deps.config.defaultLimits, deps.config.maxLimits);
+    checkFiles(req.files, limits);
+
+    const idem = idemKey ? { key: idemKey, requestHash: sha256Hex(canonicalJson(req)) } : undefined;
+    const { job, created } = await deps.jobs.create(tenant, newJobRecord(newId(10), req, limits), req, idem);
+    c.set('jobId', job.id);
+    if (created) {
+      await enqueueOrFail(deps, c, job, tenant, idem !== undefined);
+      if (Math.random() < 1 / PRUNE_EVERY) pruneIndex(deps, c, tenant);
+    } else if (job.status === 'queued') {
+      // A retry of a create whose enqueue was lost (API crash between the two): BullMQ ignores an
+      // add whose jobId exists, so this never queues a job twice.
+      await deps.queue.enqueue({ jobId: job.id, tenant }, job.priority);
+    }
+
+    let out = job;
+    if (wait.sec > 0 && !isTerminal(job.status)) out = await holdUntilDone(deps, c, job, wait.sec);
+    if (wait.fromPrefer) c.header('Preference-Applied', `wait=${wait.sec}`);
+    c.header('Location', `/v1/jobs/${job.id}`);
+    return c.json(out, created ? 201 : 200);
+  });
+
+  app.get('/', async (c) => {
+    const q = c.req.queries();
+    const query = parseOr400(
+      ListQuerySchema,
+      { status: q.status?.[0], label: q.label ?? [], limit: q.limit?.[0], cursor: q.cursor?.[0] },
+      'query',
+    );
+    const labels = Object.fromEntries(query.label.map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+    const page = await deps.jobs.list(c.get('tenant'), {
+      limit: query.limit,
+      cursor: query.cursor,
+      status: query.status,
+      labels: query.label.length ? labels : undefined,
+    });
+    return c.json({ jobs: page.jobs, nextCursor: page.nextCursor });
+  });
+
+  app.get('/:id', async (c) => {
+    c.set('jobId', c.req.param('id'));
+    return c.json(await ownJob(deps.jobs, c.get('tenant'), c.req.param('id')));
+  });
+
+  app.post('/:id/cancel', async (c) => {
+    const id = c.req.param('id');
+    c.set('jobId', id);
+    const job = await ownJob(deps.jobs, c.get('tenant'), id);
+    if (job.status === 'queued') {
+      try {
+        await deps.jobs.transition(id, 'canceled', { finishedAt: new Date().toISOString(), error: null }, { from: ['queued'], note: 'canceled by API' });
+        await deps.jobs.expire(id, deps.config.resultTtlSec);
+        // Best effort: a worker that already took the queue entry sees the canceled record and skips it.
+        await deps.queue.queue.remove(id).catch(() => 0);
+        return c.json(await ownJob(deps.jobs, c.get('tenant'), id), 200);
+      } catch (e) {
+        if (!isRunboxError(e, 'conflict')) throw e; // a worker took it meanwhile: cancel it running
+      }
+    }
+    const current = await ownJob(deps.jobs, c.get('tenant'), id);
+    if (isTerminal(current.status)) {
+      throw new RunboxError('conflict', `job ${id} already ${current.status}`, { meta: { jobStatus: current.status } });
+    }
+    await deps.jobs.update(id, { cancelRequested: true });
+    await deps.queue.publishCancel(id);
+    return c.json({ ...current, cancelRequested: true }, 202);
+  });
+
+  return app;
+}
+
+async function enqueueOrFail(deps: RouteDeps, c: Context<ApiEnv>, job: Job, tenant: string, idempotent: boolean): Promise<void> {
+  try {
+    await deps.queue.enqueue({ jobId: job.id, tenant }, job.priority);
+  } catch (e) {
+    c.get('log').error({ err: e, jobId: job.id }, 'enqueue failed');
+    // With an Idempotency-Key the record stays queued: the client's retry re-enqueues it (above).
+    // Without one nobody could, so record the failure instead of leaving a job that never runs.
+    if (!idempotent) {
+      await deps.jobs
+        .transition(job.id, 'failed', { finishedAt: new Date().toISOString(), error: { code: 'unavailable', message: 'the job could not be queued' } })
+        .catch((e2: unknown) => c.get('log').error({ err: e2, jobId: job.id }, 'recording the enqueue failure failed too'));
+    }
+    throw new RunboxError('unavailable', 'the job could not be queued; retry later', { cause: e });
+  }
+}
+
+function pruneIndex(deps: RouteDeps, c: Context<ApiEnv>, tenant: string): void {
+  deps.jobs.pruneIndex(tenant, Date.now() - deps.config.resultTtlSec * 1000).catch((e: unknown) => c.get('log').warn({ err: e }, 'index prune failed'));
+}
+
+/** Holds until the job ends, the wait expires, the client goes away or the server shuts down. */
+async function holdUntilDone(deps: RouteDeps, c: Context<ApiEnv>, job: Job, sec: number): Promise<Job> {
+  const stop = anySignal([deps.shutdown, c.req.raw.signal]);
+  try {
+    const current = async () => (await deps.jobs.get(job.id))?.job.status ?? null;
+    await Promise.race([deps.events.waitTerminal(job.id, sec * 1000, current), aborted(stop.signal)]);
+  } finally {
+    stop.abort(); // settles aborted() if the wait won
+    stop.dispose();
+  }
+  return (await deps.jobs.get(job.id))?.job ?? job;
+}
