@@ -45,7 +45,7 @@ export function untilSignal(log: Logger, closers: Array<() => Promise<void>>): P
 export type { WorkerHandle };
 
 /** Builds the API's dependencies on one Redis URL; returns them with a closer. */
-async function apiDeps(config: ServiceConfig, redisUrl: string, log: Logger, shutdown: AbortSignal) {
+export async function apiDeps(config: ServiceConfig, redisUrl: string, log: Logger, shutdown: AbortSignal) {
   const { connectRedis } = await import('../core/redis.js');
   const { JobStore } = await import('../core/store/jobs.js');
   const { LogStore } = await import('../core/store/logs.js');
