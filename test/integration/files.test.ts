@@ -3,7 +3,8 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CollectResult, RuncVps } from '../../runtime/runc-vps.js';
+import type { CollectResult } from '../../runtime/agent/collect.js';
+import type { RuncVps } from '../../runtime/runc-vps.js';
 import { testEngine, type TestEngine } from '../helpers/engine.js';
 
 /**

@@ -1,16 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import { gateway, intToIp, ipToInt, parseCidr, poolSize, vpsAddress } from '../../runtime/net/addr.js';
 import { RunboxError } from '../../core/errors.js';
-
-function thrown(fn: () => unknown): RunboxError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(RunboxError);
-    return e as RunboxError;
-  }
-  throw new Error('expected a throw');
-}
+import { thrown } from '../helpers/errors.js';
 
 describe('ipToInt / intToIp', () => {
   it.each([

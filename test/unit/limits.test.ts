@@ -1,19 +1,10 @@
 import { describe, it, expect } from 'vitest';
 import { LIMIT_KEYS, LimitsSchema, resolveLimits, type Limits } from '../../core/limits.js';
 import { RunboxError } from '../../core/errors.js';
+import { thrown } from '../helpers/errors.js';
 
 const DEFAULTS: Limits = { memoryMb: 256, cpus: 1, pids: 256, diskMb: 256, timeoutSec: 300, outputBytes: 16 * 1024 * 1024 };
 const MAX: Limits = { memoryMb: 8192, cpus: 16, pids: 32768, diskMb: 65536, timeoutSec: 86400, outputBytes: 1024 * 1024 * 1024 };
-
-function thrown(fn: () => unknown): RunboxError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(RunboxError);
-    return e as RunboxError;
-  }
-  throw new Error('expected a throw');
-}
 
 describe('LIMIT_KEYS', () => {
   it('lists exactly the schema fields', () => {

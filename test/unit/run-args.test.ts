@@ -1,16 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import { exitStatus, parseRunArgs, RUN_USAGE } from '../../cli/run-args.js';
 import { RunboxError } from '../../core/errors.js';
-
-function thrown(fn: () => unknown): RunboxError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(RunboxError);
-    return e as RunboxError;
-  }
-  throw new Error('expected a throw');
-}
+import { thrown } from '../helpers/errors.js';
 
 describe('parseRunArgs', () => {
   it('fills defaults for a bare command', () => {

@@ -1,16 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import { MiB, parseDuration, parseSize } from '../../core/units.js';
 import { RunboxError } from '../../core/errors.js';
-
-function thrown(fn: () => unknown): RunboxError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(RunboxError);
-    return e as RunboxError;
-  }
-  throw new Error('expected a throw');
-}
+import { thrown } from '../helpers/errors.js';
 
 describe('MiB', () => {
   it('is 1048576', () => expect(MiB).toBe(1_048_576));
