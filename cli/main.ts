@@ -8,6 +8,8 @@ const USAGE = `usage: runbox COMMAND [ARGS]
   submit [flags] -- CMD          submit a job through the API (see runbox submit --help)
   status ID | logs [-f] ID | ls | cancel ID | hosts | templates
                                  talk to the API (RUNBOX_API_URL, RUNBOX_TOKEN)
+  cluster up [--hosts N] | cluster down
+                                 N worker hosts on this machine, each in its own network namespace
   gc [--all]                     clean up what a crashed runbox process left behind (--all: every VPS
                                  of this state dir, plus its bridge and firewall table)
   doctor                         check that this host can run VPSs, in plain words
@@ -41,6 +43,8 @@ async function main(argv: string[]): Promise<number> {
       return (await import('./jobs-commands.js')).hostsCommand(rest);
     case 'templates':
       return (await import('./jobs-commands.js')).templatesCommand(rest);
+    case 'cluster':
+      return (await import('./cluster.js')).clusterCommand(rest);
     case 'gc':
       return (await import('./maintenance.js')).gcCommand(rest);
     case 'doctor':
@@ -61,7 +65,7 @@ function usage(text: string, code: number): number {
   return code;
 }
 
-const LONG_RUNNING = new Set(['up', 'api', 'worker']);
+const LONG_RUNNING = new Set(['up', 'api', 'worker', 'cluster']);
 
 main(process.argv.slice(2)).then(
   (code) => {

@@ -46,7 +46,7 @@ export type { WorkerHandle };
 
 /** Builds the API's dependencies on one Redis URL; returns them with a closer. */
 export async function apiDeps(config: ServiceConfig, redisUrl: string, log: Logger, shutdown: AbortSignal) {
-  const { connectRedis } = await import('../core/redis.js');
+  const { connectRedis, connectSubscriber } = await import('../core/redis.js');
   const { JobStore } = await import('../core/store/jobs.js');
   const { LogStore } = await import('../core/store/logs.js');
   const { ArtifactStore } = await import('../core/store/artifacts.js');
@@ -56,7 +56,7 @@ export async function apiDeps(config: ServiceConfig, redisUrl: string, log: Logg
   const { TokenAuth } = await import('../api/auth.js');
   const { recipeNames } = await import('../runtime/templates/recipes.js');
   const redis = connectRedis(redisUrl);
-  const events = new JobEvents(connectRedis(redisUrl), config.redisPrefix);
+  const events = new JobEvents(connectSubscriber(redisUrl), config.redisPrefix);
   const queue = new JobQueue(redis, config.redisPrefix);
   const hosts = new HostRegistry(redis, config.redisPrefix);
   const tokens = await TokenAuth.load({ apiTokens: config.apiTokens, tokenFile: config.tokenFile });

@@ -7,6 +7,14 @@ import { Redis, type RedisOptions } from 'ioredis';
  */
 export function connectRedis(url: string, extra: RedisOptions = {}): Redis {
   const opts: RedisOptions = { maxRetriesPerRequest: null, ...extra };
-  if (url.startsWith('unix://')) return new Redis({ ...opts, path: url.slice('unix://'.length) });
-  return new Redis(url, opts);
+  const r = url.startsWith('unix://') ? new Redis({ ...opts, path: url.slice('unix://'.length) }) : new Redis(url, opts);
+  // Connection errors reach callers as failed commands and ioredis reconnects by itself; without a
+  // listener it would also print every one of them to stderr.
+  r.on('error', () => undefined);
+  return r;
+}
+
+/** A connection for SUBSCRIBE: no ready check (INFO is not allowed in subscriber mode). */
+export function connectSubscriber(url: string): Redis {
+  return connectRedis(url, { enableReadyCheck: false });
 }

@@ -1,6 +1,6 @@
 import os from 'node:os';
 import { Worker } from 'bullmq';
-import { connectRedis } from '../core/redis.js';
+import { connectRedis, connectSubscriber } from '../core/redis.js';
 import type { ServiceConfig } from '../core/config.js';
 import type { Logger } from '../core/log.js';
 import { QUEUE_NAME } from '../core/queue.js';
@@ -47,7 +47,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
   const hostId = config.hostId;
   const hlog = log.child({ hostId });
   const redis = connectRedis(o.redisUrl);
-  const sub = connectRedis(o.redisUrl);
+  const sub = connectSubscriber(o.redisUrl);
   const keys = new Keys(config.redisPrefix);
   const jobs = new JobStore(redis, config.redisPrefix);
 

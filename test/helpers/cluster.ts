@@ -8,7 +8,7 @@ import { newJobRecord } from '../../core/job-record.js';
 import { resolveLimits } from '../../core/limits.js';
 import { createLogger } from '../../core/log.js';
 import { JobQueue } from '../../core/queue.js';
-import { connectRedis } from '../../core/redis.js';
+import { connectRedis, connectSubscriber } from '../../core/redis.js';
 import { JobEvents } from '../../core/store/events.js';
 import { JobStore } from '../../core/store/jobs.js';
 import { LogStore } from '../../core/store/logs.js';
@@ -64,7 +64,7 @@ export class Submitter {
     this.jobs = new JobStore(this.redis, cfg.redisPrefix);
     this.logs = new LogStore(this.redis, cfg.redisPrefix);
     this.queue = new JobQueue(this.redis, cfg.redisPrefix);
-    this.events = new JobEvents(connectRedis(url), cfg.redisPrefix);
+    this.events = new JobEvents(connectSubscriber(url), cfg.redisPrefix);
   }
 
   async submit(input: JobRequestInput, tenant = 'default'): Promise<string> {

@@ -1,0 +1,168 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { REPO_ROOT } from '../core/config.js';
+import { RunboxError } from '../core/errors.js';
+import { createLogger } from '../core/log.js';
+import { connectRedis } from '../core/redis.js';
+import { HostRegistry } from '../core/store/hosts.js';
+import { isAlive, selfRef, type ProcessRef } from '../runtime/host/proc.js';
+import { Layout } from '../runtime/layout.js';
+import { createClusterNet, removeClusterNet, type ClusterHostNet } from '../runtime/net/cluster-net.js';
+import { apiDeps, loadConfig, untilSignal } from './services.js';
+
+/**
+ * `runbox cluster up --hosts N`: for development, tests and demos, N worker hosts on this machine,
+ * each in its own network namespace with its own address on a cluster bridge, its own state dir
+ * and pools, sharing one Redis (a unix socket, reachable from every namespace through the file
+ * system) and one API. `runbox cluster down` stops a running cluster and removes what it made.
+ */
+const USAGE = 'usage: runbox cluster up [--hosts N] [--cidr CIDR] | runbox cluster down';
+
+interface ClusterFile {
+  supervisor: ProcessRef;
+  hosts: number;
+  instance: string;
+}
+
+export async function clusterCommand(args: string[]): Promise<number> {
+  const [verb, ...rest] = args;
+  if (verb === 'up') return clusterUp(rest);
+  if (verb === 'down') return clusterDown(rest);
+  throw new RunboxError('invalid_argument', USAGE);
+}
+
+function clusterDir(stateDir: string): string {
+  return path.join(stateDir, 'cluster');
+}
+
+async function clusterUp(args: string[]): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({ args, options: { hosts: { type: 'string' }, cidr: { type: 'string' } }, strict: true }));
+  } catch (e) {
+    throw new RunboxError('invalid_argument', `${(e as Error).message}\n${USAGE}`);
+  }
+  const hosts = Number(values.hosts ?? 2);
+  if (!Number.isInteger(hosts) || hosts < 1 || hosts > 16) throw new RunboxError('invalid_argument', '--hosts: a whole number from 1 to 16');
+  const config = loadConfig();
+  const dir = clusterDir(config.stateDir);
+  const layout = new Layout(dir);
+  const log = createLogger(config.logLevel);
+  const pidFile = path.join(dir, 'cluster.json');
+  const existing = await readClusterFile(pidFile);
+  if (existing && isAlive(existing.supervisor)) throw new RunboxError('conflict', `a cluster is already running here (pid ${existing.supervisor.pid}); runbox cluster down first`);
+
+  await fs.mkdir(dir, { recursive: true });
+  const { startEmbeddedRedis } = await import('./embedded-redis.js');
+  const { ensureTokenFile } = await import('../api/auth.js');
+  const { startApi } = await import('../api/server.js');
+  const redis = await startEmbeddedRedis(dir);
+  const tokenFile = path.join(dir, 'api-tokens');
+  const token = config.apiTokens ? undefined : await ensureTokenFile(tokenFile);
+  const nets = await createClusterNet(layout.instance, values.cidr ?? '10.99.0.0/24', hosts);
+  await fs.writeFile(pidFile, JSON.stringify({ supervisor: selfRef(), hosts, instance: layout.instance } satisfies ClusterFile));
+
+  const workers = nets.map((n) => startHostWorker(n, dir, redis.url));
+  const stop = new AbortController();
+  const { deps, close } = await apiDeps({ ...config, tokenFile }, redis.url, log, stop.signal);
+  const api = await startApi(deps, { host: config.apiHost, port: config.apiPort });
+  const registry = new HostRegistry(connectRedis(redis.url), config.redisPrefix);
+  const deadline = Date.now() + 60_000;
+  while ((await registry.list()).length < hosts && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+  registry.redis.disconnect();
+
+  process.stdout.write(
+    [
+      `runbox cluster is up: ${hosts} hosts`,
+      ...nets.map((n) => `  h${n.index}: ${n.address}   (netns ${n.netns})`),
+      `  API:   ${api.url}`,
+      token ? `  token: ${token.token}   (stored in ${tokenFile})` : '  tokens: from RUNBOX_API_TOKENS',
+      `  redis: ${redis.url}`,
+      `Ctrl-C (or runbox cluster down) stops everything.`,
+      '',
+    ].join('\n'),
+  );
+  const stopWorkers = async () => {
+    await Promise.all(workers.map((w) => terminate(w, config.shutdownGraceSec * 1000 + 5000)));
+  };
+  return untilSignal(log, [
+    async () => stop.abort(),
+    () => api.close(),
+    close,
+    stopWorkers,
+    () => redis.stop(),
+    () => removeClusterNet(layout.instance, hosts),
+    () => fs.rm(pidFile, { force: true }),
+  ]);
+}
+
+/** One worker host: `runbox worker` inside the host's network namespace (nsenter: net only). */
+function startHostWorker(n: ClusterHostNet, dir: string, redisUrl: string): ChildProcess {
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    RUNBOX_STATE_DIR: path.join(dir, 'hosts', `h${n.index}`),
+    RUNBOX_TEMPLATES_DIR: process.env.RUNBOX_TEMPLATES_DIR ?? loadConfig().templatesDir,
+    RUNBOX_HOST_ID: `h${n.index}`,
+    RUNBOX_REDIS_URL: redisUrl,
+  };
+  return spawn('nsenter', [`--net=/run/netns/${n.netns}`, process.execPath, path.join(REPO_ROOT, 'dist/cli/main.js'), 'worker'], {
+    env,
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+}
+
+function terminate(p: ChildProcess, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    if (p.exitCode !== null || p.signalCode !== null) return resolve();
+    const t = setTimeout(() => p.kill('SIGKILL'), ms);
+    p.once('exit', () => {
+      clearTimeout(t);
+      resolve();
+    });
+    p.kill('SIGTERM');
+  });
+}
+
+async function clusterDown(args: string[]): Promise<number> {
+  if (args.length) throw new RunboxError('invalid_argument', USAGE);
+  const config = loadConfig();
+  const dir = clusterDir(config.stateDir);
+  const file = await readClusterFile(path.join(dir, 'cluster.json'));
+  if (!file) {
+    process.stdout.write('no cluster here\n');
+    return 0;
+  }
+  if (isAlive(file.supervisor)) {
+    process.kill(file.supervisor.pid, 'SIGTERM');
+    const deadline = Date.now() + (config.shutdownGraceSec + 15) * 1000;
+    while (isAlive(file.supervisor) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    if (isAlive(file.supervisor)) process.kill(file.supervisor.pid, 'SIGKILL');
+  }
+  // Whatever a crashed cluster left: VPSs of every host, the namespaces, the bridge.
+  const { gc } = await import('../runtime/gc.js');
+  const { RuncEngine } = await import('../runtime/runc-engine.js');
+  for (let i = 1; i <= file.hosts; i++) {
+    const engine = new RuncEngine({
+      stateDir: path.join(dir, 'hosts', `h${i}`),
+      runcPath: config.runcPath,
+      agentPath: config.agentPath,
+      netCidr: config.netCidr,
+      log: createLogger('warn'),
+    });
+    await gc(engine, { all: true }).catch(() => undefined);
+  }
+  await removeClusterNet(file.instance, file.hosts);
+  await fs.rm(path.join(dir, 'cluster.json'), { force: true });
+  process.stdout.write(`cluster of ${file.hosts} hosts stopped\n`);
+  return 0;
+}
+
+async function readClusterFile(file: string): Promise<ClusterFile | undefined> {
+  try {
+    return JSON.parse(await fs.readFile(file, 'utf8')) as ClusterFile;
+  } catch {
+    return undefined;
+  }
+}

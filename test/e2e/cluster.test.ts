@@ -1,0 +1,68 @@
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { REPO_ROOT } from '../../core/config.js';
+import type { Job } from '../../core/job.js';
+import { TEMPLATES_DIR } from '../helpers/engine.js';
+import { freePort, waitFor } from '../helpers/net.js';
+
+/** `runbox cluster up --hosts 2`: two worker hosts in their own network namespaces, one API. */
+let stateDir: string;
+let env: NodeJS.ProcessEnv;
+let cluster: ChildProcess | undefined;
+let out = '';
+let token = '';
+
+beforeAll(async () => {
+  stateDir = await fs.mkdtemp(path.join(os.tmpdir(), 'runbox-cluster-'));
+  const port = await freePort();
+  env = { ...process.env, RUNBOX_STATE_DIR: stateDir, RUNBOX_TEMPLATES_DIR: TEMPLATES_DIR, RUNBOX_API_PORT: String(port), RUNBOX_POOL_MIN_IDLE: '1', RUNBOX_LOG_LEVEL: 'warn' };
+  delete env.RUNBOX_REDIS_URL;
+  delete env.RUNBOX_API_TOKENS;
+  cluster = spawn(path.join(REPO_ROOT, 'bin/runbox'), ['cluster', 'up', '--hosts', '2', '--cidr', `10.98.${process.pid % 250}.0/24`], {
+    env,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  cluster.stdout!.on('data', (d) => (out += d));
+  await waitFor(() => out.includes('stops everything'), 'the cluster banner', 60_000);
+  token = /token: (\S+)/.exec(out)![1]!;
+}, 90_000);
+afterAll(async () => {
+  if (cluster && cluster.exitCode === null) cluster.kill('SIGKILL');
+  await runbox(['cluster', 'down']);
+  await fs.rm(stateDir, { recursive: true, force: true });
+});
+
+function runbox(args: string[]): Promise<number | null> {
+  return new Promise((resolve) => spawn(path.join(REPO_ROOT, 'bin/runbox'), args, { env, stdio: 'ignore' }).on('exit', resolve));
+}
+
+async function api<T>(p: string, body?: object): Promise<T> {
+  const url = /API:\s+(\S+)/.exec(out)![1]!;
+  const res = await fetch(url + p, {
+    method: body ? 'POST' : 'GET',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  return (await res.json()) as T;
+}
+
+describe('runbox cluster', () => {
+  it('runs hosts with their own addresses, and jobs land on both', async () => {
+    const { hosts } = await api<{ hosts: Array<{ id: string; address: string }> }>('/v1/hosts');
+    expect(hosts.map((h) => h.id)).toEqual(['h1', 'h2']);
+    expect(hosts.map((h) => h.address)).toEqual([expect.stringMatching(/^10\.98\.\d+\.2$/), expect.stringMatching(/^10\.98\.\d+\.3$/)]);
+    const jobs = await Promise.all(Array.from({ length: 8 }, () => api<Job>('/v1/jobs?wait=60', { script: 'sleep 0.4' })));
+    expect(jobs.every((j) => j.status === 'succeeded')).toBe(true);
+    expect(new Set(jobs.map((j) => j.host))).toEqual(new Set(['h1', 'h2']));
+  });
+
+  it('cluster down stops everything and removes the namespaces', async () => {
+    expect(await runbox(['cluster', 'down'])).toBe(0);
+    await new Promise<void>((r) => (cluster!.exitCode !== null ? r() : cluster!.once('exit', () => r())));
+    const netns = execFileSync('ip', ['netns', 'list']).toString();
+    expect(netns).not.toMatch(/rbc[0-9a-f]{6}-h\d/);
+  });
+});
