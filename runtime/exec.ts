@@ -19,6 +19,8 @@ export interface ExecOptions {
   input?: string;
   /** Extra stdio: fds handed to the child as its 0/1/2 (e.g. the VPS's agent pipes). */
   stdio?: StdioOptions;
+  /** Live output, one complete line at a time (e.g. build progress); capture still happens. */
+  onLine?: (stream: 'stdout' | 'stderr', line: string) => void;
 }
 
 const MAX_CAPTURE = 1024 * 1024;
@@ -34,11 +36,14 @@ export function exec(argv: readonly string[], opts: ExecOptions = {}): Promise<E
     });
     let stdout = '';
     let stderr = '';
+    const lines = opts.onLine && { stdout: new LineSplitter('stdout', opts.onLine), stderr: new LineSplitter('stderr', opts.onLine) };
     child.stdout?.setEncoding('utf8').on('data', (d: string) => {
       if (stdout.length < MAX_CAPTURE) stdout += d;
+      lines?.stdout.push(d);
     });
     child.stderr?.setEncoding('utf8').on('data', (d: string) => {
       if (stderr.length < MAX_CAPTURE) stderr += d;
+      lines?.stderr.push(d);
     });
     if (opts.input !== undefined) child.stdin?.end(opts.input);
     let timedOut = false;
@@ -55,6 +60,8 @@ export function exec(argv: readonly string[], opts: ExecOptions = {}): Promise<E
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
+      lines?.stdout.end();
+      lines?.stderr.end();
       if (timedOut) {
         reject(new RunboxError('unavailable', `${file} ${args[0] ?? ''} did not finish within ${opts.timeoutMs} ms`));
         return;
@@ -62,6 +69,24 @@ export function exec(argv: readonly string[], opts: ExecOptions = {}): Promise<E
       resolve({ code, signal, stdout, stderr });
     });
   });
+}
+
+/** Splits a text stream into lines (\n or \r: progress bars redraw with \r). */
+class LineSplitter {
+  private rest = '';
+  constructor(
+    private readonly stream: 'stdout' | 'stderr',
+    private readonly cb: (stream: 'stdout' | 'stderr', line: string) => void,
+  ) {}
+  push(d: string): void {
+    const parts = (this.rest + d).split(/\r?\n|\r/);
+    this.rest = parts.pop() ?? '';
+    for (const l of parts) if (l) this.cb(this.stream, l);
+  }
+  end(): void {
+    if (this.rest) this.cb(this.stream, this.rest);
+    this.rest = '';
+  }
 }
 
 /** Runs argv and fails with the command's stderr when it does not exit 0. */

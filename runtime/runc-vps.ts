@@ -4,7 +4,7 @@ import { RunboxError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { AgentChannel } from './agent/channel.js';
 import {
-  AGENT_VERSION, encodeCollect, encodeFileWrite, encodeJob, encodeSignal, encodeStdin, encodeStdinClose, type AgentFrame,
+  AGENT_VERSION, encodeCollect, encodeFileWrite, encodeJob, encodeOutputQuery, encodeSignal, encodeStdin, encodeStdinClose, type AgentFrame,
 } from './agent/protocol.js';
 import { collectThrough, type CollectOptions, type CollectResult } from './agent/collect.js';
 import { VpsCgroup } from './cgroups/cgroup.js';
@@ -262,6 +262,17 @@ export class RuncVps implements Vps {
       result.error = { code: 'vps_lost', message: `the VPS ended without reporting an exit status${this.channel.diagnostics ? `: ${this.channel.diagnostics}` : ''}` };
     }
     return result;
+  }
+
+  /**
+   * Total output bytes the agent has written (its counter survives checkpoint/restore). Output
+   * frames that arrive before the answer were written before it, so the caller can tell where a
+   * restored VPS's output resumes.
+   */
+  async queryOutputTotal(timeoutMs = 10_000): Promise<number> {
+    const answer = this.channel.waitFor((f): f is Extract<AgentFrame, { type: 'outputTotal' }> => f.type === 'outputTotal', 'output total', timeoutMs);
+    await this.channel.send(encodeOutputQuery());
+    return (await answer).bytes;
   }
 
   /** Sends a signal to every process of the VPS through the agent. */

@@ -138,6 +138,13 @@ static void __attribute__((format(printf, 1, 2))) logmsg(const char *fmt, ...) {
  * Send one frame with ONE write() (<= 4096 bytes in all), so it is atomic in the pipe.
  * Blocking on a full pipe is intended: it is the backpressure that slows the job down.
  */
+/*
+ * Job output bytes (O and E payloads) written to the host so far. It lives in this process's
+ * memory, so a checkpoint captures it: after a restore the host asks for it (Q) and cuts its copy
+ * of the log back to exactly what this VPS had produced at the checkpoint (no loss, no repeat).
+ */
+static uint64_t output_total;
+
 static void send_frame(unsigned char type, const void *payload, size_t n) {
     unsigned char buf[FRAME_MAX];
     if (n > PAYLOAD_MAX) n = PAYLOAD_MAX;   /* callers never exceed it; safety net only */
@@ -147,7 +154,11 @@ static void send_frame(unsigned char type, const void *payload, size_t n) {
     size_t len = n + 5, off = 0;
     while (off < len) {
         ssize_t w = write(1, buf + off, len - off);
-        if (w > 0) { off += (size_t)w; continue; }   /* partial only if fd 1 isn't a pipe */
+        if (w > 0) {
+            off += (size_t)w;
+            if (off == len && (type == 'O' || type == 'E')) output_total += n;
+            continue;                                 /* partial only if fd 1 isn't a pipe */
+        }
         if (w < 0 && errno == EINTR) continue;
         if (w < 0 && errno == EAGAIN) {              /* someone made fd 1 non-blocking */
             struct pollfd p = { 1, POLLOUT, 0 };
@@ -1018,6 +1029,12 @@ static void dispatch(unsigned char type, const unsigned char *p, size_t n) {
         break;
     case 'W': handle_write(p, n); break;
     case 'G': handle_collect(p, n); break;
+    case 'Q': {   /* where is the output? (asked after a restore) */
+        unsigned char q[8];
+        putle(q, output_total, 8);
+        send_frame('q', q, sizeof q);
+        break;
+    }
     default: logmsg("protocol error: unknown frame type 0x%02x ignored", type);
     }
 }

@@ -16,6 +16,7 @@ export type AgentFrame =
   | { type: 'diagnostic'; message: string }
   | { type: 'exited'; code: number; signal: number; cpuUs: number; maxRssKiB: number }
   | { type: 'fileWritten'; errno: number; message: string }
+  | { type: 'outputTotal'; bytes: number }
   /** F: one collected file follows in `fileData` frames (see PROTOCOL.md for `size`). */
   | { type: 'fileHeader'; path: string; size: number; mode: number }
   | { type: 'fileData'; data: Buffer }
@@ -70,6 +71,9 @@ export function encodeStdin(data: Buffer): Buffer[] {
 }
 
 export const encodeStdinClose = (): Buffer => frame('C', Buffer.alloc(0));
+
+/** Asks the agent how many output bytes it has written (answered by an outputTotal frame). */
+export const encodeOutputQuery = (): Buffer => frame('Q', Buffer.alloc(0));
 
 export function encodeSignal(signal: number): Buffer {
   const p = Buffer.alloc(4);
@@ -201,6 +205,8 @@ function decode(type: string, p: Buffer): AgentFrame | undefined {
         cpuUs: Number(p.readBigUInt64LE(8)),
         maxRssKiB: Number(p.readBigUInt64LE(16)),
       };
+    case 'q':
+      return p.length >= 8 ? { type: 'outputTotal', bytes: Number(p.readBigUInt64LE(0)) } : undefined;
     case 'w':
       return p.length >= 4 ? { type: 'fileWritten', errno: p.readInt32LE(0), message: p.subarray(4).toString('utf8') } : undefined;
     case 'F':

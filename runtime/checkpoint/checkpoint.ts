@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { RunboxError } from '../../core/errors.js';
 import { execOk } from '../exec.js';
-import { checkpointArgs, restoreArgs } from '../oci/runc.js';
+import { checkpointArgs, restoreArgs, runcDelete, runcState } from '../oci/runc.js';
 import { readInitRef, within, type RuncEngine } from '../runc-engine.js';
 import type { RuncVps } from '../runc-vps.js';
 import { next } from '../state.js';
@@ -56,6 +56,13 @@ export async function restore(engine: RuncEngine, vps: RuncVps, imagePath: strin
   const p = engine.layout.vps(vps.id);
   const workPath = `${imagePath}.restore-work`;
   await fs.mkdir(workPath, { recursive: true });
+  // Never two live copies: a restore onto a VPS whose processes still run is refused; a stopped
+  // container of the same id (its processes died) is removed first.
+  const existing = await runcState(engine.runc, vps.id);
+  if (existing && existing.status !== 'stopped') {
+    throw new RunboxError('conflict', `VPS ${vps.id} is still ${existing.status}; refusing to restore a second copy`);
+  }
+  if (existing) await runcDelete(engine.runc, vps.id, false);
   const t0 = Date.now();
   vps.beginSwap();
   try {

@@ -59,3 +59,40 @@ describe('checkpoint and restore (CRIU) on the same host', () => {
     }
   });
 });
+
+describe('output offsets across a restore', () => {
+  it('a VPS restored from an older checkpoint says where its output resumes: cut back there, nothing lost or repeated', async () => {
+    const vps = await t.create();
+    let out = '';
+    const first = vps.run({
+      argv: ['sh', '-c', 'i=0; while [ $i -lt 40 ]; do echo "line $i"; i=$((i+1)); sleep 0.05; done'],
+      timeoutSec: 60,
+      outputBytes: 1 << 20,
+      onOutput: (_s, d) => (out += d.toString()),
+    });
+    try {
+      await waitFor(() => out.split('\n').length > 8, 'eight lines', 10_000);
+      const cp = await checkpoint(t.engine, vps, { leaveRunning: true });
+      await waitFor(() => out.split('\n').length > 16, 'more lines after the checkpoint', 10_000);
+      // The "host crash": the VPS's processes die; the checkpoint is all that is left of them.
+      await vps.killAll();
+      await first;
+      const before = out;
+      await restore(t.engine, vps, cp.imagePath);
+      const seen: Buffer[] = [];
+      vps.channel.on((f) => {
+        if (f.type === 'stdout') seen.push(f.data);
+      });
+      const total = await vps.queryOutputTotal();
+      const early = Buffer.concat(seen).length; // written after the restore, before the answer
+      const resumeAt = total - early;
+      expect(resumeAt).toBeGreaterThan(0);
+      expect(resumeAt).toBeLessThan(Buffer.byteLength(before));
+      await waitFor(() => Buffer.concat(seen).toString().includes('line 39'), 'the restored job to finish', 20_000);
+      const log = Buffer.from(before).subarray(0, resumeAt).toString() + Buffer.concat(seen).toString();
+      expect(log.trim().split('\n')).toEqual(Array.from({ length: 40 }, (_, i) => `line ${i}`));
+    } finally {
+      await t.engine.destroy(vps.id);
+    }
+  });
+});
