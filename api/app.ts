@@ -9,6 +9,7 @@ import { rateLimit } from './middleware/rate-limit.js';
 import { requestLog } from './middleware/request-log.js';
 import { problemResponse, toProblem } from './problem.js';
 import { artifactRoutes } from './routes/artifacts.js';
+import { checkpointRoutes } from './routes/checkpoints.js';
 import { docsRoutes } from './routes/docs.js';
 import { hostRoutes } from './routes/hosts.js';
 import { jobRoutes } from './routes/jobs.js';
@@ -33,6 +34,7 @@ export function createApp(deps: ApiDeps): Hono<ApiEnv> {
   app.route('/v1/jobs', jobRoutes(d));
   app.route('/v1/jobs', logRoutes(d));
   app.route('/v1/jobs', artifactRoutes(d));
+  app.route('/v1/jobs', checkpointRoutes(d));
   app.route('/v1/hosts', hostRoutes(d));
   app.route('/v1/templates', templateRoutes(d));
 

@@ -134,6 +134,28 @@ export function buildOpenApi(version = '0.1.0'): Json {
           },
         },
       },
+      '/v1/jobs/{id}/checkpoint': {
+        post: {
+          operationId: 'checkpointJob',
+          summary: 'Checkpoint a running job now (CRIU, leave-running); the job keeps running',
+          parameters: [idParam],
+          responses: {
+            '201': {
+              description: 'the checkpoint',
+              content: {
+                'application/json': {
+                  schema: {
+                    type: 'object',
+                    properties: { id: { type: 'string' }, createdAt: { type: 'string' }, sizeBytes: { type: 'number' }, outputOffset: { type: 'number' } },
+                    required: ['id', 'createdAt', 'sizeBytes', 'outputOffset'],
+                  },
+                },
+              },
+            },
+            ...problems('not_found', 'conflict', 'unavailable', ...AUTHED),
+          },
+        },
+      },
       '/v1/jobs/{id}/logs': {
         get: {
           operationId: 'getJobLogs',

@@ -155,6 +155,13 @@ export async function cancelCommand(args: string[]): Promise<number> {
   return 0;
 }
 
+export async function checkpointCommand(args: string[]): Promise<number> {
+  const id = one(strict(args, {}, 'runbox checkpoint JOB_ID').positionals, 'runbox checkpoint JOB_ID');
+  const cp = await ApiClient.fromEnv().json<{ id: string; sizeBytes: number; outputOffset: number }>('POST', `/v1/jobs/${encodeURIComponent(id)}/checkpoint`);
+  process.stdout.write(`checkpoint ${cp.id} of job ${id}: ${cp.sizeBytes} bytes, output offset ${cp.outputOffset}\n`);
+  return 0;
+}
+
 export async function lsCommand(args: string[]): Promise<number> {
   const usage = 'runbox ls [--status S] [--label K=V] [--limit N] [--json]';
   const { values } = strict(args, { status: { type: 'string' }, label: { type: 'string', multiple: true }, limit: { type: 'string' }, json: { type: 'boolean' } }, usage);

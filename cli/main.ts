@@ -6,8 +6,10 @@ const USAGE = `usage: runbox COMMAND [ARGS]
   api | worker                   start one part (several workers can share one Redis)
   run [flags] -- CMD [ARGS...]   run one command in a fresh VPS on this machine (see runbox run --help)
   submit [flags] -- CMD          submit a job through the API (see runbox submit --help)
-  status ID | logs [-f] ID | ls | cancel ID | hosts | templates
+  status ID | logs [-f] ID | ls | cancel ID | checkpoint ID | hosts | templates
                                  talk to the API (RUNBOX_API_URL, RUNBOX_TOKEN)
+  templates build NAME... | templates ls --local | templates import NAME PATH
+                                 build / list / import templates on this machine (see runbox templates --help)
   cluster up [--hosts N] | cluster down
                                  N worker hosts on this machine, each in its own network namespace
   gc [--all]                     clean up what a crashed runbox process left behind (--all: every VPS
@@ -39,10 +41,12 @@ async function main(argv: string[]): Promise<number> {
       return (await import('./jobs-commands.js')).lsCommand(rest);
     case 'cancel':
       return (await import('./jobs-commands.js')).cancelCommand(rest);
+    case 'checkpoint':
+      return (await import('./jobs-commands.js')).checkpointCommand(rest);
     case 'hosts':
       return (await import('./jobs-commands.js')).hostsCommand(rest);
     case 'templates':
-      return (await import('./jobs-commands.js')).templatesCommand(rest);
+      return (await import('./templates-commands.js')).templatesCommand(rest);
     case 'cluster':
       return (await import('./cluster.js')).clusterCommand(rest);
     case 'gc':

@@ -16,6 +16,11 @@ const num = (def: number) => z.coerce.number().positive().default(def);
 export const EnvSchema = z.object({
   RUNBOX_STATE_DIR: z.string().min(1).default('/var/lib/runbox'),
   RUNBOX_TEMPLATES_DIR: z.string().min(1).optional(),
+  RUNBOX_RECIPES_DIR: z.string().min(1).default(path.join(REPO_ROOT, 'templates')),
+  RUNBOX_PREBUILD_TEMPLATES: z
+    .string()
+    .regex(/^([a-z0-9][a-z0-9._-]{0,63}(,[a-z0-9][a-z0-9._-]{0,63})*)?$/, 'a comma-separated list of template names, e.g. base,debian')
+    .default('base'),
   RUNBOX_RUNC: z.string().min(1).default('runc'),
   RUNBOX_CRIU: z.string().min(1).default('/opt/runbox/criu/bin/criu'),
   RUNBOX_AGENT: z.string().min(1).default(path.join(REPO_ROOT, 'build/runbox-agent')),
@@ -55,6 +60,9 @@ export const EnvSchema = z.object({
   RUNBOX_MAX_ARTIFACT_BYTES: int(64 * 1024 * 1024),
   RUNBOX_SHUTDOWN_GRACE_SEC: num(30),
   RUNBOX_JOB_LOCK_MS: z.coerce.number().int().min(1000).default(15_000),
+  RUNBOX_CHECKPOINT_DIR: z.string().min(1).optional(),
+  RUNBOX_CHECKPOINT_AFTER_SEC: z.coerce.number().int().min(0).default(0),
+  RUNBOX_CHECKPOINT_KEEP: z.coerce.number().int().min(1).default(2),
 });
 export type Env = z.infer<typeof EnvSchema>;
 
@@ -62,6 +70,8 @@ export interface RuntimeConfig {
   stateDir: string;
   /** Built templates (default <stateDir>/templates). */
   templatesDir: string;
+  /** Template recipes (default templates/ of this checkout). */
+  recipesDir: string;
   runcPath: string;
   criuPath: string;
   agentPath: string;
@@ -87,6 +97,7 @@ export function runtimeConfigFromEnv(raw: NodeJS.ProcessEnv): RuntimeConfig {
   return {
     stateDir: path.resolve(e.RUNBOX_STATE_DIR),
     templatesDir: path.resolve(e.RUNBOX_TEMPLATES_DIR ?? path.join(e.RUNBOX_STATE_DIR, 'templates')),
+    recipesDir: path.resolve(e.RUNBOX_RECIPES_DIR),
     runcPath: e.RUNBOX_RUNC,
     criuPath: e.RUNBOX_CRIU,
     agentPath: path.resolve(e.RUNBOX_AGENT),
@@ -125,6 +136,8 @@ export interface ServiceConfig extends RuntimeConfig {
   tokenFile: string;
   hostId: string;
   pools: PoolConfig[];
+  /** Templates `runbox up` builds before the worker starts. */
+  prebuildTemplates: string[];
   poolMinIdle: number;
   poolMax: number;
   workerConcurrency: number;
@@ -136,6 +149,10 @@ export interface ServiceConfig extends RuntimeConfig {
   shutdownGraceSec: number;
   /** BullMQ job lock: a worker that stops renewing it for this long is presumed dead. */
   jobLockMs: number;
+  /** Checkpoint store root (a shared mount in production). */
+  checkpointDir: string;
+  checkpointAfterSec: number;
+  checkpointKeep: number;
 }
 
 export function serviceConfigFromEnv(raw: NodeJS.ProcessEnv, hostname: string): ServiceConfig {
@@ -154,6 +171,7 @@ export function serviceConfigFromEnv(raw: NodeJS.ProcessEnv, hostname: string): 
       const [template, network] = p.split(':') as [string, PoolConfig['network']];
       return { template, network };
     }),
+    prebuildTemplates: e.RUNBOX_PREBUILD_TEMPLATES.split(',').filter(Boolean),
     poolMinIdle: e.RUNBOX_POOL_MIN_IDLE,
     poolMax: e.RUNBOX_POOL_MAX,
     workerConcurrency: e.RUNBOX_WORKER_CONCURRENCY,
@@ -164,5 +182,8 @@ export function serviceConfigFromEnv(raw: NodeJS.ProcessEnv, hostname: string): 
     maxArtifactBytes: e.RUNBOX_MAX_ARTIFACT_BYTES,
     shutdownGraceSec: e.RUNBOX_SHUTDOWN_GRACE_SEC,
     jobLockMs: e.RUNBOX_JOB_LOCK_MS,
+    checkpointDir: path.resolve(e.RUNBOX_CHECKPOINT_DIR ?? path.join(rt.stateDir, 'checkpoints')),
+    checkpointAfterSec: e.RUNBOX_CHECKPOINT_AFTER_SEC,
+    checkpointKeep: e.RUNBOX_CHECKPOINT_KEEP,
   };
 }

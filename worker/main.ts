@@ -15,6 +15,9 @@ import { VpsPool } from '../runtime/pool.js';
 import { RuncEngine } from '../runtime/runc-engine.js';
 import { resolveTemplate } from '../runtime/templates/store.js';
 import { Heartbeat, primaryAddress } from './host.js';
+import { JobCheckpointer } from './checkpoints.js';
+import { HostCommands } from './commands.js';
+import { DirectoryCheckpointStore } from '../runtime/checkpoint/store.js';
 import { createProcessor, RunningJobs } from './processors/run-job.js';
 
 export interface WorkerOptions {
@@ -91,6 +94,8 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
   else for (const p of pools) p.refill();
 
   const running = new RunningJobs();
+  const checkpoints = new DirectoryCheckpointStore(config.checkpointDir);
+  const checkpointer = new JobCheckpointer({ engine, store: checkpoints, jobs, hostId, keep: config.checkpointKeep, log: hlog });
   const processor = createProcessor(
     {
       hostId,
@@ -104,6 +109,9 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
       tenantConcurrency: config.tenantConcurrency,
       resultTtlSec: config.resultTtlSec,
       maxArtifactBytes: config.maxArtifactBytes,
+      checkpointer,
+      checkpoints,
+      checkpointAfterSec: config.checkpointAfterSec,
       log: hlog,
     },
     running,
@@ -122,8 +130,12 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
 
   // Cancellation: a message names the job; whichever worker runs it aborts it. The record's
   // cancelRequested flag is polled too, in case a message was missed (pub/sub is fire-and-forget).
-  await sub.subscribe(keys.cancelChannel());
-  sub.on('message', (_ch: string, jobId: string) => running.cancel(jobId));
+  await sub.subscribe(keys.cancelChannel(), keys.hostCommands(hostId));
+  const commands = new HostCommands(redis, keys, running, checkpointer, hlog);
+  sub.on('message', (ch: string, msg: string) => {
+    if (ch === keys.cancelChannel()) running.cancel(msg);
+    else void commands.handle(msg);
+  });
   const cancelPoll = setInterval(() => {
     void (async () => {
       for (const id of running.byId.keys()) {

@@ -16,5 +16,8 @@ export class Keys {
   rate = (tenant: string, window: number) => `${this.prefix}rate:${tenant}:${window}`;
   eventsChannel = () => `${this.prefix}events`;
   cancelChannel = () => `${this.prefix}cancel`;
+  /** Commands for one host (e.g. "checkpoint job X"); answers go to a reply list. */
+  hostCommands = (hostId: string) => `${this.prefix}cmd:${hostId}`;
+  reply = (id: string) => `${this.prefix}reply:${id}`;
   bullPrefix = () => `${this.prefix}bull`;
 }

@@ -1,8 +1,8 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { RunboxError } from '../../core/errors.js';
-import { execOk } from '../exec.js';
-import { checkpointArgs, restoreArgs, runcDelete, runcState } from '../oci/runc.js';
+import { exec, execOk } from '../exec.js';
+import { checkpointArgs, pauseArgs, restoreArgs, resumeArgs, runcDelete, runcState } from '../oci/runc.js';
 import { readInitRef, within, type RuncEngine } from '../runc-engine.js';
 import type { RuncVps } from '../runc-vps.js';
 import { next } from '../state.js';
@@ -89,4 +89,60 @@ async function dirSize(dir: string): Promise<number> {
     total += e.isDirectory() ? await dirSize(full) : (await fs.stat(full)).size;
   }
   return total;
+}
+
+export interface SnapshotResult {
+  /** From the moment the VPS stopped executing to the moment it ran again. */
+  frozenMs: number;
+  durationMs: number;
+  imagesBytes: number;
+  fsBytes: number;
+}
+
+/**
+ * tar of the overlay upper dir: whiteouts are 0/0 character devices and opaque directories carry
+ * trusted.overlay.* xattrs, so devices, numeric owners and those xattrs must be kept. With
+ * --listed-incremental, each archive holds only what changed since the previous one (GNU tar's
+ * snapshot file records the state), and extracting the chain in order also replays deletions.
+ */
+export const fsTarArgs = (upperDir: string, tarFile: string, snapshotFile: string): string[] => [
+  'tar', '--create', '--file', tarFile, `--listed-incremental=${snapshotFile}`, '--numeric-owner',
+  '--xattrs', '--xattrs-include=trusted.overlay.*', '--sparse', '-C', upperDir, '.',
+];
+
+/**
+ * A consistent checkpoint of a running VPS that keeps running: the VPS is paused (cgroup freezer),
+ * CRIU dumps it with --leave-running, its filesystem changes are archived while still paused (so
+ * memory and files are of the same instant), then it resumes.
+ */
+export async function snapshot(
+  engine: RuncEngine,
+  vps: RuncVps,
+  out: { imagesDir: string; fsTar: string; snapshot: string },
+): Promise<SnapshotResult> {
+  next('checkpoint', vps.state);
+  if (!engine.runc.criu) throw new RunboxError('host_unsupported', 'no criu configured (RUNBOX_CRIU)');
+  const p = engine.layout.vps(vps.id);
+  const workPath = `${out.imagesDir}.work`;
+  await fs.mkdir(workPath, { recursive: true });
+  const t0 = Date.now();
+  await execOk(pauseArgs(engine.runc, vps.id), { timeoutMs: 30_000 });
+  const frozenAt = Date.now();
+  let resumedAt = frozenAt;
+  try {
+    await execOk(checkpointArgs(engine.runc, vps.id, { imagePath: out.imagesDir, workPath, leaveRunning: true }), { timeoutMs: 120_000 });
+    await execOk(fsTarArgs(path.join(p.layerMount, 'upper'), out.fsTar, out.snapshot), { timeoutMs: 120_000 });
+  } catch (e) {
+    throw new RunboxError('internal', `checkpoint of VPS ${vps.id} failed`, { cause: e });
+  } finally {
+    await exec(resumeArgs(engine.runc, vps.id), { timeoutMs: 30_000 });
+    resumedAt = Date.now();
+    await fs.rm(workPath, { recursive: true, force: true });
+  }
+  return {
+    frozenMs: resumedAt - frozenAt,
+    durationMs: Date.now() - t0,
+    imagesBytes: await dirSize(out.imagesDir),
+    fsBytes: (await fs.stat(out.fsTar)).size,
+  };
 }

@@ -31,6 +31,9 @@ export const deleteArgs = (g: RuncGlobal, id: string, force: boolean): string[] 
   ...globalArgs(g), 'delete', ...(force ? ['--force'] : []), id,
 ];
 
+export const pauseArgs = (g: RuncGlobal, id: string): string[] => [...globalArgs(g), 'pause', id];
+export const resumeArgs = (g: RuncGlobal, id: string): string[] => [...globalArgs(g), 'resume', id];
+
 export const stateArgs = (g: RuncGlobal, id: string): string[] => [...globalArgs(g), 'state', id];
 export const listArgs = (g: RuncGlobal): string[] => [...globalArgs(g), 'list', '--format', 'json'];
 

@@ -16,6 +16,11 @@ import type { RuncVps } from '../../runtime/runc-vps.js';
 import { resolveTemplate } from '../../runtime/templates/store.js';
 import { newId } from '../../core/ids.js';
 import { OutputWriter } from '../logs.js';
+import type { JobCheckpointer } from '../checkpoints.js';
+import type { CheckpointStore } from '../../runtime/checkpoint/store.js';
+import { RunningJobs, type RunningJob } from '../running.js';
+
+export { RunningJobs };
 
 export interface RunJobDeps {
   hostId: string;
@@ -29,18 +34,13 @@ export interface RunJobDeps {
   tenantConcurrency: number;
   resultTtlSec: number;
   maxArtifactBytes: number;
+  checkpointer: JobCheckpointer;
+  checkpoints: CheckpointStore;
+  /** Host policy: checkpoint jobs running longer than this, every this many seconds (0: off). */
+  checkpointAfterSec: number;
   log: Logger;
 }
 
-/** Jobs running on this worker, by id: cancellation and shutdown reach them through here. */
-export class RunningJobs {
-  readonly byId = new Map<string, AbortController>();
-  cancel(id: string): boolean {
-    const c = this.byId.get(id);
-    c?.abort();
-    return !!c;
-  }
-}
 
 const SLOT_RETRY_MS = 250;
 
@@ -73,10 +73,10 @@ export function createProcessor(deps: RunJobDeps, running: RunningJobs) {
       await bull.moveToDelayed(Date.now() + SLOT_RETRY_MS, token);
       throw new DelayedError();
     }
-    const abort = new AbortController();
-    running.byId.set(jobId, abort);
+    const entry: RunningJob = { jobId, tenant, abort: new AbortController(), outputBytes: 0 };
+    running.byId.set(jobId, entry);
     try {
-      await runOne(deps, bull, job, tenant, abort, log);
+      await runOne(deps, bull, job, entry, log);
     } finally {
       running.byId.delete(jobId);
       await deps.slots.release(tenant, jobId);
@@ -98,7 +98,8 @@ async function hostLost(deps: RunJobDeps, job: Job, tenant: string, log: Logger)
   await deps.jobs.expire(job.id, deps.resultTtlSec);
 }
 
-async function runOne(deps: RunJobDeps, bull: BullJob, job: Job, tenant: string, abort: AbortController, log: Logger): Promise<void> {
+async function runOne(deps: RunJobDeps, bull: BullJob, job: Job, entry: RunningJob, log: Logger): Promise<void> {
+  const abort = entry.abort;
   const req = await deps.jobs.getRequest(job.id);
   if (!req) throw new RunboxError('internal', `job ${job.id} has no stored request`);
   await deps.jobs.transition(job.id, 'starting', { host: deps.hostId, attempt: job.attempt + 1 }, { host: deps.hostId });
@@ -128,9 +129,20 @@ async function runOne(deps: RunJobDeps, bull: BullJob, job: Job, tenant: string,
   }
 
   if (!vps) throw new RunboxError('internal', 'no VPS');
+  entry.vps = vps;
   const writer = new OutputWriter(deps.logs, job.id, log);
   const startedAt = new Date().toISOString();
   const toRunning = deps.jobs.transition(job.id, 'running', { startedAt }, { host: deps.hostId });
+  // Automatic checkpoints: the job's own interval, else the host policy for long jobs.
+  const everySec = req.checkpoint?.everySec ?? deps.checkpointAfterSec;
+  const autoCheckpoint =
+    everySec > 0
+      ? setInterval(() => {
+          void deps.checkpointer
+            .checkpoint(entry, req.checkpoint?.everySec ? 'checkpoint.everySec' : 'host policy: long-running job')
+            .catch((e) => log.warn({ err: e }, 'automatic checkpoint failed'));
+        }, everySec * 1000)
+      : undefined;
   try {
     const result = await vps.run({
       argv: req.command ?? ['/bin/sh', '-c', req.script!],
@@ -141,8 +153,12 @@ async function runOne(deps: RunJobDeps, bull: BullJob, job: Job, tenant: string,
       timeoutSec: job.limits.timeoutSec,
       outputBytes: job.limits.outputBytes,
       signal: abort.signal,
-      onOutput: (stream, data, offset) => writer.push(stream, data, offset),
+      onOutput: (stream, data, offset) => {
+        entry.outputBytes = offset + data.length;
+        writer.push(stream, data, offset);
+      },
     });
+    clearInterval(autoCheckpoint);
     await toRunning.catch(() => undefined);
     const collected = req.artifacts.length ? await collectArtifacts(deps, vps, req, job.id, log) : { list: [], truncated: false };
     await writer.flush();
@@ -182,7 +198,10 @@ async function runOne(deps: RunJobDeps, bull: BullJob, job: Job, tenant: string,
     await deps.jobs.expire(job.id, deps.resultTtlSec);
     log.info({ status, exitCode: result.exitCode, wallMs: result.usage.wallMs }, 'job finished');
   } finally {
+    clearInterval(autoCheckpoint);
     dispose(vps);
+    // A finished job's checkpoints are of no further use.
+    void deps.checkpoints.removeAll(job.id).catch((e) => log.warn({ err: e }, 'removing checkpoints failed'));
   }
 }
 

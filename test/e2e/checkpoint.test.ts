@@ -1,0 +1,100 @@
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startApi } from '../../api/server.js';
+import { apiDeps } from '../../cli/services.js';
+import type { ServiceConfig } from '../../core/config.js';
+import type { Job } from '../../core/job.js';
+import { createLogger } from '../../core/log.js';
+import type { WorkerHandle } from '../../worker/main.js';
+import { removeState, startTestWorker, testServiceConfig } from '../helpers/cluster.js';
+import { waitFor } from '../helpers/net.js';
+import { startRedis, type TestRedis } from '../helpers/redis.js';
+
+/** Checkpoints of running jobs through the API (CRIU with leave-running, on one host). */
+let redis: TestRedis;
+let cfg: ServiceConfig;
+let worker: WorkerHandle;
+let api: { url: string; close(): Promise<void> };
+let closeDeps: () => Promise<void>;
+const stop = new AbortController();
+const TOKENS = { a: 'cp-token-a', b: 'cp-token-b' };
+
+beforeAll(async () => {
+  redis = await startRedis();
+  cfg = await testServiceConfig(redis, { apiTokens: `a=${TOKENS.a},b=${TOKENS.b}` });
+  worker = await startTestWorker(cfg, redis.url);
+  const built = await apiDeps(cfg, redis.url, createLogger('silent'), stop.signal);
+  closeDeps = built.close;
+  api = await startApi(built.deps, { host: '127.0.0.1', port: 0 });
+});
+afterAll(async () => {
+  stop.abort();
+  await api?.close();
+  await closeDeps?.();
+  await worker?.close();
+  await removeState(cfg, worker?.engine);
+  await redis?.stop();
+});
+
+async function call(p: string, init: RequestInit & { as?: 'a' | 'b' } = {}): Promise<Response> {
+  const { as = 'a', ...rest } = init;
+  return fetch(api.url + p, { ...rest, headers: { authorization: `Bearer ${TOKENS[as]}`, 'content-type': 'application/json' } });
+}
+const getJob = async (id: string) => (await (await call(`/v1/jobs/${id}`)).json()) as Job;
+const submit = async (body: object) => ((await (await call('/v1/jobs', { method: 'POST', body: JSON.stringify(body) })).json()) as Job).id;
+const running = (id: string) => waitFor(async () => (await getJob(id)).status === 'running', `job ${id} running`, 20_000);
+const done = async (id: string) => {
+  await waitFor(async () => ['succeeded', 'failed', 'canceled', 'timed_out'].includes((await getJob(id)).status), `job ${id} to end`, 60_000);
+  return getJob(id);
+};
+
+const COUNTER = 'echo before > /data.txt; i=0; while [ $i -lt 30 ]; do echo "tick $i"; i=$((i+1)); sleep 0.1; done';
+
+describe('POST /v1/jobs/:id/checkpoint', () => {
+  it('checkpoints a running job, which keeps running undisturbed; the checkpoint is gone when the job ends', async () => {
+    const id = await submit({ script: COUNTER });
+    await running(id);
+    await new Promise((r) => setTimeout(r, 500));
+    const res = await call(`/v1/jobs/${id}/checkpoint`, { method: 'POST' });
+    expect(res.status).toBe(201);
+    const cp = (await res.json()) as { id: string; sizeBytes: number; outputOffset: number };
+    expect(cp.sizeBytes).toBeGreaterThan(0);
+    expect(cp.outputOffset).toBeGreaterThan(0);
+
+    // While the job runs, the store holds CRIU images and the filesystem changes.
+    const dir = path.join(cfg.checkpointDir, id);
+    const [entry] = (await fs.readdir(dir)).filter((n) => /^\d{6}-/.test(n));
+    expect(await fs.readdir(path.join(dir, entry!))).toEqual(expect.arrayContaining(['images', 'fs.tar', 'meta.json']));
+    expect(execFileSync('tar', ['-tf', path.join(dir, entry!, 'fs.tar')]).toString()).toMatch(/data\.txt/);
+
+    const job = await done(id);
+    expect(job.status).toBe('succeeded');
+    expect(job.checkpoints).toEqual([expect.objectContaining({ id: cp.id })]);
+    expect(job.history.map((h) => h.status)).toEqual(['queued', 'starting', 'running', 'checkpointing', 'running', 'succeeded']);
+    const out = await (await call(`/v1/jobs/${id}/logs`)).text();
+    expect(out.trim().split('\n')).toEqual(Array.from({ length: 30 }, (_, i) => `tick ${i}`));
+    await waitFor(async () => !(await fs.stat(dir).then(() => true, () => false)), 'checkpoints removed', 5000);
+  });
+
+  it('takes automatic checkpoints with checkpoint.everySec', async () => {
+    const id = await submit({ script: 'sleep 7', checkpoint: { everySec: 5 } });
+    const job = await done(id);
+    expect(job.status).toBe('succeeded');
+    expect(job.checkpoints.length).toBeGreaterThanOrEqual(1);
+    expect(job.history.find((h) => h.status === 'checkpointing')?.note).toBe('checkpoint.everySec');
+  });
+
+  it('refuses what cannot be checkpointed, and other tenants', async () => {
+    const id = await submit({ command: ['sleep', '5'] });
+    await running(id);
+    expect((await call(`/v1/jobs/${id}/checkpoint`, { method: 'POST', as: 'b' })).status).toBe(404);
+    expect((await call('/v1/jobs/nosuchjob0000/checkpoint', { method: 'POST' })).status).toBe(404);
+    await call(`/v1/jobs/${id}/cancel`, { method: 'POST' });
+    await done(id);
+    const late = await call(`/v1/jobs/${id}/checkpoint`, { method: 'POST' });
+    expect(late.status).toBe(409);
+    expect(((await late.json()) as { code: string }).code).toBe('conflict');
+  });
+});

@@ -1,0 +1,84 @@
+import { errorMessage, isRunboxError, RunboxError } from '../core/errors.js';
+import { newId } from '../core/ids.js';
+import type { Job } from '../core/job.js';
+import type { Logger } from '../core/log.js';
+import type { JobStore } from '../core/store/jobs.js';
+import { snapshot } from '../runtime/checkpoint/checkpoint.js';
+import type { CheckpointStore } from '../runtime/checkpoint/store.js';
+import type { RuncEngine } from '../runtime/runc-engine.js';
+import type { RunningJob } from './running.js';
+
+export type CheckpointEntry = Job['checkpoints'][number];
+
+/**
+ * Checkpoints of running jobs (on request, on a job's `checkpoint.everySec`, or by the host policy),
+ * one at a time per job. The job is `checkpointing` while its VPS is frozen and dumped, and keeps
+ * running afterwards; its record lists the checkpoints, the store keeps the newest `keep` complete.
+ */
+export class JobCheckpointer {
+  private readonly busy = new Map<string, Promise<CheckpointEntry>>();
+
+  constructor(
+    private readonly deps: { engine: RuncEngine; store: CheckpointStore; jobs: JobStore; hostId: string; keep: number; log: Logger },
+  ) {}
+
+  checkpoint(job: RunningJob, reason: string): Promise<CheckpointEntry> {
+    const inFlight = this.busy.get(job.jobId);
+    if (inFlight) return inFlight;
+    const p = this.run(job, reason).finally(() => this.busy.delete(job.jobId));
+    this.busy.set(job.jobId, p);
+    return p;
+  }
+
+  private async run(job: RunningJob, reason: string): Promise<CheckpointEntry> {
+    const { jobs, store, engine, hostId } = this.deps;
+    const vps = job.vps;
+    if (!vps) throw new RunboxError('conflict', `job ${job.jobId} has not started yet`);
+    const stored = await jobs.get(job.jobId);
+    if (!stored) throw new RunboxError('not_found', `job ${job.jobId} not found`);
+    await jobs.transition(job.jobId, 'checkpointing', {}, { from: ['running'], host: hostId, note: reason });
+    const seq = stored.job.checkpoints.length + 1;
+    const id = newId(6);
+    try {
+      const staged = await store.stage(job.jobId, seq);
+      const r = await snapshot(engine, vps, staged);
+      const spec = vps.info().spec;
+      const entry: CheckpointEntry = { id, createdAt: new Date().toISOString(), sizeBytes: r.imagesBytes + r.fsBytes, outputOffset: job.outputBytes };
+      await store.commit(
+        job.jobId,
+        {
+          id,
+          jobId: job.jobId,
+          seq,
+          createdAt: entry.createdAt,
+          host: hostId,
+          template: { name: spec.template.name, hash: spec.template.hash },
+          network: { mode: vps.info().network.mode, address: vps.info().network.address },
+          hostname: spec.hostname,
+          outputOffset: entry.outputOffset,
+          frozenMs: r.frozenMs,
+          imagesBytes: r.imagesBytes,
+          fsBytes: r.fsBytes,
+        },
+        staged.dir,
+      );
+      await store.prune(job.jobId, this.deps.keep);
+      await this.backToRunning(job.jobId, { checkpoints: [...stored.job.checkpoints, entry] });
+      this.deps.log.info({ jobId: job.jobId, checkpoint: id, frozenMs: r.frozenMs, bytes: entry.sizeBytes }, 'checkpointed');
+      return entry;
+    } catch (e) {
+      await this.backToRunning(job.jobId, {}, `checkpoint failed: ${errorMessage(e)}`);
+      throw e;
+    }
+  }
+
+  /** The job may have ended meanwhile (its final status wins): then there is nothing to undo. */
+  private async backToRunning(jobId: string, patch: Partial<Job>, note?: string): Promise<void> {
+    try {
+      await this.deps.jobs.transition(jobId, 'running', patch, { from: ['checkpointing'], host: this.deps.hostId, note });
+    } catch (e) {
+      if (!isRunboxError(e, 'conflict')) throw e;
+      if (patch.checkpoints) await this.deps.jobs.update(jobId, { checkpoints: patch.checkpoints });
+    }
+  }
+}
