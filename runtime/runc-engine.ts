@@ -7,7 +7,8 @@ import { detectCgroupLayout, type CgroupLayout } from './cgroups/layout.js';
 import { isAlive, processStart, selfRef, type ProcessRef } from './host/proc.js';
 import { Layout, VPS_ID } from './layout.js';
 import { HostNetwork, type VpsNetwork } from './net/network.js';
-import { runArgs, runcDelete, type RuncGlobal } from './oci/runc.js';
+import { restoreArgs, runArgs, runcDelete, type RuncGlobal } from './oci/runc.js';
+import { execOk } from './exec.js';
 import { buildSpec } from './oci/spec.js';
 import { RuncVps, startWithPipes, waitReady } from './runc-vps.js';
 import { mountLayer, unmountLayer } from './storage/layer.js';
@@ -59,6 +60,26 @@ async function waitGone(ref: ProcessRef, ms: number): Promise<void> {
   while (isAlive(ref) && Date.now() < deadline) await sleep(5);
 }
 
+/** Where a VPS restored from a checkpoint comes from. */
+export interface RestoreSource {
+  /** CRIU images. */
+  imagesDir: string;
+  /** Filesystem changes: incremental tars of the upper dir, oldest first. */
+  fsTars: string[];
+  /** The VPS's address on its previous host (kept: its processes and sockets know it). */
+  address?: string;
+}
+
+/** Replays the incremental fs archives in order (deletions included: --listed-incremental). */
+async function replayFsChanges(upper: string, tars: string[]): Promise<void> {
+  for (const t of tars) {
+    await execOk(
+      ['tar', '--extract', '--file', t, '--listed-incremental=/dev/null', '--numeric-owner', '--xattrs', '--xattrs-include=trusted.overlay.*', '-C', upper],
+      { timeoutMs: 300_000 },
+    );
+  }
+}
+
 /**
  * RLIMIT_NOFILE inside VPSs. The host's hard limit may be low (20000 here) and without
  * CAP_SYS_RESOURCE nothing can raise it, so stay well below.
@@ -83,7 +104,12 @@ export class RuncEngine implements VpsEngine {
     return this.live.get(id);
   }
 
-  async create(id: VpsId, spec: VpsSpec): Promise<RuncVps> {
+  /**
+   * Creates a VPS. With `restore`, the VPS is made from a checkpoint instead of booting the agent:
+   * its filesystem changes are replayed into a fresh layer, it keeps its network address, and
+   * `runc restore` brings back its processes (then use `adopt` to supervise the running job).
+   */
+  async create(id: VpsId, spec: VpsSpec, restore?: RestoreSource): Promise<RuncVps> {
     if (!VPS_ID.test(id)) throw new RunboxError('invalid_argument', `invalid VPS id "${id}"`);
     const p = this.layout.vps(id);
     try {
@@ -98,8 +124,8 @@ export class RuncEngine implements VpsEngine {
     await this.writeRecord(record);
     try {
       const [network] = await Promise.all([
-        this.net.setup(id, spec.network),
-        mountLayer({ cacheDir: this.layout.cacheDir }, p, spec.template.rootfs, spec.diskMb),
+        this.net.setup(id, spec.network, restore?.address),
+        mountLayer({ cacheDir: this.layout.cacheDir }, p, spec.template.rootfs, spec.diskMb, restore && ((upper) => replayFsChanges(upper, restore.fsTars))),
       ]);
       record.network = network;
       await this.writeRecord(record);
@@ -115,7 +141,14 @@ export class RuncEngine implements VpsEngine {
         nofile: VPS_NOFILE,
       });
       await fs.writeFile(p.config, JSON.stringify(config));
-      const channel = await startWithPipes(runArgs(this.runc, id, p.bundle, p.pidFile), log);
+      const workPath = restore ? `${restore.imagesDir}.restore-work` : '';
+      if (restore) await fs.mkdir(workPath, { recursive: true });
+      const channel = await startWithPipes(
+        restore
+          ? restoreArgs(this.runc, id, { bundle: p.bundle, pidFile: p.pidFile, imagePath: restore.imagesDir, workPath })
+          : runArgs(this.runc, id, p.bundle, p.pidFile),
+        log,
+      ).finally(() => restore && fs.rm(workPath, { recursive: true, force: true }));
       record.init = await readInitRef(p.pidFile);
       await this.writeRecord(record);
       const vps = new RuncVps(
@@ -127,7 +160,8 @@ export class RuncEngine implements VpsEngine {
       );
       vps.initPid = record.init?.pid;
       this.live.set(id, vps);
-      await waitReady(channel);
+      // A restored agent said "ready" long ago, on its first host; it is running a job now.
+      if (!restore) await waitReady(channel);
       vps.transition('markReady');
       log.debug({ template: spec.template.name, network: spec.network }, 'vps ready');
       return vps;

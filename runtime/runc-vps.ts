@@ -169,9 +169,42 @@ export class RuncVps implements Vps {
     if (this.jobStarted) throw new RunboxError('conflict', `VPS ${this.id} already ran a job; a VPS serves exactly one job`);
     this.transition('run');
     this.jobStarted = true;
+    return this.supervise(job, { sendSpec: true, startOffset: 0 });
+  }
+
+  /**
+   * Takes over a job that is already running in this VPS (restored from a checkpoint or migrated
+   * here): no spec is sent; output offsets continue from `startOffset`; `job.timeoutSec` is what is
+   * left of the job's time.
+   */
+  async adopt(job: JobRun & { onResume?: (offset: number) => void | Promise<void> }, from: { startedAt: string }): Promise<RunResult> {
+    if (this.jobStarted) throw new RunboxError('conflict', `VPS ${this.id} already runs a job`);
+    if (this.stateValue === 'creating') this.transition('markReady');
+    this.transition('run');
+    this.jobStarted = true;
+    return this.supervise(job, { sendSpec: false, startOffset: 0, startedAt: from.startedAt, resume: job.onResume ?? (() => undefined) });
+  }
+
+  /** The job moved to another host: the pending run() returns `migrated` instead of waiting for an exit. */
+  handOver(): void {
+    this.handedOver = true;
+    this.onHandOver?.();
+  }
+
+  private handedOver = false;
+  private onHandOver?: () => void;
+
+  private async supervise(
+    job: JobRun,
+    o: { sendSpec: boolean; startOffset: number; startedAt?: string; resume?: (offset: number) => void | Promise<void> },
+  ): Promise<RunResult> {
     const t0 = Date.now();
-    let startedAt = new Date(t0).toISOString();
-    let outputBytes = 0;
+    let startedAt = o.startedAt ?? new Date(t0).toISOString();
+    let outputBytes = o.startOffset;
+    // Adopting a restored VPS: output that arrives before the agent says how much it has written
+    // (Q/q) is held back; the answer minus those bytes is where the output resumes.
+    let held: Array<Extract<AgentFrame, { type: 'stdout' | 'stderr' }>> | undefined = o.resume ? [] : undefined;
+    let resuming = false;
     let truncated = false;
     let timedOut = false;
     let canceled = false;
@@ -179,7 +212,17 @@ export class RuncVps implements Vps {
     const diagnostics: string[] = [];
 
     const onFrame = (f: AgentFrame) => {
-      if (f.type === 'started') startedAt = new Date().toISOString();
+      if (held && (f.type === 'stdout' || f.type === 'stderr')) held.push(f);
+      else if (held && f.type === 'outputTotal' && !resuming) {
+        resuming = true;
+        outputBytes = f.bytes - held.reduce((n, x) => n + x.data.length, 0);
+        // Keep holding (in order) until the caller has cut its log back to the resume offset.
+        void Promise.resolve(o.resume?.(outputBytes)).then(() => {
+          const early = held ?? [];
+          held = undefined;
+          early.forEach(onFrame);
+        });
+      } else if (f.type === 'started') startedAt = new Date().toISOString();
       else if (f.type === 'stdout' || f.type === 'stderr') {
         const room = Math.max(0, job.outputBytes - outputBytes);
         const data = f.data.length > room ? f.data.subarray(0, room) : f.data;
@@ -219,22 +262,33 @@ export class RuncVps implements Vps {
         });
       };
       this.onChannelSwap = bind;
+      this.onHandOver = resolve;
       bind();
     });
 
-    try {
-      await this.channel.send([
-        encodeJob({ argv: job.argv, env: job.env ?? {}, workdir: job.workdir, user: job.user }),
-        ...encodeStdin(job.stdin ?? Buffer.alloc(0)),
-        encodeStdinClose(),
-      ]);
-    } catch (e) {
-      if (!this.channel.closed) throw e; // a VPS that died at once is reported below as lost
+    if (o.resume) await this.channel.send(encodeOutputQuery());
+    if (o.sendSpec) {
+      try {
+        await this.channel.send([
+          encodeJob({ argv: job.argv, env: job.env ?? {}, workdir: job.workdir, user: job.user }),
+          ...encodeStdin(job.stdin ?? Buffer.alloc(0)),
+          encodeStdinClose(),
+        ]);
+      } catch (e) {
+        if (!this.channel.closed) throw e; // a VPS that died at once is reported below as lost
+      }
     }
     await ended;
     clearTimeout(timer);
     job.signal?.removeEventListener('abort', onAbort);
     this.onChannelSwap = undefined;
+    this.onHandOver = undefined;
+    if (this.handedOver) {
+      return {
+        exitCode: null, signal: null, oomKilled: false, timedOut: false, canceled: false, outputTruncated: truncated, outputBytes,
+        migrated: true, usage: { cpuMs: 0, memoryPeakBytes: 0, wallMs: Date.now() - t0 }, startedAt, finishedAt: new Date().toISOString(),
+      };
+    }
 
     const usage = await this.cgroup.usage().catch(() => undefined);
     // A VPS destroyed while its job ran is already on its way out; there is no "exited" to record.

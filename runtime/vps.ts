@@ -39,6 +39,8 @@ export interface RunResult {
   canceled: boolean;
   outputTruncated: boolean;
   outputBytes: number;
+  /** The job moved on to another host (live migration): this VPS's part is over, the job is not. */
+  migrated?: boolean;
   /** Set when the job did not run to an exit status of its own (could not start, VPS died). */
   error?: { code: 'start_failed' | 'vps_lost'; message: string };
   usage: { cpuMs: number; memoryPeakBytes: number; wallMs: number };

@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import { RunboxError } from '../../core/errors.js';
 import { FrameDecoder, type AgentFrame } from './protocol.js';
+import { pendingBytes } from '../native/pipe.js';
 
 type Listener = (f: AgentFrame) => void;
 
@@ -32,7 +33,7 @@ export class AgentChannel {
   private readonly sticky: AgentFrame[] = [];
 
   constructor(
-    readFd: number,
+    private readonly readFd: number,
     private readonly writeFd: number,
     stderrFd: number,
   ) {
@@ -124,6 +125,20 @@ export class AgentChannel {
     });
     this.writeChain = next.catch(() => undefined);
     return next;
+  }
+
+  /**
+   * Resolves once everything the agent has written is read and dispatched. Only meaningful while
+   * the agent cannot write (its VPS is frozen): then an empty pipe means nothing is in flight.
+   */
+  async drained(timeoutMs = 5000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      await new Promise((r) => setImmediate(r)); // let pending 'data' events run
+      if (this.closedFlag || pendingBytes(this.readFd) === 0) return;
+      if (Date.now() > deadline) throw new RunboxError('unavailable', 'agent output pipe did not drain');
+      await new Promise((r) => setTimeout(r, 1));
+    }
   }
 
   /** Releases our ends of the pipes. */

@@ -36,11 +36,20 @@ export async function checkpoint(engine: RuncEngine, vps: RuncVps, opts: { leave
   await fs.mkdir(workPath, { recursive: true });
   const t0 = Date.now();
   const old = vps.channel;
-  if (!opts.leaveRunning) vps.beginSwap();
+  if (!opts.leaveRunning) {
+    // Frozen first, and the output pipe read empty: CRIU would otherwise take what is still in it
+    // into its images and not give it back to the restored VPS's new pipe.
+    await execOk(pauseArgs(engine.runc, vps.id), { timeoutMs: 30_000 });
+    vps.beginSwap();
+    await old.drained();
+  }
   try {
     await execOk(checkpointArgs(engine.runc, vps.id, { imagePath, workPath, leaveRunning: opts.leaveRunning }), { timeoutMs: 120_000 });
   } catch (e) {
-    if (!opts.leaveRunning) vps.endSwap(undefined);
+    if (!opts.leaveRunning) {
+      vps.endSwap(undefined);
+      await exec(resumeArgs(engine.runc, vps.id), { timeoutMs: 30_000 });
+    }
     await fs.rm(imagePath, { recursive: true, force: true });
     throw new RunboxError('internal', `checkpoint of VPS ${vps.id} failed`, { cause: e });
   } finally {
@@ -145,4 +154,42 @@ export async function snapshot(
     imagesBytes: await dirSize(out.imagesDir),
     fsBytes: (await fs.stat(out.fsTar)).size,
   };
+}
+
+/**
+ * Stop-and-copy, source side: freezes the VPS, dumps it with CRIU (its processes end after the
+ * dump) and archives its whole filesystem layer, into `outDir`/{images,fs.tar}. The VPS's channel
+ * is read to its end first, so every byte of output the job wrote before the freeze has been
+ * delivered to the caller's run() listener. Returns the moment the VPS stopped executing.
+ *
+ * If a later step of the move fails, `restore(engine, vps, imagesDir)` brings the job back here.
+ */
+export async function dumpForMove(engine: RuncEngine, vps: RuncVps, outDir: string): Promise<{ frozenAt: number; imagesDir: string; fsTar: string }> {
+  next('checkpoint', vps.state);
+  if (!engine.runc.criu) throw new RunboxError('host_unsupported', 'no criu configured (RUNBOX_CRIU)');
+  const p = engine.layout.vps(vps.id);
+  const imagesDir = path.join(outDir, 'images');
+  const fsTar = path.join(outDir, 'fs.tar');
+  const workPath = path.join(outDir, 'dump-work');
+  await fs.mkdir(imagesDir, { recursive: true });
+  await fs.mkdir(workPath, { recursive: true });
+  const old = vps.channel;
+  await execOk(pauseArgs(engine.runc, vps.id), { timeoutMs: 30_000 });
+  const frozenAt = Date.now();
+  vps.beginSwap();
+  try {
+    // CRIU would take output still in the pipe into its images and not hand it back: read it first.
+    await old.drained();
+    await execOk(checkpointArgs(engine.runc, vps.id, { imagePath: imagesDir, workPath, leaveRunning: false }), { timeoutMs: 120_000 });
+  } catch (e) {
+    vps.endSwap(undefined);
+    await exec(resumeArgs(engine.runc, vps.id), { timeoutMs: 30_000 });
+    throw new RunboxError('internal', `dump of VPS ${vps.id} failed; it keeps running here`, { cause: e });
+  } finally {
+    await fs.rm(workPath, { recursive: true, force: true });
+  }
+  await within(old.whenClosed(), 5000);
+  // A full archive of the layer (a fresh snapshot file: level 0).
+  await execOk(fsTarArgs(path.join(p.layerMount, 'upper'), fsTar, path.join(outDir, 'fs.snar')), { timeoutMs: 300_000 });
+  return { frozenAt, imagesDir, fsTar };
 }

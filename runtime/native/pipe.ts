@@ -11,11 +11,22 @@ import { RunboxError } from '../../core/errors.js';
  */
 interface PipeAddon {
   pipe2(): [number, number];
+  pending(fd: number): number;
 }
 
 let addon: PipeAddon | undefined;
 
+/** Unread bytes in the pipe behind `fd` (FIONREAD). */
+export function pendingBytes(fd: number): number {
+  return load().pending(fd);
+}
+
 export function pipe2(): { read: number; write: number } {
+  const [read, write] = load().pipe2();
+  return { read, write };
+}
+
+function load(): PipeAddon {
   if (!addon) {
     const file = path.join(REPO_ROOT, 'build/pipe.node');
     try {
@@ -24,6 +35,5 @@ export function pipe2(): { read: number; write: number } {
       throw new RunboxError('unavailable', `cannot load ${file}; run "npm run setup" first`, { cause: e });
     }
   }
-  const [read, write] = addon.pipe2();
-  return { read, write };
+  return addon;
 }

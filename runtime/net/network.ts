@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { exec, execOk } from '../exec.js';
 import { RunboxError } from '../../core/errors.js';
-import { gateway, parseCidr, poolSize, vpsAddress, type Cidr } from './addr.js';
+import { gateway, ipToInt, parseCidr, poolSize, vpsAddress, type Cidr } from './addr.js';
 import { firewallScript } from './firewall.js';
 
 export type NetworkMode = 'none' | 'private' | 'egress';
@@ -66,7 +66,18 @@ export class HostNetwork {
   }
 
   /** Reserves an address with an O_EXCL file per address: crash-safe and shared between processes. */
-  private async allocate(vpsId: string): Promise<string> {
+  private async allocate(vpsId: string, wanted?: string): Promise<string> {
+    if (wanted) {
+      // A VPS moved here keeps its address (its processes and sockets know it).
+      if (!this.contains(wanted)) throw new RunboxError('checkpoint_incompatible', `address ${wanted} is outside this host's VPS range ${this.cidrText}`);
+      try {
+        await fs.writeFile(path.join(this.addrDir, wanted), vpsId, { flag: 'wx' });
+        return wanted;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new RunboxError('conflict', `address ${wanted} is already used by another VPS on this host`);
+        throw e;
+      }
+    }
     const size = poolSize(this.cidr);
     const start = Math.floor(Math.random() * size);
     for (let k = 0; k < size; k++) {
@@ -81,10 +92,15 @@ export class HostNetwork {
     throw new RunboxError('unavailable', `no free address left in ${this.cidrText}`);
   }
 
-  async setup(vpsId: string, mode: NetworkMode): Promise<VpsNetwork> {
+  private contains(ip: string): boolean {
+    const n = ipToInt(ip);
+    return n > this.cidr.base + 1 && n < this.cidr.base + 2 + poolSize(this.cidr);
+  }
+
+  async setup(vpsId: string, mode: NetworkMode, wantedAddress?: string): Promise<VpsNetwork> {
     if (mode === 'none') return { mode };
     await this.ensure();
-    const address = await this.allocate(vpsId);
+    const address = await this.allocate(vpsId, wantedAddress);
     const netns = this.netnsName(vpsId);
     const hostVeth = HostNetwork.vethName(vpsId);
     const gw = gateway(this.cidr);

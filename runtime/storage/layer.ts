@@ -51,7 +51,14 @@ export const overlayOptions = (lower: string, layerMount: string): string =>
   `lowerdir=${lower},upperdir=${path.join(layerMount, 'upper')},workdir=${path.join(layerMount, 'work')}`;
 
 /** Creates the image, mounts it and mounts the overlay root. Undoes what it did on failure. */
-export async function mountLayer(store: LayerStore, p: LayerPaths, lowerdir: string, sizeMb: number): Promise<void> {
+export async function mountLayer(
+  store: LayerStore,
+  p: LayerPaths,
+  lowerdir: string,
+  sizeMb: number,
+  /** Runs with the disk mounted and upper/ made, before the overlay: fills upper/ for a restore. */
+  fillUpper?: (upperDir: string) => Promise<void>,
+): Promise<void> {
   const golden = await goldenImage(store, sizeMb);
   await fs.mkdir(p.layerMount, { recursive: true });
   await fs.mkdir(p.rootfs, { recursive: true });
@@ -59,6 +66,7 @@ export async function mountLayer(store: LayerStore, p: LayerPaths, lowerdir: str
   try {
     await execOk(['mount', '-t', 'ext4', '-o', 'loop,nosuid,nodev', p.image, p.layerMount], { timeoutMs: 30_000 });
     await Promise.all([fs.mkdir(path.join(p.layerMount, 'upper')), fs.mkdir(path.join(p.layerMount, 'work'))]);
+    await fillUpper?.(path.join(p.layerMount, 'upper'));
     await execOk(['mount', '-t', 'overlay', 'overlay', '-o', overlayOptions(lowerdir, p.layerMount), p.rootfs], {
       timeoutMs: 30_000,
     });

@@ -1,4 +1,5 @@
 import fs from 'node:fs/promises';
+import path from 'node:path';
 import { RunboxError } from '../../core/errors.js';
 import { isAlive, selfRef, type ProcessRef } from '../host/proc.js';
 
@@ -30,7 +31,13 @@ export class BuildLock {
         await fh.close();
         return new BuildLock(file, me);
       } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'ENOENT') {
+          // Its directory was removed (a failed build cleans up an empty template dir): make it again.
+          await fs.mkdir(path.dirname(file), { recursive: true });
+          continue;
+        }
+        if (code !== 'EEXIST') throw e;
       }
       const holder = await readHolder(file);
       if (holder && !isAlive(holder)) {
@@ -72,6 +79,14 @@ export async function readHolder(file: string): Promise<ProcessRef | undefined> 
 export async function isLockHeld(file: string): Promise<boolean> {
   const h = await readHolder(file);
   return !!h && isAlive(h);
+}
+
+/** A lock left by a dead process (or never completed by one: unreadable and older than 10 s). */
+export async function isLockStale(file: string): Promise<boolean> {
+  const h = await readHolder(file);
+  if (h) return !isAlive(h);
+  const st = await fs.stat(file).catch(() => undefined);
+  return !!st && Date.now() - st.mtimeMs > 10_000;
 }
 
 /**

@@ -1,0 +1,60 @@
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { dumpForMove } from '../../runtime/checkpoint/checkpoint.js';
+import { testEngine, type TestEngine } from '../helpers/engine.js';
+import { waitFor } from '../helpers/net.js';
+
+/** A running VPS moved between two runtime instances (two "hosts" sharing this kernel). */
+let a: TestEngine;
+let b: TestEngine;
+beforeAll(async () => {
+  a = await testEngine('move-a');
+  b = await testEngine('move-b');
+});
+afterAll(async () => {
+  await a?.cleanup();
+  await b?.cleanup();
+});
+
+describe('stop-and-copy move of a running VPS', () => {
+  it('continues on the other host: same PIDs, memory, files, hostname; output without gap or repeat', async () => {
+    const src = await a.create({ hostname: 'moving-box' });
+    let out = '';
+    const script = [
+      'echo written-before > /tmp/state.txt',
+      'sleep 1000 & echo "bg=$!"',
+      'i=0; while [ $i -lt 40 ]; do echo "$i $$ $(hostname) $(cat /tmp/state.txt)"; i=$((i+1)); sleep 0.05; done',
+      'echo "bg-still=$(kill -0 $(pidof sleep) && echo yes)"',
+    ].join('; ');
+    const first = src.run({ argv: ['sh', '-c', script], timeoutSec: 60, outputBytes: 1 << 20, onOutput: (_s, d) => (out += d.toString()) });
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'runbox-move-'));
+    try {
+      await waitFor(() => out.split('\n').length > 10, 'ten lines on the source', 10_000);
+      const dumped = await dumpForMove(a.engine, src, dir);
+      const offset = Buffer.byteLength(out); // everything the source produced before the freeze
+      src.handOver();
+      const handed = await first;
+      expect(handed.migrated).toBe(true);
+      const spec = src.info().spec;
+      await a.engine.destroy(src.id);
+
+      const dst = await b.engine.create(src.id, spec, { imagesDir: dumped.imagesDir, fsTars: [dumped.fsTar] });
+      let resumedAt = -1;
+      const rest = await dst.adopt(
+        { argv: [], timeoutSec: 60, outputBytes: 1 << 20, onOutput: (_s, d) => (out += d.toString()), onResume: (o) => void (resumedAt = o) },
+        { startedAt: handed.startedAt },
+      );
+      expect(resumedAt).toBe(offset); // the source delivered everything before the freeze
+      expect(rest.exitCode).toBe(0);
+      const lines = out.trim().split('\n');
+      const pid = lines[1]!.split(' ')[1];
+      expect(lines.slice(1, 41)).toEqual(Array.from({ length: 40 }, (_, i) => `${i} ${pid} moving-box written-before`));
+      expect(lines.at(-1)).toBe('bg-still=yes');
+    } finally {
+      await b.engine.destroy(src.id);
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+});
