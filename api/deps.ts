@@ -10,7 +10,10 @@ import type { Keys } from '../core/store/keys.js';
 import type { LogStore } from '../core/store/logs.js';
 import type { TokenAuth } from './auth.js';
 
-export type ApiConfig = Pick<ServiceConfig, 'defaultLimits' | 'maxLimits' | 'maxBodyBytes' | 'rateLimitPerSec' | 'resultTtlSec' | 'redisPrefix'>;
+export type ApiConfig = Pick<ServiceConfig, 'defaultLimits' | 'maxLimits' | 'maxBodyBytes' | 'rateLimitPerSec' | 'resultTtlSec' | 'redisPrefix'> & {
+  /** Tenants allowed to drain/resume hosts (default: "default"). */
+  adminTenants?: string[];
+};
 
 /** Everything the API needs, built by a composition root (cli) or a test. */
 export interface ApiDeps {

@@ -106,6 +106,8 @@ function startHostWorker(n: ClusterHostNet, dir: string, redisUrl: string): Chil
     RUNBOX_TEMPLATES_DIR: process.env.RUNBOX_TEMPLATES_DIR ?? loadConfig().templatesDir,
     RUNBOX_HOST_ID: `h${n.index}`,
     RUNBOX_REDIS_URL: redisUrl,
+    // One checkpoint store for all hosts, as a shared mount would be between machines.
+    RUNBOX_CHECKPOINT_DIR: path.join(dir, 'checkpoints'),
   };
   return spawn('nsenter', [`--net=/run/netns/${n.netns}`, process.execPath, path.join(REPO_ROOT, 'dist/cli/main.js'), 'worker'], {
     env,

@@ -162,6 +162,27 @@ export async function checkpointCommand(args: string[]): Promise<number> {
   return 0;
 }
 
+export async function migrateCommand(args: string[]): Promise<number> {
+  const usage = 'runbox migrate JOB_ID [--to HOST]';
+  const { values, positionals } = strict(args, { to: { type: 'string' } }, usage);
+  const id = one(positionals, usage);
+  const job = await ApiClient.fromEnv().json<Job>('POST', `/v1/jobs/${encodeURIComponent(id)}/migrate`, values.to ? { host: values.to } : {});
+  const m = job.migrations.at(-1);
+  process.stdout.write(m ? `job ${id} moved ${m.from} → ${m.to} in ${m.totalMs} ms (frozen ${m.frozenMs} ms, ${m.mode})\n` : `job ${id} on ${job.host}\n`);
+  return 0;
+}
+
+export async function drainCommand(args: string[], verb: 'drain' | 'resume'): Promise<number> {
+  const host = one(strict(args, {}, `runbox ${verb} HOST`).positionals, `runbox ${verb} HOST`);
+  const r = await ApiClient.fromEnv().json<{ moved?: string[]; stayed?: Array<{ jobId: string; reason: string }> }>('POST', `/v1/hosts/${encodeURIComponent(host)}/${verb}`);
+  if (verb === 'resume') process.stdout.write(`host ${host} takes jobs again\n`);
+  else {
+    process.stdout.write(`host ${host} drained: ${r.moved?.length ?? 0} jobs moved\n`);
+    for (const s of r.stayed ?? []) process.stdout.write(`  ${s.jobId} stayed: ${s.reason}\n`);
+  }
+  return r.stayed?.length ? 1 : 0;
+}
+
 export async function lsCommand(args: string[]): Promise<number> {
   const usage = 'runbox ls [--status S] [--label K=V] [--limit N] [--json]';
   const { values } = strict(args, { status: { type: 'string' }, label: { type: 'string', multiple: true }, limit: { type: 'string' }, json: { type: 'boolean' } }, usage);

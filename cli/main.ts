@@ -6,7 +6,8 @@ const USAGE = `usage: runbox COMMAND [ARGS]
   api | worker                   start one part (several workers can share one Redis)
   run [flags] -- CMD [ARGS...]   run one command in a fresh VPS on this machine (see runbox run --help)
   submit [flags] -- CMD          submit a job through the API (see runbox submit --help)
-  status ID | logs [-f] ID | ls | cancel ID | checkpoint ID | hosts | templates
+  status ID | logs [-f] ID | ls | cancel ID | checkpoint ID | migrate ID [--to HOST]
+  hosts | drain HOST | resume HOST | templates
                                  talk to the API (RUNBOX_API_URL, RUNBOX_TOKEN)
   templates build NAME... | templates ls --local | templates import NAME PATH
                                  build / list / import templates on this machine (see runbox templates --help)
@@ -43,6 +44,11 @@ async function main(argv: string[]): Promise<number> {
       return (await import('./jobs-commands.js')).cancelCommand(rest);
     case 'checkpoint':
       return (await import('./jobs-commands.js')).checkpointCommand(rest);
+    case 'migrate':
+      return (await import('./jobs-commands.js')).migrateCommand(rest);
+    case 'drain':
+    case 'resume':
+      return (await import('./jobs-commands.js')).drainCommand(rest, cmd);
     case 'hosts':
       return (await import('./jobs-commands.js')).hostsCommand(rest);
     case 'templates':

@@ -25,6 +25,13 @@ export async function gcCommand(args: string[]): Promise<number> {
   const parts = Object.entries(report)
     .filter(([, v]) => (Array.isArray(v) ? v.length > 0 : v))
     .map(([k, v]) => `${k}: ${Array.isArray(v) ? v.length : 'removed'}`);
+  // ---- template versions no VPS uses, leftovers of killed builds (runtime/templates/gc.ts) ----
+  const { gcTemplates, templatesInUse } = await import('../runtime/templates/gc.js');
+  const cfg = runtimeConfigFromEnv(process.env);
+  const tpl = await gcTemplates(cfg.templatesDir, await templatesInUse([cfg.stateDir]));
+  if (tpl.removed.length) parts.push(`template versions: ${tpl.removed.length} (${tpl.removed.join(', ')})`);
+  if (tpl.leftovers.length) parts.push(`template build leftovers: ${tpl.leftovers.length}`);
+  // ---- end of template gc ----
   process.stdout.write(parts.length ? `gc removed ${parts.join(', ')}\n` : 'gc: nothing to clean\n');
   return 0;
 }

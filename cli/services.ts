@@ -118,6 +118,27 @@ export async function apiCommand(args: string[]): Promise<number> {
 }
 
 /**
+ * Builds the templates RUNBOX_PREBUILD_TEMPLATES names (default: base, which takes seconds; a
+ * Debian-based one takes a minute or more the first time and nothing after). Already built
+ * versions cost a hash of their recipe. Templates not built here are built on demand by the worker.
+ */
+async function prebuildTemplates(config: ServiceConfig, log: Logger): Promise<void> {
+  if (config.prebuildTemplates.length === 0) return;
+  const { buildTemplate } = await import('../runtime/templates/builder.js');
+  const { formatProgress } = await import('../runtime/templates/progress.js');
+  for (const name of config.prebuildTemplates) {
+    const info = await buildTemplate(name, {
+      recipesDir: config.recipesDir,
+      templatesDir: config.templatesDir,
+      stateDirs: [config.stateDir],
+      log,
+      onProgress: (p) => p.step !== 'done' && process.stdout.write(`${formatProgress(p)}\n`),
+    });
+    if (info.fresh) process.stdout.write(`template ${name} ${info.hash} built\n`);
+  }
+}
+
+/**
  * `runbox up` (= `npm start`): Redis (embedded unless RUNBOX_REDIS_URL), one worker, the API.
  * Prints the URL and a token; Ctrl-C stops everything, leaving no VPS behind.
  */
@@ -128,6 +149,7 @@ export async function upCommand(args: string[]): Promise<number> {
   const { startEmbeddedRedis } = await import('./embedded-redis.js');
   const { ensureTokenFile } = await import('../api/auth.js');
   const { startApi } = await import('../api/server.js');
+  await prebuildTemplates(config, log); // RUNBOX_PREBUILD_TEMPLATES, before anything starts (the worker's pools need them)
   const redis = config.redisUrl ? { url: config.redisUrl, stop: async () => undefined } : await startEmbeddedRedis(config.stateDir);
   const token = config.apiTokens ? undefined : await ensureTokenFile(config.tokenFile);
   const worker = await startWorker({ config, redisUrl: redis.url, log, warmBeforeStart: false });

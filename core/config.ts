@@ -63,6 +63,8 @@ export const EnvSchema = z.object({
   RUNBOX_CHECKPOINT_DIR: z.string().min(1).optional(),
   RUNBOX_CHECKPOINT_AFTER_SEC: z.coerce.number().int().min(0).default(0),
   RUNBOX_CHECKPOINT_KEEP: z.coerce.number().int().min(1).default(2),
+  RUNBOX_MIGRATION_PORT: z.coerce.number().int().min(0).max(65535).default(7070),
+  RUNBOX_ADMIN_TENANTS: z.string().regex(/^[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*$/).default('default'),
 });
 export type Env = z.infer<typeof EnvSchema>;
 
@@ -153,6 +155,10 @@ export interface ServiceConfig extends RuntimeConfig {
   checkpointDir: string;
   checkpointAfterSec: number;
   checkpointKeep: number;
+  /** TCP port on which a worker receives migrating jobs (0: any free port, advertised in its heartbeat). */
+  migrationPort: number;
+  /** Tenants that may drain and resume hosts. */
+  adminTenants: string[];
 }
 
 export function serviceConfigFromEnv(raw: NodeJS.ProcessEnv, hostname: string): ServiceConfig {
@@ -185,5 +191,7 @@ export function serviceConfigFromEnv(raw: NodeJS.ProcessEnv, hostname: string): 
     checkpointDir: path.resolve(e.RUNBOX_CHECKPOINT_DIR ?? path.join(rt.stateDir, 'checkpoints')),
     checkpointAfterSec: e.RUNBOX_CHECKPOINT_AFTER_SEC,
     checkpointKeep: e.RUNBOX_CHECKPOINT_KEEP,
+    migrationPort: e.RUNBOX_MIGRATION_PORT,
+    adminTenants: e.RUNBOX_ADMIN_TENANTS.split(','),
   };
 }

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { LimitsSchema } from './limits.js';
-import { TemplateNameSchema } from './vps-request.js';
+import { EnvNameSchema, TemplateNameSchema } from './vps-request.js';
 
 /**
  * Templates: a recipe (templates/<name>/manifest.json + its build files) is built into a read-only
@@ -18,7 +18,12 @@ export const ManifestSchema = z
     builder: z.enum(['script', 'debootstrap', 'apt']).default('script'),
     /** Debian suite (debootstrap) and packages to install (debootstrap --include, or apt-get install for "apt"). */
     suite: z.string().regex(/^[a-z]+$/).optional(),
-    packages: z.array(z.string().regex(/^[a-z0-9][a-z0-9+.-]*$/)).default([]),
+    packages: z.array(z.string().regex(/^[a-z0-9][a-z0-9+.-]*$/, 'a Debian package name (lowercase letters, digits, + - .)')).default([]),
+    /**
+     * Host files a "script" build reads, by the environment variable build.sh gets their path in
+     * (e.g. {"BUSYBOX": "/bin/busybox"}). Their content is part of the template's hash.
+     */
+    hostInputs: z.record(EnvNameSchema, z.string().startsWith('/', 'an absolute host path')).default({}),
     defaultUser: z.string().min(1).default('root'),
     defaultLimits: LimitsSchema.default({}),
     env: z.record(z.string(), z.string()).default({}),
@@ -38,6 +43,10 @@ export const TemplateInfoSchema = z.object({
   source: z.enum(['recipe', 'oci']).default('recipe'),
   base: z.object({ name: z.string(), hash: z.string() }).optional(),
   description: z.string().optional(),
+  /** How it was made: the builder and the inputs hashed besides the recipe files (mirror, parent, ...). */
+  build: z
+    .object({ builder: z.string(), inputs: z.record(z.string(), z.string()).default({}), durationMs: z.number().nonnegative().optional() })
+    .optional(),
   /** Job defaults taken from the manifest or the image config. */
   defaults: z
     .object({

@@ -18,7 +18,8 @@ import { Heartbeat, primaryAddress } from './host.js';
 import { JobCheckpointer } from './checkpoints.js';
 import { HostCommands } from './commands.js';
 import { DirectoryCheckpointStore } from '../runtime/checkpoint/store.js';
-import { createProcessor, RunningJobs } from './processors/run-job.js';
+import { adoptJob, createProcessor, RunningJobs, type RunJobDeps } from './processors/run-job.js';
+import { MigrationServer, migrationSecret, type MigrationDeps } from './migration.js';
 
 export interface WorkerOptions {
   config: ServiceConfig;
@@ -96,8 +97,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
   const running = new RunningJobs();
   const checkpoints = new DirectoryCheckpointStore(config.checkpointDir);
   const checkpointer = new JobCheckpointer({ engine, store: checkpoints, jobs, hostId, keep: config.checkpointKeep, log: hlog });
-  const processor = createProcessor(
-    {
+  const runDeps: RunJobDeps = {
       hostId,
       engine,
       pools,
@@ -109,13 +109,13 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
       tenantConcurrency: config.tenantConcurrency,
       resultTtlSec: config.resultTtlSec,
       maxArtifactBytes: config.maxArtifactBytes,
+      recipesDir: config.recipesDir,
       checkpointer,
       checkpoints,
       checkpointAfterSec: config.checkpointAfterSec,
       log: hlog,
-    },
-    running,
-  );
+    };
+  const processor = createProcessor(runDeps, running);
   const bullConnection = connectRedis(o.redisUrl);
   const worker = new Worker(QUEUE_NAME, processor, {
     connection: bullConnection,
@@ -130,8 +130,39 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
 
   // Cancellation: a message names the job; whichever worker runs it aborts it. The record's
   // cancelRequested flag is polled too, in case a message was missed (pub/sub is fire-and-forget).
+  // Live migration: a receiver for jobs moving here, and the commands that move jobs away.
+  const registry = new HostRegistry(redis, config.redisPrefix);
+  const secret = await migrationSecret(redis, keys);
+  const migrationDeps: MigrationDeps = {
+    hostId,
+    engine,
+    jobs,
+    redis,
+    keys,
+    running,
+    log: hlog,
+    adopt: (jobId, vps, note) => void adoptJob(runDeps, running, jobId, vps, note).catch((e) => hlog.error({ err: e, jobId }, 'adopted job failed')),
+  };
+  const migrationServer = new MigrationServer(migrationDeps, secret);
+  const migrationPort = await migrationServer.listen(config.migrationPort);
+  let heartbeatRef: Heartbeat | undefined;
+  const drain = {
+    setDraining: async (on: boolean) => {
+      if (on) {
+        await redis.set(keys.draining(hostId), '1');
+        await worker.pause(true);
+      } else {
+        await redis.del(keys.draining(hostId));
+        worker.resume();
+      }
+      if (heartbeatRef) {
+        heartbeatRef.draining = on;
+        await heartbeatRef.beat();
+      }
+    },
+  };
   await sub.subscribe(keys.cancelChannel(), keys.hostCommands(hostId));
-  const commands = new HostCommands(redis, keys, running, checkpointer, hlog);
+  const commands = new HostCommands(redis, keys, running, checkpointer, registry, { ...migrationDeps, secret }, drain, hlog);
   sub.on('message', (ch: string, msg: string) => {
     if (ch === keys.cancelChannel()) running.cancel(msg);
     else void commands.handle(msg);
@@ -147,11 +178,14 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
   cancelPoll.unref();
 
   const heartbeat = new Heartbeat(
-    new HostRegistry(redis, config.redisPrefix),
-    { id: hostId, address: primaryAddress(), capacity: config.workerConcurrency, templatesDir: engine.layout.templatesDir, version: '0.1.0' },
+    registry,
+    { id: hostId, address: primaryAddress(), capacity: config.workerConcurrency, templatesDir: engine.layout.templatesDir, version: '0.1.0', migrationPort },
     pools,
     () => running.byId.size,
   );
+  heartbeatRef = heartbeat;
+  // A host drained before a restart stays drained.
+  if (await redis.get(keys.draining(hostId))) await drain.setDraining(true);
   heartbeat.start((e) => hlog.warn({ err: e }, 'heartbeat failed'));
   hlog.info({ pools: pools.map((p) => `${p.opts.template.name}:${p.opts.network}`), concurrency: config.workerConcurrency }, 'worker started');
 
@@ -172,6 +206,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
           await graceful;
         }
         clearInterval(cancelPoll);
+        await migrationServer.close();
         await Promise.all(pools.map((p) => p.close()));
         await heartbeat.stop().catch(() => undefined);
         // Whatever is left (VPSs being destroyed in the background) goes now.

@@ -1,45 +1,57 @@
 import { Hono } from 'hono';
+import { z } from 'zod';
 import { RunboxError } from '../../core/errors.js';
-import { newId } from '../../core/ids.js';
 import type { ApiEnv, RouteDeps } from '../deps.js';
+import { hostCommand } from '../host-command.js';
 import { ownJob } from '../own-job.js';
+import { readJson } from '../request-input.js';
+import { parseOr400 } from '../validate.js';
 
-/** How long the API waits for the host running the job to answer a checkpoint request. */
-const CHECKPOINT_TIMEOUT_SEC = 120;
+/** How long the API waits for the host running the job to checkpoint or move it. */
+const COMMAND_TIMEOUT_SEC = 180;
+
+export const MigrateRequestSchema = z.object({ host: z.string().regex(/^[A-Za-z0-9._-]{1,63}$/).optional() }).strict();
 
 /**
- * POST /v1/jobs/:id/checkpoint: asks the host running the job to checkpoint it now; the job keeps
- * running. Answers 201 with the checkpoint (id, createdAt, sizeBytes, outputOffset).
+ * POST /v1/jobs/:id/checkpoint: the host running the job checkpoints it now (it keeps running);
+ * 201 with the checkpoint. POST /v1/jobs/:id/migrate {host?}: the job moves, live, to `host` (or
+ * the host with the most free capacity); 200 with the job, whose `migrations` show the timings.
  */
 export function checkpointRoutes(deps: RouteDeps): Hono<ApiEnv> {
   const app = new Hono<ApiEnv>();
 
-  app.post('/:id/checkpoint', async (c) => {
-    const id = c.req.param('id');
-    c.set('jobId', id);
-    const job = await ownJob(deps.jobs, c.get('tenant'), id);
+  const runningJob = async (tenant: string, id: string, what: string) => {
+    const job = await ownJob(deps.jobs, tenant, id);
     if (job.status !== 'running' && job.status !== 'checkpointing') {
-      throw new RunboxError('conflict', `job ${id} is ${job.status}; only a running job can be checkpointed`, { meta: { jobStatus: job.status } });
+      throw new RunboxError('conflict', `job ${id} is ${job.status}; only a running job can be ${what}`, { meta: { jobStatus: job.status } });
     }
     const host = job.host ? await deps.hosts.get(job.host) : null;
     if (!host) throw new RunboxError('unavailable', `the host running job ${id} (${job.host}) is not reachable`);
-    const reply = newId(8);
-    // A dedicated connection: BLPOP blocks it.
-    const waiter = deps.redis.duplicate();
-    try {
-      const receivers = await deps.redis.publish(deps.keys.hostCommands(host.id), JSON.stringify({ op: 'checkpoint', jobId: id, reply }));
-      if (receivers === 0) throw new RunboxError('unavailable', `host ${host.id} is not listening for commands`);
-      const res = await waiter.blpop(deps.keys.reply(reply), CHECKPOINT_TIMEOUT_SEC);
-      if (!res) throw new RunboxError('unavailable', `host ${host.id} did not answer within ${CHECKPOINT_TIMEOUT_SEC} s`);
-      const answer = JSON.parse(res[1]) as { ok: true; result: unknown } | { ok: false; code: string; message: string };
-      if (!answer.ok) {
-        const code = answer.code === 'conflict' || answer.code === 'host_unsupported' ? answer.code : 'unavailable';
-        throw new RunboxError(code, `checkpoint of job ${id} failed: ${answer.message}`);
-      }
-      return c.json(answer.result as object, 201);
-    } finally {
-      waiter.disconnect();
+    return { job, host };
+  };
+
+  app.post('/:id/checkpoint', async (c) => {
+    const id = c.req.param('id');
+    c.set('jobId', id);
+    const { host } = await runningJob(c.get('tenant'), id, 'checkpointed');
+    return c.json((await hostCommand(deps, host.id, { op: 'checkpoint', jobId: id }, COMMAND_TIMEOUT_SEC)) as object, 201);
+  });
+
+  app.post('/:id/migrate', async (c) => {
+    const id = c.req.param('id');
+    c.set('jobId', id);
+    // The body is optional: no body (or {}) lets runbox pick the target.
+    const raw = (await c.req.text()).trim() ? await readJson(c) : {};
+    const body = parseOr400(MigrateRequestSchema, raw, 'migrate request');
+    const { host } = await runningJob(c.get('tenant'), id, 'migrated');
+    if (body.host) {
+      const target = await deps.hosts.get(body.host);
+      if (!target) throw new RunboxError('invalid_argument', `host ${body.host} is not a live host`);
+      if (target.id === host.id) throw new RunboxError('invalid_argument', `job ${id} already runs on ${host.id}`);
+      if (target.draining) throw new RunboxError('conflict', `host ${target.id} is draining`);
     }
+    await hostCommand(deps, host.id, { op: 'migrate', jobId: id, target: body.host }, COMMAND_TIMEOUT_SEC);
+    return c.json(await ownJob(deps.jobs, c.get('tenant'), id), 200);
   });
 
   return app;

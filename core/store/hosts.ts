@@ -25,8 +25,11 @@ export const HostSchema = z.object({
   running: z.number(),
   capacity: z.number(),
   pools: z.array(PoolStateSchema),
-  templates: z.array(z.object({ name: z.string(), hash: z.string() })),
+  /** Templates built on this host: the `current` version of each, its size and build date. */
+  templates: z.array(z.object({ name: z.string(), hash: z.string(), sizeBytes: z.number().optional(), builtAt: z.string().optional() })),
   version: z.string(),
+  /** TCP port of the host's migration receiver (on `address`). */
+  migrationPort: z.number().int().optional(),
 });
 export type Host = z.infer<typeof HostSchema>;
 
@@ -64,4 +67,14 @@ export class HostRegistry {
     const r = await this.redis.get(this.keys.host(id));
     return r ? HostSchema.parse(JSON.parse(r)) : null;
   }
+}
+
+/**
+ * The host to move a job to: alive, not draining, not `exclude`, accepting migrations, with the
+ * most free capacity (capacity - running); ties go to the first id.
+ */
+export function pickTarget(hosts: Host[], exclude: string): Host | undefined {
+  return hosts
+    .filter((h) => h.id !== exclude && !h.draining && h.migrationPort && h.address && h.capacity - h.running > 0)
+    .sort((a, b) => b.capacity - b.running - (a.capacity - a.running) || a.id.localeCompare(b.id))[0];
 }

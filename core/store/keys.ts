@@ -10,6 +10,8 @@ export class Keys {
   artifacts = (id: string) => `${this.prefix}art:${id}`;
   host = (id: string) => `${this.prefix}host:${id}`;
   hosts = () => `${this.prefix}hosts`;
+  /** Set while a host is drained (survives its restarts). */
+  draining = (id: string) => `${this.prefix}host:${id}:draining`;
   tenantActive = (tenant: string) => `${this.prefix}active:${tenant}`;
   statusCounts = () => `${this.prefix}stats:status`;
   histogram = (name: string) => `${this.prefix}stats:hist:${name}`;

@@ -90,7 +90,7 @@ export async function mountedTemplates(templatesDir: string): Promise<Set<string
   const info = await fs.readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
   const prefix = `${path.resolve(templatesDir)}/`;
   for (const line of info.split('\n')) {
-    const m = /\slowerdir=([^,\s]+)/.exec(line);
+    const m = /[\s,]lowerdir=([^,\s]+)/.exec(line);
     if (!m) continue;
     for (const lower of m[1]!.split(':')) {
       const p = lower.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));

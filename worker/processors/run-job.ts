@@ -13,7 +13,8 @@ import type { Redis } from 'ioredis';
 import type { VpsPool } from '../../runtime/pool.js';
 import type { RuncEngine } from '../../runtime/runc-engine.js';
 import type { RuncVps } from '../../runtime/runc-vps.js';
-import { resolveTemplate } from '../../runtime/templates/store.js';
+import { ensureTemplate } from '../../runtime/templates/builder.js';
+import { DEFAULT_RECIPES_DIR } from '../../runtime/templates/recipes.js';
 import { newId } from '../../core/ids.js';
 import { OutputWriter } from '../logs.js';
 import type { JobCheckpointer } from '../checkpoints.js';
@@ -34,6 +35,8 @@ export interface RunJobDeps {
   tenantConcurrency: number;
   resultTtlSec: number;
   maxArtifactBytes: number;
+  /** Template recipes for on-demand builds (default: templates/ of this checkout). */
+  recipesDir?: string;
   checkpointer: JobCheckpointer;
   checkpoints: CheckpointStore;
   /** Host policy: checkpoint jobs running longer than this, every this many seconds (0: off). */
@@ -129,10 +132,30 @@ async function runOne(deps: RunJobDeps, bull: BullJob, job: Job, entry: RunningJ
   }
 
   if (!vps) throw new RunboxError('internal', 'no VPS');
+  await superviseJob(deps, job, req, vps, entry, log, { kind: 'run' }, dispose);
+}
+
+/**
+ * From "the job's process runs in `vps`" to the recorded result: live output, automatic
+ * checkpoints, timeout and cancellation, artifacts, the final status, cleanup. `adopt` is for a job
+ * that arrived already running (migrated here or restored from a checkpoint). A job that leaves
+ * for another host (`migrated`) is not finished here: its new host records the result.
+ */
+export async function superviseJob(
+  deps: RunJobDeps,
+  job: Job,
+  req: JobRequest,
+  vps: RuncVps,
+  entry: RunningJob,
+  log: Logger,
+  mode: { kind: 'run' } | { kind: 'adopt'; startedAt: string; note?: string },
+  dispose: (v: RuncVps) => void,
+): Promise<void> {
+  const abort = entry.abort;
   entry.vps = vps;
   const writer = new OutputWriter(deps.logs, job.id, log);
-  const startedAt = new Date().toISOString();
-  const toRunning = deps.jobs.transition(job.id, 'running', { startedAt }, { host: deps.hostId });
+  const startedAt = mode.kind === 'adopt' ? mode.startedAt : new Date().toISOString();
+  const toRunning = deps.jobs.transition(job.id, 'running', { startedAt, host: deps.hostId }, { host: deps.hostId, note: mode.kind === 'adopt' ? mode.note : undefined });
   // Automatic checkpoints: the job's own interval, else the host policy for long jobs.
   const everySec = req.checkpoint?.everySec ?? deps.checkpointAfterSec;
   const autoCheckpoint =
@@ -143,23 +166,46 @@ async function runOne(deps: RunJobDeps, bull: BullJob, job: Job, entry: RunningJ
             .catch((e) => log.warn({ err: e }, 'automatic checkpoint failed'));
         }, everySec * 1000)
       : undefined;
+  let migrated = false;
   try {
-    const result = await vps.run({
-      argv: req.command ?? ['/bin/sh', '-c', req.script!],
-      env: req.env,
-      workdir: req.workdir,
-      user: req.user,
-      stdin: req.stdin === undefined ? undefined : Buffer.from(req.stdin),
-      timeoutSec: job.limits.timeoutSec,
+    const common = {
+      timeoutSec: Math.max(0.001, job.limits.timeoutSec - (Date.now() - Date.parse(startedAt)) / 1000),
       outputBytes: job.limits.outputBytes,
       signal: abort.signal,
-      onOutput: (stream, data, offset) => {
+      onOutput: (stream: 'stdout' | 'stderr', data: Buffer, offset: number) => {
         entry.outputBytes = offset + data.length;
         writer.push(stream, data, offset);
       },
-    });
+    };
+    const result =
+      mode.kind === 'run'
+        ? await vps.run({
+            ...common,
+            argv: req.command ?? ['/bin/sh', '-c', req.script!],
+            env: req.env,
+            workdir: req.workdir,
+            user: req.user,
+            stdin: req.stdin === undefined ? undefined : Buffer.from(req.stdin),
+          })
+        : await vps.adopt(
+            {
+              ...common,
+              argv: [],
+              // The log is cut back to where this VPS's output resumes: nothing lost, nothing twice.
+              onResume: async (offset) => {
+                entry.outputBytes = offset;
+                await deps.logs.truncate(job.id, offset);
+              },
+            },
+            { startedAt },
+          );
     clearInterval(autoCheckpoint);
     await toRunning.catch(() => undefined);
+    if (result.migrated) {
+      migrated = true;
+      await writer.flush();
+      return;
+    }
     const collected = req.artifacts.length ? await collectArtifacts(deps, vps, req, job.id, log) : { list: [], truncated: false };
     await writer.flush();
     const status = finalStatus(result);
@@ -200,8 +246,31 @@ async function runOne(deps: RunJobDeps, bull: BullJob, job: Job, entry: RunningJ
   } finally {
     clearInterval(autoCheckpoint);
     dispose(vps);
-    // A finished job's checkpoints are of no further use.
-    void deps.checkpoints.removeAll(job.id).catch((e) => log.warn({ err: e }, 'removing checkpoints failed'));
+    // A finished job's checkpoints are of no further use (a migrated one's still are).
+    if (!migrated) void deps.checkpoints.removeAll(job.id).catch((e) => log.warn({ err: e }, 'removing checkpoints failed'));
+  }
+}
+
+
+/** Supervises a job that arrived here already running (migrated in) until it ends. */
+export async function adoptJob(deps: RunJobDeps, running: RunningJobs, jobId: string, vps: RuncVps, note: string): Promise<void> {
+  const stored = await deps.jobs.get(jobId);
+  const req = await deps.jobs.getRequest(jobId);
+  if (!stored || !req) {
+    await deps.engine.destroy(vps.id);
+    throw new RunboxError('not_found', `adopted job ${jobId} has no record`);
+  }
+  const log = deps.log.child({ jobId, tenant: stored.tenant });
+  const entry: RunningJob = { jobId, tenant: stored.tenant, abort: new AbortController(), outputBytes: 0 };
+  running.byId.set(jobId, entry);
+  await deps.slots.acquire(stored.tenant, jobId, Number.MAX_SAFE_INTEGER); // it holds a slot wherever it runs
+  try {
+    await superviseJob(deps, stored.job, req, vps, entry, log, { kind: 'adopt', startedAt: stored.job.startedAt ?? new Date().toISOString(), note }, (v) => {
+      void deps.engine.destroy(v.id).catch((e) => log.error({ err: e, vpsId: v.id }, 'destroying the VPS failed'));
+    });
+  } finally {
+    running.byId.delete(jobId);
+    await deps.slots.release(stored.tenant, jobId);
   }
 }
 
@@ -211,7 +280,7 @@ async function acquireVps(deps: RunJobDeps, req: JobRequest, job: Job): Promise<
     const { vps } = await pool.acquire();
     return { vps, pool };
   }
-  const template = await resolveTemplate(deps.engine.layout.templatesDir, req.template);
+  const template = await templateForJob(deps, req.template, job);
   const id = newId();
   const vps = await deps.engine.create(id, {
     template,
@@ -224,6 +293,28 @@ async function acquireVps(deps: RunJobDeps, req: JobRequest, job: Job): Promise<
   });
   return { vps };
 }
+
+// ---- on-demand template builds (templates) ------------------------------------------------------
+/**
+ * The job's template, built first when it has a recipe but is not built on this host: the job
+ * stays `starting` with the history note "building template NAME" meanwhile. Builds are shared:
+ * jobs asking for the same template wait for the one build of this host (and for a build another
+ * process of this host runs, through the builder's lock). No recipe and not built: template_missing.
+ */
+async function templateForJob(deps: RunJobDeps, name: string, job: Job) {
+  return ensureTemplate(name, {
+    recipesDir: deps.recipesDir ?? DEFAULT_RECIPES_DIR,
+    templatesDir: deps.engine.layout.templatesDir,
+    stateDirs: [deps.engine.layout.stateDir],
+    log: deps.log.child({ jobId: job.id }),
+    onBuild: async () => {
+      await deps.jobs
+        .transition(job.id, 'starting', {}, { from: ['starting'], host: deps.hostId, note: `building template ${name}` })
+        .catch((e: unknown) => deps.log.warn({ err: e, jobId: job.id }, 'could not record the template build note'));
+    },
+  });
+}
+// ---- end of on-demand template builds --------------------------------------------------------------
 
 /** Job-specific setup of a (possibly pooled) VPS: limits, hostname, files. */
 async function prepare(vps: RuncVps, req: JobRequest, job: Job): Promise<void> {

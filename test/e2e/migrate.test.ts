@@ -1,0 +1,103 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Job } from '../../core/job.js';
+import { TestCluster } from '../helpers/cluster-proc.js';
+
+/** Live migration between two hosts of a `runbox cluster` (separate network namespaces, TCP). */
+let c: TestCluster;
+beforeAll(async () => {
+  c = await TestCluster.start(2);
+}, 120_000);
+afterAll(async () => {
+  await c?.stop();
+});
+
+const other = (h: string | null) => (h === 'h1' ? 'h2' : 'h1');
+const isRunning = (j: Job) => j.status === 'running';
+const isDone = (j: Job) => ['succeeded', 'failed', 'canceled', 'timed_out'].includes(j.status);
+
+describe('live migration (stop-and-copy)', () => {
+  it('moves a running job: no gap or repeat in its log, memory and files intact, same PID and hostname', async () => {
+    const script = [
+      'echo before-move > /tmp/file.txt',
+      'buf=$(head -c 200000 /dev/urandom | od -An -tx1 | tr -d " \\n")',
+      'sum1=$(echo "$buf" | md5sum | cut -d" " -f1)',
+      'i=0; while [ $i -lt 50 ]; do echo "tick $i pid=$$ host=$(hostname)"; i=$((i+1)); sleep 0.1; done',
+      'sum2=$(echo "$buf" | md5sum | cut -d" " -f1)',
+      '[ "$sum1" = "$sum2" ] && echo buffer-intact',
+      'cat /tmp/file.txt',
+    ].join('; ');
+    const created = await c.json<Job>('/v1/jobs', { body: { script, hostname: 'mover' } });
+    const running = await c.waitStatus(created.id, isRunning, 'the job to run');
+    await new Promise((r) => setTimeout(r, 1500));
+    const to = other(running.host);
+    const moved = await c.json<Job>(`/v1/jobs/${created.id}/migrate`, { body: { host: to } });
+    expect(moved.host).toBe(to);
+    expect(moved.migrations).toEqual([expect.objectContaining({ from: running.host, to, mode: 'stop-and-copy' })]);
+    expect(moved.migrations[0]!.frozenMs).toBeGreaterThan(0);
+    expect(moved.migrations[0]!.totalMs).toBeGreaterThanOrEqual(moved.migrations[0]!.frozenMs);
+
+    const done = await c.waitStatus(created.id, isDone, 'the job to end');
+    expect(done.status).toBe('succeeded');
+    expect(done.host).toBe(to);
+    const log = await (await c.call(`/v1/jobs/${created.id}/logs`)).text();
+    const lines = log.trim().split('\n');
+    const pid = /pid=(\d+)/.exec(lines[0]!)![1];
+    expect(lines.slice(0, 50)).toEqual(Array.from({ length: 50 }, (_, i) => `tick ${i} pid=${pid} host=mover`));
+    expect(lines.slice(50)).toEqual(['buffer-intact', 'before-move']);
+    expect(done.history.map((h) => h.status)).toEqual(['queued', 'starting', 'running', 'migrating', 'running', 'succeeded']);
+  });
+
+  it('keeps a TCP connection between processes inside the VPS alive across the move', async () => {
+    const script = [
+      'nc -ll -p 9000 -e cat &',
+      'sleep 0.3; mkfifo /tmp/in',
+      '(nc 127.0.0.1 9000 < /tmp/in | while read l; do echo "echo:$l"; done) &',
+      'exec 3>/tmp/in',
+      'i=0; while [ $i -lt 40 ]; do echo "msg$i" >&3; i=$((i+1)); sleep 0.1; done',
+      'sleep 0.5; exec 3>&-; sleep 0.3',
+    ].join('; ');
+    const created = await c.json<Job>('/v1/jobs', { body: { script } });
+    const running = await c.waitStatus(created.id, isRunning, 'the job to run');
+    await new Promise((r) => setTimeout(r, 1500));
+    await c.json<Job>(`/v1/jobs/${created.id}/migrate`, { body: { host: other(running.host) } });
+    const done = await c.waitStatus(created.id, isDone, 'the job to end');
+    expect(done.status).toBe('succeeded');
+    const log = await (await c.call(`/v1/jobs/${created.id}/logs`)).text();
+    expect(log.trim().split('\n')).toEqual(Array.from({ length: 40 }, (_, i) => `echo:msg${i}`));
+  });
+
+  it('picks the target by free capacity when none is given; refuses bad requests and other tenants', async () => {
+    const created = await c.json<Job>('/v1/jobs', { body: { command: ['sleep', '30'] } });
+    const running = await c.waitStatus(created.id, isRunning, 'the job to run');
+    expect((await c.call(`/v1/jobs/${created.id}/migrate`, { body: { host: 'no-such-host' } })).status).toBe(400);
+    expect((await c.call(`/v1/jobs/${created.id}/migrate`, { body: { host: running.host } })).status).toBe(400);
+    expect((await c.call(`/v1/jobs/${created.id}/migrate`, { body: { bogus: 1 } })).status).toBe(400);
+    expect((await c.call(`/v1/jobs/${created.id}/migrate`, { body: {}, token: 'not-a-token' })).status).toBe(401);
+    const moved = await c.json<Job>(`/v1/jobs/${created.id}/migrate`, { method: 'POST' });
+    expect(moved.host).toBe(other(running.host));
+    await c.call(`/v1/jobs/${created.id}/cancel`, { method: 'POST' });
+    await c.waitStatus(created.id, isDone, 'the canceled job to end', 10_000);
+    const late = await c.call(`/v1/jobs/${created.id}/migrate`, { method: 'POST' });
+    expect(late.status).toBe(409);
+  });
+
+  it('drain moves every running job away and stops taking new ones; resume undoes it', async () => {
+    const ids = await Promise.all(Array.from({ length: 3 }, async () => (await c.json<Job>('/v1/jobs', { body: { script: 'i=0; while [ $i -lt 30 ]; do echo $i; i=$((i+1)); sleep 0.1; done' } })).id));
+    await Promise.all(ids.map((id) => c.waitStatus(id, isRunning, 'running')));
+    const r = await c.json<{ moved: string[]; stayed: unknown[]; host: { draining: boolean } }>('/v1/hosts/h1/drain', { method: 'POST' });
+    expect(r.stayed).toEqual([]);
+    expect(r.host.draining).toBe(true);
+    const jobs = await Promise.all(ids.map((id) => c.waitStatus(id, isDone, 'the job to end')));
+    for (const j of jobs) {
+      expect(j.status).toBe('succeeded');
+      expect(j.host).toBe('h2');
+      const log = await (await c.call(`/v1/jobs/${j.id}/logs`)).text();
+      expect(log.trim().split('\n')).toEqual(Array.from({ length: 30 }, (_, i) => String(i)));
+    }
+    const fresh = await c.json<Job>('/v1/jobs?wait=30', { body: { command: ['true'] } });
+    expect(fresh.host).toBe('h2');
+    await c.json('/v1/hosts/h1/resume', { method: 'POST' });
+    const hosts = await c.json<{ hosts: Array<{ id: string; draining: boolean }> }>('/v1/hosts');
+    expect(hosts.hosts.find((h) => h.id === 'h1')?.draining).toBe(false);
+  });
+});

@@ -1,0 +1,81 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { REPO_ROOT } from '../../core/config.js';
+import type { Job } from '../../core/job.js';
+import { TEMPLATES_DIR } from './engine.js';
+import { freePort, waitFor } from './net.js';
+
+/** `runbox cluster up --hosts N` as a child process, with an HTTP client for its API. */
+export class TestCluster {
+  private out = '';
+  private constructor(
+    readonly stateDir: string,
+    readonly env: NodeJS.ProcessEnv,
+    readonly proc: ChildProcess,
+  ) {}
+
+  static async start(hosts: number, extraEnv: NodeJS.ProcessEnv = {}): Promise<TestCluster> {
+    const stateDir = await fs.mkdtemp(path.join(os.tmpdir(), 'runbox-tcluster-'));
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      RUNBOX_STATE_DIR: stateDir,
+      RUNBOX_TEMPLATES_DIR: TEMPLATES_DIR,
+      RUNBOX_API_PORT: String(await freePort()),
+      RUNBOX_POOL_MIN_IDLE: '1',
+      RUNBOX_LOG_LEVEL: 'warn',
+      ...extraEnv,
+    };
+    delete env.RUNBOX_REDIS_URL;
+    delete env.RUNBOX_API_TOKENS;
+    const proc = spawn(path.join(REPO_ROOT, 'bin/runbox'), ['cluster', 'up', '--hosts', String(hosts), '--cidr', `10.97.${process.pid % 250}.0/24`], {
+      env,
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const c = new TestCluster(stateDir, env, proc);
+    proc.stdout!.on('data', (d) => (c.out += d));
+    await waitFor(() => c.out.includes('stops everything'), 'the cluster banner', 90_000);
+    return c;
+  }
+
+  get url(): string {
+    return /API:\s+(\S+)/.exec(this.out)![1]!;
+  }
+  get token(): string {
+    return /token: (\S+)/.exec(this.out)![1]!;
+  }
+
+  async call(p: string, init: { method?: string; body?: unknown; token?: string } = {}): Promise<Response> {
+    return fetch(this.url + p, {
+      method: init.method ?? (init.body === undefined ? 'GET' : 'POST'),
+      headers: { authorization: `Bearer ${init.token ?? this.token}`, 'content-type': 'application/json' },
+      body: init.body === undefined ? undefined : JSON.stringify(init.body),
+    });
+  }
+
+  async json<T>(p: string, init: { method?: string; body?: unknown } = {}): Promise<T> {
+    const r = await this.call(p, init);
+    if (!r.ok) throw new Error(`${init.method ?? 'GET'} ${p}: ${r.status} ${await r.text()}`);
+    return (await r.json()) as T;
+  }
+
+  job(id: string): Promise<Job> {
+    return this.json<Job>(`/v1/jobs/${id}`);
+  }
+
+  async waitStatus(id: string, ok: (j: Job) => boolean, what: string, ms = 60_000): Promise<Job> {
+    let last: Job | undefined;
+    await waitFor(async () => ok((last = await this.job(id))), what, ms);
+    return last!;
+  }
+
+  async stop(): Promise<void> {
+    if (this.proc.exitCode === null) {
+      this.proc.kill('SIGTERM');
+      await new Promise((r) => this.proc.once('exit', r));
+    }
+    await new Promise<void>((r) => spawn(path.join(REPO_ROOT, 'bin/runbox'), ['cluster', 'down'], { env: this.env, stdio: 'ignore' }).on('exit', () => r()));
+    await fs.rm(this.stateDir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,276 @@
+import { spawn } from 'node:child_process';
+import { randomBytes, timingSafeEqual, createHash } from 'node:crypto';
+import fs from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import type { Redis } from 'ioredis';
+import { errorMessage, isRunboxError, RunboxError } from '../core/errors.js';
+import { newId } from '../core/ids.js';
+import type { Job } from '../core/job.js';
+import type { Logger } from '../core/log.js';
+import type { Host } from '../core/store/hosts.js';
+import type { JobStore } from '../core/store/jobs.js';
+import type { Keys } from '../core/store/keys.js';
+import { dumpForMove, restore } from '../runtime/checkpoint/checkpoint.js';
+import type { RuncEngine } from '../runtime/runc-engine.js';
+import type { RuncVps } from '../runtime/runc-vps.js';
+import { resolveTemplate } from '../runtime/templates/store.js';
+import type { VpsSpec } from '../runtime/vps.js';
+import type { NetworkMode } from '../runtime/net/network.js';
+import type { RunningJob, RunningJobs } from './running.js';
+
+/**
+ * Live migration, stop-and-copy, directly from host to host over TCP:
+ *
+ *   source: freeze → drain output → CRIU dump → archive the layer → connect to the target
+ *           → header line (JSON) + tar of {images, fs.tar} → wait for the answer line
+ *   target: check the template version → replay the layer → restore (same address, same
+ *           hostname) → claim the job → answer → supervise the job to its end
+ *
+ * Never two live copies: both sides claim the migration with SET NX on one Redis key before a
+ * copy may run. The target claims before `runc restore`; a source whose transfer failed claims
+ * before restoring locally; whoever loses does not run its copy.
+ */
+export type MigrationMode = 'stop-and-copy';
+
+interface Header {
+  secret: string;
+  migrationId: string;
+  jobId: string;
+  vpsId: string;
+  spec: Omit<VpsSpec, 'template'> & { template: { name: string; hash: string } };
+  network: { mode: NetworkMode; address?: string };
+  frozenAt: number;
+}
+
+export interface MigrationResult {
+  from: string;
+  to: string;
+  startedAt: string;
+  totalMs: number;
+  frozenMs: number;
+  mode: MigrationMode;
+}
+
+export interface MigrationDeps {
+  hostId: string;
+  engine: RuncEngine;
+  jobs: JobStore;
+  redis: Redis;
+  keys: Keys;
+  running: RunningJobs;
+  log: Logger;
+  /** Runs a job that arrived here already running, to its end (the processor's supervision). */
+  adopt(jobId: string, vps: RuncVps, note: string): void;
+}
+
+const ANSWER_TIMEOUT_MS = 180_000;
+
+/** The shared secret that authenticates transfers between hosts (made once per Redis). */
+export async function migrationSecret(redis: Redis, keys: Keys): Promise<string> {
+  await redis.set(`${keys.prefix}migration-secret`, randomBytes(32).toString('hex'), 'NX');
+  return (await redis.get(`${keys.prefix}migration-secret`))!;
+}
+
+const claimKey = (keys: Keys, migrationId: string) => `${keys.prefix}migration:${migrationId}`;
+async function claim(redis: Redis, keys: Keys, migrationId: string, who: 'source' | 'target'): Promise<boolean> {
+  return (await redis.set(claimKey(keys, migrationId), who, 'EX', 3600, 'NX')) === 'OK';
+}
+
+/** Source side: moves `job` (running here) to `target`. Resolves with the timings. */
+export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Host, secret: string): Promise<MigrationResult> {
+  const vps = entry.vps;
+  if (!vps) throw new RunboxError('conflict', `job ${entry.jobId} has not started yet`);
+  if (!target.address || !target.migrationPort) throw new RunboxError('unavailable', `host ${target.id} does not accept migrations`);
+  const t0 = Date.now();
+  const startedAt = new Date(t0).toISOString();
+  const migrationId = newId(8);
+  await d.jobs.transition(entry.jobId, 'migrating', {}, { from: ['running'], host: d.hostId, note: `to ${target.id}` });
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), `runbox-migrate-${entry.jobId}-`));
+  let dumped: Awaited<ReturnType<typeof dumpForMove>>;
+  try {
+    dumped = await dumpForMove(d.engine, vps, dir);
+  } catch (e) {
+    await fs.rm(dir, { recursive: true, force: true });
+    await d.jobs.transition(entry.jobId, 'running', {}, { from: ['migrating'], host: d.hostId, note: `migration failed: ${errorMessage(e)}` }).catch(() => undefined);
+    throw e;
+  }
+  try {
+    const info = vps.info();
+    const header: Header = {
+      secret,
+      migrationId,
+      jobId: entry.jobId,
+      vpsId: vps.id,
+      spec: { ...info.spec, template: { name: info.spec.template.name, hash: info.spec.template.hash } },
+      network: { mode: info.network.mode, address: info.network.address },
+      frozenAt: dumped.frozenAt,
+    };
+    let answer: { ok: boolean; resumedAt?: number; code?: string; message?: string };
+    try {
+      answer = await send(target.address, target.migrationPort, header, dir);
+    } catch (e) {
+      answer = { ok: false, code: 'unavailable', message: errorMessage(e) };
+    }
+    if (!answer.ok) {
+      // The target did not take it. Bring the job back here, unless the target did run it after all.
+      if (await claim(d.redis, d.keys, migrationId, 'source')) {
+        await restore(d.engine, vps, dumped.imagesDir);
+        await d.jobs.transition(entry.jobId, 'running', {}, { from: ['migrating'], host: d.hostId, note: `migration to ${target.id} failed: ${answer.message}` });
+        throw new RunboxError(answer.code === 'checkpoint_incompatible' ? 'checkpoint_incompatible' : 'unavailable', `migration to ${target.id} failed: ${answer.message}; the job keeps running on ${d.hostId}`);
+      }
+    }
+    vps.handOver();
+    const result: MigrationResult = {
+      from: d.hostId,
+      to: target.id,
+      startedAt,
+      totalMs: Date.now() - t0,
+      frozenMs: (answer.resumedAt ?? Date.now()) - dumped.frozenAt,
+      mode: 'stop-and-copy',
+    };
+    const stored = await d.jobs.get(entry.jobId);
+    if (stored) await d.jobs.update(entry.jobId, { migrations: [...stored.job.migrations, result] });
+    return result;
+  } finally {
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** Writes the header line and the tar stream of `dir`, then reads the target's answer line. */
+function send(host: string, port: number, header: Header, dir: string): Promise<{ ok: boolean; resumedAt?: number; code?: string; message?: string }> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ host, port });
+    const timer = setTimeout(() => sock.destroy(new Error(`no answer from ${host}:${port} within ${ANSWER_TIMEOUT_MS} ms`)), ANSWER_TIMEOUT_MS);
+    let answer = '';
+    sock.setEncoding('utf8');
+    sock.on('data', (d: string) => (answer += d));
+    sock.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    sock.on('close', () => {
+      clearTimeout(timer);
+      try {
+        resolve(JSON.parse(answer.split('\n')[0]!) as { ok: boolean });
+      } catch {
+        reject(new Error(`the target closed the connection without an answer`));
+      }
+    });
+    sock.on('connect', () => {
+      sock.write(`${JSON.stringify(header)}\n`);
+      const tar = spawn('tar', ['--create', '--file', '-', '-C', dir, 'images', 'fs.tar'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      tar.stdout.pipe(sock, { end: true });
+      tar.on('exit', (code) => {
+        if (code !== 0) sock.destroy(new Error(`tar of the checkpoint failed (${code})`));
+      });
+    });
+  });
+}
+
+/** Target side: accepts migrations from other hosts. */
+export class MigrationServer {
+  private server?: net.Server;
+  port = 0;
+
+  constructor(
+    private readonly d: MigrationDeps,
+    private readonly secret: string,
+  ) {}
+
+  async listen(port: number): Promise<number> {
+    this.server = net.createServer({ allowHalfOpen: true }, (sock) => void this.accept(sock));
+    await new Promise<void>((resolve, reject) => {
+      this.server!.once('error', reject);
+      this.server!.listen(port, '0.0.0.0', () => resolve());
+    });
+    this.port = (this.server.address() as net.AddressInfo).port;
+    return this.port;
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+  }
+
+  private async accept(sock: net.Socket): Promise<void> {
+    const answer = (a: object) => sock.end(`${JSON.stringify(a)}\n`);
+    let dir: string | undefined;
+    let header: Header | undefined;
+    try {
+      const { head, rest } = await readHeader(sock);
+      header = JSON.parse(head) as Header;
+      if (!safeEqual(header.secret, this.secret)) throw new RunboxError('invalid_argument', 'migration refused: bad secret');
+      const log = this.d.log.child({ jobId: header.jobId, vpsId: header.vpsId, migration: header.migrationId });
+      // The same template content, or no restore at all (hashes name contents).
+      const template = await resolveTemplate(this.d.engine.layout.templatesDir, header.spec.template.name);
+      if (template.hash !== header.spec.template.hash) {
+        throw new RunboxError('checkpoint_incompatible', `template ${template.name} is version ${template.hash} here, the checkpoint needs ${header.spec.template.hash}`);
+      }
+      dir = await fs.mkdtemp(path.join(os.tmpdir(), `runbox-incoming-${header.jobId}-`));
+      await untar(sock, rest, dir);
+      if (!(await claim(this.d.redis, this.d.keys, header.migrationId, 'target'))) throw new RunboxError('conflict', 'the source took the job back');
+      const vps = await this.d.engine.create(header.vpsId, { ...header.spec, template }, {
+        imagesDir: path.join(dir, 'images'),
+        fsTars: [path.join(dir, 'fs.tar')],
+        address: header.network.address,
+      });
+      const resumedAt = Date.now();
+      log.info({ frozenMs: resumedAt - header.frozenAt }, 'migrated in');
+      answer({ ok: true, resumedAt });
+      this.d.adopt(header.jobId, vps, `migrated from another host (frozen ${resumedAt - header.frozenAt} ms)`);
+    } catch (e) {
+      this.d.log.warn({ err: e, jobId: header?.jobId }, 'incoming migration failed');
+      if (header) {
+        await this.d.engine.destroy(header.vpsId).catch(() => undefined);
+        // Hand the claim back, so the source may bring the job back to life.
+        const key = claimKey(this.d.keys, header.migrationId);
+        if ((await this.d.redis.get(key)) === 'target') await this.d.redis.del(key);
+      }
+      answer({ ok: false, code: isRunboxError(e) ? e.code : 'internal', message: errorMessage(e) });
+    } finally {
+      if (dir) await fs.rm(dir, { recursive: true, force: true });
+    }
+  }
+}
+
+function safeEqual(a: unknown, b: string): boolean {
+  if (typeof a !== 'string') return false;
+  const h = (s: string) => createHash('sha256').update(s).digest();
+  return timingSafeEqual(h(a), h(b));
+}
+
+/** Reads up to the first newline (at most 64 KiB): the header. Returns what came after it. */
+function readHeader(sock: net.Socket): Promise<{ head: string; rest: Buffer }> {
+  return new Promise((resolve, reject) => {
+    let buf = Buffer.alloc(0);
+    const onData = (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      const nl = buf.indexOf(10);
+      if (nl >= 0) {
+        sock.off('data', onData);
+        sock.pause();
+        resolve({ head: buf.subarray(0, nl).toString('utf8'), rest: buf.subarray(nl + 1) });
+      } else if (buf.length > 65536) reject(new RunboxError('invalid_argument', 'migration header too long'));
+    };
+    sock.on('data', onData);
+    sock.once('error', reject);
+    sock.once('end', () => reject(new RunboxError('invalid_argument', 'connection ended before the migration header')));
+  });
+}
+
+/** Extracts the rest of the stream into `dir` (only the two expected entries). */
+function untar(sock: net.Socket, first: Buffer, dir: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const tar = spawn('tar', ['--extract', '--file', '-', '-C', dir, '--no-same-owner', 'images', 'fs.tar'], { stdio: ['pipe', 'ignore', 'pipe'] });
+    let err = '';
+    tar.stderr.on('data', (d) => (err += d));
+    tar.on('exit', (code) => (code === 0 ? resolve() : reject(new RunboxError('invalid_argument', `receiving the checkpoint failed: ${err.trim()}`))));
+    tar.stdin.on('error', () => undefined);
+    tar.stdin.write(first);
+    sock.pipe(tar.stdin);
+    sock.resume();
+  });
+}
+
+export type { Job };
