@@ -27,10 +27,19 @@ export const ArtifactListSchema = z.object({
 
 export const HostListSchema = z.object({ hosts: z.array(HostSchema) });
 
+export const TemplateVersionSchema = z.object({
+  hash: z.string().describe('content hash (version) of the build'),
+  hosts: z.array(z.string()).describe('ids of live hosts whose current version this is'),
+  sizeBytes: z.number().int().nullable().describe('size of the root filesystem'),
+  builtAt: z.string().nullable().describe('when it was built (ISO 8601)'),
+});
 export const TemplateInfoSchema = z.object({
   name: z.string(),
   hosts: z.array(z.string()).describe('ids of live hosts that have it built'),
-  hash: z.string().nullable().describe('content hash of the build; null until a host builds it'),
+  hash: z.string().nullable().describe('content hash of the build; null until a host builds it (the first job that asks builds it)'),
+  sizeBytes: z.number().int().nullable().describe('size of that version\'s root filesystem'),
+  builtAt: z.string().nullable().describe('when that version was built (ISO 8601)'),
+  versions: z.array(TemplateVersionSchema).describe('every version live hosts have, most widely built first'),
 });
 export const TemplateListSchema = z.object({ templates: z.array(TemplateInfoSchema) });
 

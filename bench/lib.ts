@@ -1,4 +1,4 @@
-import { spawn, type StdioOptions } from 'node:child_process';
+import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
@@ -352,6 +352,10 @@ export interface CreateTimes {
 export class BenchContext {
   private template?: TemplateRef;
   private cleaned?: Promise<string[]>;
+  /** Cleanup steps of services a benchmark started (API, worker, Redis): run last-in first-out. */
+  private readonly hooks: Array<{ what: string; fn: () => Promise<void> }> = [];
+  /** Host processes a benchmark started (e.g. redis-server): each must be gone after cleanup. */
+  private readonly children: Array<{ what: string; child: ChildProcess }> = [];
 
   private constructor(
     readonly name: string,
@@ -376,6 +380,25 @@ export class BenchContext {
       log: eventLogger(times),
     });
     return new BenchContext(name, stateDir, engine, times, netnsBefore);
+  }
+
+  /** Address range of this context's engine (services started by a benchmark share it). */
+  get netCidr(): string {
+    return this.engine.opts.netCidr;
+  }
+
+  /**
+   * Registers a cleanup step for something the benchmark started (a worker, an API, a Redis).
+   * Steps run in reverse order of registration, before the engine's gc and the leak checks; a
+   * step that throws is reported as a cleanup problem.
+   */
+  defer(what: string, fn: () => Promise<void>): void {
+    this.hooks.push({ what, fn });
+  }
+
+  /** Registers a host process the benchmark started; the leak check fails if it is still alive. */
+  track(what: string, child: ChildProcess): void {
+    this.children.push({ what, child });
   }
 
   get bareRunc(): string {
@@ -453,6 +476,7 @@ export class BenchContext {
         problems.push(`${what}: ${errorMessage(e)}`);
       }
     };
+    for (const h of this.hooks.splice(0).reverse()) await step(h.what, h.fn);
     await step('bare containers', async () => {
       for (const c of await runcList(this.bareArgs('list', '--format', 'json'))) await this.bareRemove(c);
     });
@@ -469,6 +493,12 @@ export class BenchContext {
     });
 
     // Leak checks.
+    for (const { what, child } of this.children) {
+      if (child.exitCode === null && child.signalCode === null) {
+        problems.push(`${what} (pid ${child.pid}) still running; killing it`);
+        child.kill('SIGKILL');
+      }
+    }
     await step('runc list (engine)', async () => {
       const left = await runcList([RUNC, '--root', this.engine.layout.runcRoot, 'list', '--format', 'json']);
       if (left.length) throw new Error(`containers left: ${left.join(', ')}`);

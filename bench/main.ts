@@ -5,13 +5,21 @@
  */
 import { errorMessage } from '../core/errors.js';
 import { coldRun } from './cold-run.js';
+import { e2eLatency } from './e2e-latency.js';
 import { idleDensity } from './idle-density.js';
+import { pool } from './pool.js';
+import { templateCreate } from './template-create.js';
+import { throughput } from './throughput.js';
 import { BenchContext, installSignalHandlers, Interrupted, interrupted, note, type Benchmark } from './lib.js';
 
 /** Each benchmark gets an address range of its own (no network is used by the current ones). */
 const BENCHMARKS: Array<{ bench: Benchmark; netCidr: string }> = [
   { bench: coldRun, netCidr: '10.250.0.0/24' },
   { bench: idleDensity, netCidr: '10.250.2.0/24' },
+  { bench: pool, netCidr: '10.250.3.0/24' },
+  { bench: throughput, netCidr: '10.250.4.0/24' },
+  { bench: e2eLatency, netCidr: '10.250.5.0/24' },
+  { bench: templateCreate, netCidr: '10.250.6.0/24' },
 ];
 
 function usage(): string {

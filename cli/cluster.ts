@@ -93,6 +93,8 @@ async function clusterUp(args: string[]): Promise<number> {
     close,
     stopWorkers,
     () => redis.stop(),
+    // A host that died (or was killed) left its VPSs behind: remove them too.
+    () => cleanHosts(dir, hosts),
     () => removeClusterNet(layout.instance, hosts),
     () => fs.rm(pidFile, { force: true }),
   ]);
@@ -143,9 +145,19 @@ async function clusterDown(args: string[]): Promise<number> {
     if (isAlive(file.supervisor)) process.kill(file.supervisor.pid, 'SIGKILL');
   }
   // Whatever a crashed cluster left: VPSs of every host, the namespaces, the bridge.
+  await cleanHosts(dir, file.hosts);
+  await removeClusterNet(file.instance, file.hosts);
+  await fs.rm(path.join(dir, 'cluster.json'), { force: true });
+  process.stdout.write(`cluster of ${file.hosts} hosts stopped\n`);
+  return 0;
+}
+
+/** gc --all of every host's state dir (VPSs, mounts, cgroups, netns of hosts that died). */
+async function cleanHosts(dir: string, hosts: number): Promise<void> {
+  const config = loadConfig();
   const { gc } = await import('../runtime/gc.js');
   const { RuncEngine } = await import('../runtime/runc-engine.js');
-  for (let i = 1; i <= file.hosts; i++) {
+  for (let i = 1; i <= hosts; i++) {
     const engine = new RuncEngine({
       stateDir: path.join(dir, 'hosts', `h${i}`),
       runcPath: config.runcPath,
@@ -155,10 +167,6 @@ async function clusterDown(args: string[]): Promise<number> {
     });
     await gc(engine, { all: true }).catch(() => undefined);
   }
-  await removeClusterNet(file.instance, file.hosts);
-  await fs.rm(path.join(dir, 'cluster.json'), { force: true });
-  process.stdout.write(`cluster of ${file.hosts} hosts stopped\n`);
-  return 0;
 }
 
 async function readClusterFile(file: string): Promise<ClusterFile | undefined> {

@@ -25,7 +25,8 @@ export async function startEmbeddedRedis(stateDir: string): Promise<EmbeddedRedi
   const child: ChildProcess = spawn(
     'redis-server',
     ['--port', '0', '--unixsocket', socket, '--unixsocketperm', '700', '--dir', dir, '--appendonly', 'yes', '--appendfsync', 'everysec', '--save', '60 1', '--daemonize', 'no'],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
+    // Its own process group: a terminal's Ctrl-C goes to runbox, which stops Redis last, in order.
+    { stdio: ['ignore', 'ignore', 'pipe'], detached: true },
   );
   let stderr = '';
   child.stderr?.on('data', (d) => (stderr += d));

@@ -207,13 +207,6 @@ export async function hostsCommand(args: string[]): Promise<number> {
   return 0;
 }
 
-export async function templatesCommand(args: string[]): Promise<number> {
-  strict(args, {}, 'runbox templates');
-  const r = await ApiClient.fromEnv().json<{ templates: Array<{ name: string; hash?: string | null; hosts: string[] }> }>('GET', '/v1/templates');
-  process.stdout.write(table(['TEMPLATE', 'VERSION', 'HOSTS'], r.templates.map((t) => [t.name, t.hash ?? '-', t.hosts.join(',') || '-'])));
-  return 0;
-}
-
 function table(head: string[], rows: string[][]): string {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   return [head, ...rows].map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n') + '\n';

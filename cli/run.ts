@@ -4,7 +4,7 @@ import { newId } from '../core/ids.js';
 import { LimitsSchema, resolveLimits } from '../core/limits.js';
 import { createLogger } from '../core/log.js';
 import { RuncEngine } from '../runtime/runc-engine.js';
-import { resolveTemplate } from '../runtime/templates/store.js';
+import { readTemplateInfo, resolveTemplate } from '../runtime/templates/store.js';
 import { exitStatus, parseRunArgs } from './run-args.js';
 
 /** `runbox run`: one command in a fresh VPS on this machine, no queue. Returns the exit status. */
@@ -48,11 +48,12 @@ export async function runCommand(args: string[]): Promise<number> {
       diskMb: limits.diskMb,
     });
     if (abort.signal.aborted) return interrupted;
+    const defaults = (await readTemplateInfo(engine.layout.templatesDir, template.name, template.hash))?.defaults;
     const result = await vps.run({
       argv: req.argv,
-      env: req.env,
-      user: req.user,
-      workdir: req.workdir,
+      env: { ...defaults?.env, ...req.env },
+      user: req.user ?? defaults?.user,
+      workdir: req.workdir ?? defaults?.workdir,
       stdin,
       timeoutSec: limits.timeoutSec,
       outputBytes: limits.outputBytes,

@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util';
-import { runtimeConfigFromEnv } from '../core/config.js';
+import path from 'node:path';
+import { parseEnv, runtimeConfigFromEnv } from '../core/config.js';
 import { RunboxError } from '../core/errors.js';
 import { createLogger } from '../core/log.js';
 import { ApiClient } from './http-client.js';
@@ -41,7 +42,7 @@ export async function templatesCommand(args: string[]): Promise<number> {
 
 /** A logger for local commands: JSON logs only when RUNBOX_LOG_LEVEL asks for them (progress lines are the UI). */
 function localSetup() {
-  const cfg = runtimeConfigFromEnv(process.env);
+  const cfg = { ...runtimeConfigFromEnv(process.env), recipesDir: path.resolve(parseEnv(process.env).RUNBOX_RECIPES_DIR) };
   const log = createLogger(process.env.RUNBOX_LOG_LEVEL ? cfg.logLevel : 'warn');
   return { cfg, log };
 }

@@ -63,7 +63,7 @@ export const EnvSchema = z.object({
   RUNBOX_CHECKPOINT_DIR: z.string().min(1).optional(),
   RUNBOX_CHECKPOINT_AFTER_SEC: z.coerce.number().int().min(0).default(0),
   RUNBOX_CHECKPOINT_KEEP: z.coerce.number().int().min(1).default(2),
-  RUNBOX_MIGRATION_PORT: z.coerce.number().int().min(0).max(65535).default(7070),
+  RUNBOX_MIGRATION_PORT: z.coerce.number().int().min(0).max(65535).default(0),
   RUNBOX_ADMIN_TENANTS: z.string().regex(/^[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*$/).default('default'),
 });
 export type Env = z.infer<typeof EnvSchema>;
@@ -72,8 +72,6 @@ export interface RuntimeConfig {
   stateDir: string;
   /** Built templates (default <stateDir>/templates). */
   templatesDir: string;
-  /** Template recipes (default templates/ of this checkout). */
-  recipesDir: string;
   runcPath: string;
   criuPath: string;
   agentPath: string;
@@ -99,7 +97,6 @@ export function runtimeConfigFromEnv(raw: NodeJS.ProcessEnv): RuntimeConfig {
   return {
     stateDir: path.resolve(e.RUNBOX_STATE_DIR),
     templatesDir: path.resolve(e.RUNBOX_TEMPLATES_DIR ?? path.join(e.RUNBOX_STATE_DIR, 'templates')),
-    recipesDir: path.resolve(e.RUNBOX_RECIPES_DIR),
     runcPath: e.RUNBOX_RUNC,
     criuPath: e.RUNBOX_CRIU,
     agentPath: path.resolve(e.RUNBOX_AGENT),
@@ -138,6 +135,8 @@ export interface ServiceConfig extends RuntimeConfig {
   tokenFile: string;
   hostId: string;
   pools: PoolConfig[];
+  /** Template recipes (default templates/ of this checkout), for on-demand and pre-builds. */
+  recipesDir: string;
   /** Templates `runbox up` builds before the worker starts. */
   prebuildTemplates: string[];
   poolMinIdle: number;
@@ -177,6 +176,7 @@ export function serviceConfigFromEnv(raw: NodeJS.ProcessEnv, hostname: string): 
       const [template, network] = p.split(':') as [string, PoolConfig['network']];
       return { template, network };
     }),
+    recipesDir: path.resolve(e.RUNBOX_RECIPES_DIR),
     prebuildTemplates: e.RUNBOX_PREBUILD_TEMPLATES.split(',').filter(Boolean),
     poolMinIdle: e.RUNBOX_POOL_MIN_IDLE,
     poolMax: e.RUNBOX_POOL_MAX,

@@ -7,6 +7,7 @@ import { detectCgroupLayout, type CgroupLayout } from './cgroups/layout.js';
 import { isAlive, processStart, selfRef, type ProcessRef } from './host/proc.js';
 import { Layout, VPS_ID } from './layout.js';
 import { HostNetwork, type VpsNetwork } from './net/network.js';
+import { hostResolvConf } from './net/dns.js';
 import { restoreArgs, runArgs, runcDelete, type RuncGlobal } from './oci/runc.js';
 import { execOk } from './exec.js';
 import { buildSpec } from './oci/spec.js';
@@ -163,6 +164,11 @@ export class RuncEngine implements VpsEngine {
       // A restored agent said "ready" long ago, on its first host; it is running a job now.
       if (!restore) await waitReady(channel);
       vps.transition('markReady');
+      if (!restore && spec.network === 'egress') {
+        const resolv = await hostResolvConf();
+        // A template may make resolv.conf a symlink (the agent refuses to write through one): then keep its own.
+        if (resolv) await vps.writeFile('/etc/resolv.conf', Buffer.from(resolv)).catch((e: unknown) => log.warn({ err: e }, 'could not write resolv.conf'));
+      }
       log.debug({ template: spec.template.name, network: spec.network }, 'vps ready');
       return vps;
     } catch (e) {

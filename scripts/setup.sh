@@ -33,7 +33,7 @@ fi
 
 # ---- b. Debian packages -------------------------------------------------------------------------
 PACKAGES=(runc iproute2 nftables iptables redis-server busybox-static gcc libc6-dev make e2fsprogs
-  util-linux procps psmisc kmod ca-certificates debootstrap)
+  util-linux procps psmisc kmod ca-certificates debootstrap umoci skopeo)
 installed="$(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' "${PACKAGES[@]}" 2>/dev/null || true)"
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -125,35 +125,12 @@ if [ "${#TS_DIRS[@]}" -gt 0 ] && [ -n "$(find "${TS_DIRS[@]}" -name '*.ts' -prin
 fi
 
 # ---- h. the `base` template ---------------------------------------------------------------------
-BUSYBOX=/bin/busybox
-[ -x "$BUSYBOX" ] || die "$BUSYBOX is missing." "Install the busybox-static package (apt-get install busybox-static)."
-TPL_SRC=templates/base
-TPL_DIR="$STATE_DIR/templates/base"
-tpl_hash="$(
-  {
-    (cd "$TPL_SRC" && find . -type f -print0 | LC_ALL=C sort -z | while IFS= read -r -d '' f; do
-      printf '%s\0' "$f"
-      sha256sum <"$f"
-    done)
-    printf 'busybox\0'
-    sha256sum <"$BUSYBOX"
-  } | sha256sum | cut -c1-16
-)"
-if [ "$(readlink "$TPL_DIR/current" 2>/dev/null || true)" != "$tpl_hash" ]; then
-  mkdir -p "$TPL_DIR"
-  if [ ! -e "$TPL_DIR/$tpl_hash/template.json" ]; then
-    log "building template base ($tpl_hash) in $TPL_DIR"
-    rm -rf "${TPL_DIR:?}/$tpl_hash" "$TPL_DIR"/.build-* # half-made leftovers of a killed run
-    tmp="$(mktemp -d "$TPL_DIR/.build-$tpl_hash.XXXXXX")"
-    trap 'rm -rf "$tmp"' EXIT
-    BUSYBOX="$BUSYBOX" bash "$TPL_SRC/build.sh" "$tmp/rootfs" || die "building template base failed (errors above)."
-    size="$(du -sb "$tmp/rootfs" | cut -f1)"
-    printf '{"name":"base","hash":"%s","builtAt":"%s","sizeBytes":%s}\n' \
-      "$tpl_hash" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$size" >"$tmp/template.json"
-    chmod 0755 "$tmp"
-    mv -T "$tmp" "$TPL_DIR/$tpl_hash"
-    trap - EXIT
-  fi
-  ln -sfn "$tpl_hash" "$TPL_DIR/.current.tmp"
-  mv -T "$TPL_DIR/.current.tmp" "$TPL_DIR/current"
+# Built by the TypeScript builder (runtime/templates/builder.ts), the same code as
+# `runbox templates build` and the worker's on-demand builds. Content-addressed: when the recipe and
+# busybox are unchanged this only hashes the recipe folder (a fraction of a second) and prints
+# nothing (--quiet). Other templates are built by `runbox templates build NAME`, by `runbox up`
+# (RUNBOX_PREBUILD_TEMPLATES) or on demand by the worker.
+[ -x /bin/busybox ] || die "/bin/busybox is missing." "Install the busybox-static package (apt-get install busybox-static)."
+if ! node dist/cli/main.js templates build base --quiet; then
+  die "building template base failed (errors above)." "Fix the problem shown, then rerun scripts/setup.sh ('./bin/runbox templates build base' shows the progress)."
 fi

@@ -82,15 +82,19 @@ export class HostCommands {
     await this.drain.setDraining(true);
     const moved: string[] = [];
     const stayed: Array<{ jobId: string; reason: string }> = [];
-    for (const jobId of [...this.running.byId.keys()]) {
-      try {
-        await this.migrateJob(jobId);
-        moved.push(jobId);
-      } catch (e) {
-        stayed.push({ jobId, reason: errorMessage(e) });
-        this.log.warn({ jobId, err: e }, 'drain: job could not be moved');
-      }
-    }
+    // All at once: a drain should not take the sum of every job's move.
+    await Promise.all(
+      [...this.running.byId.keys()].map(async (jobId) => {
+        try {
+          await this.migrateJob(jobId);
+          moved.push(jobId);
+        } catch (e) {
+          // A job that ended meanwhile is not "left behind".
+          if (this.running.byId.has(jobId)) stayed.push({ jobId, reason: errorMessage(e) });
+          this.log.warn({ jobId, err: e }, 'drain: job could not be moved');
+        }
+      }),
+    );
     return { moved, stayed };
   }
 }

@@ -20,6 +20,8 @@ import { HostCommands } from './commands.js';
 import { DirectoryCheckpointStore } from '../runtime/checkpoint/store.js';
 import { adoptJob, createProcessor, RunningJobs, type RunJobDeps } from './processors/run-job.js';
 import { MigrationServer, migrationSecret, type MigrationDeps } from './migration.js';
+import { Reaper } from './recovery.js';
+import { JobQueue } from '../core/queue.js';
 
 export interface WorkerOptions {
   config: ServiceConfig;
@@ -113,6 +115,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
       checkpointer,
       checkpoints,
       checkpointAfterSec: config.checkpointAfterSec,
+      hosts: new HostRegistry(redis, config.redisPrefix),
       log: hlog,
     };
   const processor = createProcessor(runDeps, running);
@@ -184,6 +187,9 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     () => running.byId.size,
   );
   heartbeatRef = heartbeat;
+  const recoveryQueue = new JobQueue(redis, config.redisPrefix);
+  const reaper = new Reaper(runDeps, keys, recoveryQueue, 3000);
+  reaper.start();
   // A host drained before a restart stays drained.
   if (await redis.get(keys.draining(hostId))) await drain.setDraining(true);
   heartbeat.start((e) => hlog.warn({ err: e }, 'heartbeat failed'));
@@ -206,6 +212,8 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
           await graceful;
         }
         clearInterval(cancelPoll);
+        reaper.stop();
+        await recoveryQueue.close();
         await migrationServer.close();
         await Promise.all(pools.map((p) => p.close()));
         await heartbeat.stop().catch(() => undefined);

@@ -23,6 +23,13 @@ redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('HINCRBY', KEYS[3], cur, -1)
 redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
 redis.call('PUBLISH', KEYS[4], ARGV[4])
+-- The index of live jobs (on some host): what the reaper checks against host heartbeats.
+local s = ARGV[1]
+if s == 'starting' or s == 'running' or s == 'checkpointing' or s == 'migrating' then
+  redis.call('SADD', KEYS[5], KEYS[1])
+else
+  redis.call('SREM', KEYS[5], KEYS[1])
+end
 return {'ok', cur}
 `;
 
@@ -63,7 +70,7 @@ export class JobStore {
     prefix: string,
   ) {
     this.keys = new Keys(prefix);
-    redis.defineCommand('rbTransition', { numberOfKeys: 4, lua: TRANSITION });
+    redis.defineCommand('rbTransition', { numberOfKeys: 5, lua: TRANSITION });
     redis.defineCommand('rbCreate', { numberOfKeys: 6, lua: CREATE });
   }
 
@@ -118,7 +125,7 @@ export class JobStore {
     for (const [k, v] of Object.entries(patch)) args.push(k, JSON.stringify(v));
     const k = this.keys;
     const res = (await (this.redis as unknown as RedisScripts).rbTransition(
-      k.job(id), k.history(id), k.statusCounts(), k.eventsChannel(),
+      k.job(id), k.history(id), k.statusCounts(), k.eventsChannel(), k.liveJobs(),
       to, from.join(','), hist, JSON.stringify({ id, status: to }), ...args,
     ).catch((e: Error) => {
       if (/not_found/.test(e.message)) throw new RunboxError('not_found', `job ${id} not found`);
@@ -186,6 +193,12 @@ export class JobStore {
   /** Drops index entries of jobs older than the retention time (their data has expired). */
   async pruneIndex(tenant: string, olderThanMs: number): Promise<void> {
     await this.redis.zremrangebyscore(this.keys.tenantJobs(tenant), '-inf', `(${olderThanMs * 1000}`);
+  }
+
+  /** Ids of jobs that are starting, running, checkpointing or migrating somewhere. */
+  async liveJobIds(): Promise<string[]> {
+    const keys = await this.redis.smembers(this.keys.liveJobs());
+    return keys.map((k) => k.slice(this.keys.job('').length));
   }
 
   async statusCounts(): Promise<Record<string, number>> {

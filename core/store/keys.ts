@@ -5,6 +5,8 @@ export class Keys {
   request = (id: string) => `${this.prefix}job:${id}:req`;
   history = (id: string) => `${this.prefix}job:${id}:hist`;
   tenantJobs = (tenant: string) => `${this.prefix}jobs:${tenant}`;
+  /** Job keys of every live (starting … migrating) job. */
+  liveJobs = () => `${this.prefix}live-jobs`;
   idempotency = (tenant: string, key: string) => `${this.prefix}idem:${tenant}:${key}`;
   log = (id: string) => `${this.prefix}log:${id}`;
   artifacts = (id: string) => `${this.prefix}art:${id}`;

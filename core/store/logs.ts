@@ -64,6 +64,9 @@ export class LogStore {
     const key = this.keys.log(jobId);
     const ids = await this.redis.xrange(key, entryId(offset), '+');
     if (ids.length) await this.redis.xdel(key, ...ids.map(([id]) => id));
+    // A stream only takes ids above the highest it ever had; move that mark back to the cut so
+    // the restored VPS's output (from `offset` on) can be written again.
+    if (await this.redis.exists(key)) await this.redis.xsetid(key, `${offset}-0`);
   }
 }
 

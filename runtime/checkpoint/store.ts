@@ -35,6 +35,8 @@ export interface CheckpointStore {
   /** Drops the CRIU images of all but the newest `keep` checkpoints (fs increments stay: the chain needs them). */
   prune(jobId: string, keep: number): Promise<void>;
   removeAll(jobId: string): Promise<void>;
+  /** The newest checkpoint that can still be restored (its images kept), with its fs chain. */
+  restorable(jobId: string): Promise<{ meta: CheckpointMeta; imagesDir: string; fsTars: string[] } | undefined>;
 }
 
 const JOB_ID = /^[a-z0-9]{8,40}$/;
@@ -71,6 +73,18 @@ export class DirectoryCheckpointStore implements CheckpointStore {
     const dir = this.jobDir(jobId);
     const names = (await fs.readdir(dir).catch(() => [] as string[])).filter((n) => /^\d{6}-/.test(n)).sort();
     for (const n of names.slice(0, Math.max(0, names.length - keep))) await fs.rm(path.join(dir, n, 'images'), { recursive: true, force: true });
+  }
+
+  async restorable(jobId: string) {
+    const dir = this.jobDir(jobId);
+    const names = (await fs.readdir(dir).catch(() => [] as string[])).filter((n) => /^\d{6}-/.test(n)).sort();
+    for (let i = names.length - 1; i >= 0; i--) {
+      const imagesDir = path.join(dir, names[i]!, 'images');
+      if (!(await fs.stat(imagesDir).then(() => true, () => false))) continue;
+      const meta = JSON.parse(await fs.readFile(path.join(dir, names[i]!, 'meta.json'), 'utf8')) as CheckpointMeta;
+      return { meta, imagesDir, fsTars: names.slice(0, i + 1).map((n) => path.join(dir, n, 'fs.tar')) };
+    }
+    return undefined;
   }
 
   async removeAll(jobId: string): Promise<void> {

@@ -121,7 +121,22 @@ async function buildOnce(plan: BuildPlan, opts: BuildOptions): Promise<BuildResu
     };
     await fs.writeFile(path.join(buildDir, 'template.json'), `${JSON.stringify(info, null, 2)}\n`, { mode: 0o644 });
     // The version appears complete or not at all; a rename onto an existing version fails.
-    await fs.rename(buildDir, path.join(nameDir, hash));
+    const published = await fs.rename(buildDir, path.join(nameDir, hash)).then(
+      () => true,
+      (e: NodeJS.ErrnoException) => {
+        if (e.code !== 'ENOTEMPTY' && e.code !== 'EEXIST') throw e;
+        return false;
+      },
+    );
+    if (!published) {
+      // Someone published this version without the lock (a lock broken by mistake): theirs stands.
+      const theirs = await readTemplateInfo(opts.templatesDir, name, hash);
+      if (!theirs) throw new RunboxError('internal', `${path.join(nameDir, hash)} exists but holds no complete template`);
+      await removeTree(buildDir);
+      buildDir = undefined;
+      await setCurrent(nameDir, hash);
+      return { ...theirs, fresh: false };
+    }
     buildDir = undefined;
     await setCurrent(nameDir, hash);
     progress({ step: 'done', message: `built in ${((Date.now() - started) / 1000).toFixed(1)} s`, rootfsBytes: info.sizeBytes });

@@ -73,7 +73,7 @@ function stepFailed(ctx: StepContext, step: string, status: number | string | nu
   return new RunboxError(
     recipeFault ? 'invalid_argument' : 'unavailable',
     `building template "${ctx.template}" failed in step "${step}" (exit ${status}): ${detail || 'no output'}`,
-    { meta: { template: ctx.template, hash: ctx.hash, step, output: tail } },
+    { meta: { template: ctx.template, hash: ctx.hash, step, output: tail.slice(-10) } },
   );
 }
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the `base` template's root filesystem into OUT_DIR (which must not exist yet or be empty).
 # No network: the only input is a static busybox binary (Debian's busybox-static, /bin/busybox, or
-# $BUSYBOX). scripts/setup.sh hashes this folder plus that binary to name the result, so a change
-# here or to busybox gives a new template version.
+# $BUSYBOX). The builder (runtime/templates/builder.ts) hashes this folder plus that binary
+# (manifest "hostInputs") to name the result, so a change here or to busybox gives a new version.
 #
 # Usage: build.sh OUT_DIR          (as root: files must be owned by root, /home/runbox by 1000:1000)
 set -euo pipefail

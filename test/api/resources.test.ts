@@ -67,7 +67,10 @@ describe('artifacts', () => {
 
 describe('hosts and templates', () => {
   it('lists live hosts and aggregates templates with known recipes', async () => {
-    await h.deps.hosts.heartbeat(host('h2', { templates: [{ name: 'base', hash: 'sha256:abc' }, { name: 'extra', hash: 'sha256:def' }] }), 30);
+    await h.deps.hosts.heartbeat(
+      host('h2', { templates: [{ name: 'base', hash: 'sha256:abc' }, { name: 'extra', hash: 'sha256:def', sizeBytes: 1234, builtAt: '2025-01-02T03:04:05Z' }] }),
+      30,
+    );
     await h.deps.hosts.heartbeat(host('h1'), 30);
     const hosts = (await (await h.call('/v1/hosts')).json()) as { hosts: Array<{ id: string; pools: unknown[] }> };
     expect(hosts.hosts.map((x) => x.id)).toEqual(['h1', 'h2']);
@@ -76,9 +79,23 @@ describe('hosts and templates', () => {
     const t = await (await h.call('/v1/templates')).json();
     expect(t).toEqual({
       templates: [
-        { name: 'base', hosts: ['h1', 'h2'], hash: 'sha256:abc' },
-        { name: 'extra', hosts: ['h2'], hash: 'sha256:def' },
-        { name: 'python', hosts: [], hash: null },
+        {
+          name: 'base',
+          hosts: ['h1', 'h2'],
+          hash: 'sha256:abc',
+          sizeBytes: null,
+          builtAt: null,
+          versions: [{ hash: 'sha256:abc', hosts: ['h1', 'h2'], sizeBytes: null, builtAt: null }],
+        },
+        {
+          name: 'extra',
+          hosts: ['h2'],
+          hash: 'sha256:def',
+          sizeBytes: 1234,
+          builtAt: '2025-01-02T03:04:05Z',
+          versions: [{ hash: 'sha256:def', hosts: ['h2'], sizeBytes: 1234, builtAt: '2025-01-02T03:04:05Z' }],
+        },
+        { name: 'python', hosts: [], hash: null, sizeBytes: null, builtAt: null, versions: [] },
       ],
     });
   });

@@ -5,7 +5,11 @@ import { TestCluster } from '../helpers/cluster-proc.js';
 /** Live migration between two hosts of a `runbox cluster` (separate network namespaces, TCP). */
 let c: TestCluster;
 beforeAll(async () => {
-  c = await TestCluster.start(2, { RUNBOX_RATE_LIMIT_PER_SEC: '100000', RUNBOX_LOG_LEVEL: process.env.RUNBOX_TEST_CLUSTER_LOG ?? 'warn' });
+  c = await TestCluster.start(2, {
+    RUNBOX_RATE_LIMIT_PER_SEC: '100000',
+    RUNBOX_JOB_LOCK_MS: '3000',
+    RUNBOX_LOG_LEVEL: process.env.RUNBOX_TEST_CLUSTER_LOG ?? 'warn',
+  });
 }, 120_000);
 afterAll(async () => {
   await c?.stop();
@@ -86,7 +90,7 @@ describe('live migration (stop-and-copy)', () => {
   });
 
   it('drain moves every running job away and stops taking new ones; resume undoes it', async () => {
-    const ids = await Promise.all(Array.from({ length: 3 }, async () => (await c.json<Job>('/v1/jobs', { body: { script: 'i=0; while [ $i -lt 30 ]; do echo $i; i=$((i+1)); sleep 0.1; done' } })).id));
+    const ids = await Promise.all(Array.from({ length: 3 }, async () => (await c.json<Job>('/v1/jobs', { body: { script: 'i=0; while [ $i -lt 60 ]; do echo $i; i=$((i+1)); sleep 0.1; done' } })).id));
     await Promise.all(ids.map((id) => c.waitStatus(id, isRunning, 'running')));
     const r = await c.json<{ moved: string[]; stayed: unknown[]; host: { draining: boolean } }>('/v1/hosts/h1/drain', { method: 'POST' });
     expect(r.stayed).toEqual([]);
@@ -96,7 +100,7 @@ describe('live migration (stop-and-copy)', () => {
       expect(j.status).toBe('succeeded');
       expect(j.host).toBe('h2');
       const log = await (await c.call(`/v1/jobs/${j.id}/logs`)).text();
-      expect(log.trim().split('\n')).toEqual(Array.from({ length: 30 }, (_, i) => String(i)));
+      expect(log.trim().split('\n')).toEqual(Array.from({ length: 60 }, (_, i) => String(i)));
     }
     const fresh = await c.json<Job>('/v1/jobs?wait=30', { body: { command: ['true'] } });
     expect(fresh.host).toBe('h2');
@@ -104,4 +108,19 @@ describe('live migration (stop-and-copy)', () => {
     const hosts = await c.json<{ hosts: Array<{ id: string; draining: boolean }> }>('/v1/hosts');
     expect(hosts.hosts.find((h) => h.id === 'h1')?.draining).toBe(false);
   });
+
+  it('a host killed mid-job: the job resumes on another host from its last checkpoint, log cut back and continued', async () => {
+    const script = 'echo start > /tmp/f; i=0; while [ $i -lt 100 ]; do echo "n $i"; i=$((i+1)); sleep 0.1; done; cat /tmp/f';
+    const created = await c.json<Job>('/v1/jobs', { body: { script, checkpoint: { everySec: 5 } } });
+    const withCheckpoint = await c.waitStatus(created.id, (j) => j.checkpoints.length > 0 && j.status === 'running', 'a first checkpoint', 30_000);
+    const victim = withCheckpoint.host!;
+    await new Promise((r) => setTimeout(r, 1000)); // more output after the checkpoint, to be cut back
+    c.killHost(victim);
+    const done = await c.waitStatus(created.id, isDone, 'the job to end on another host', 90_000);
+    expect(done.status).toBe('succeeded');
+    expect(done.host).toBe(other(victim));
+    expect(done.history.some((h) => h.status === 'migrating' && /lost: restoring checkpoint/.test(h.note ?? ''))).toBe(true);
+    const log = await (await c.call(`/v1/jobs/${created.id}/logs`)).text();
+    expect(log.trim().split('\n')).toEqual([...Array.from({ length: 100 }, (_, i) => `n ${i}`), 'start']);
+  }, 150_000);
 });

@@ -1,4 +1,5 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -68,6 +69,25 @@ export class TestCluster {
     let last: Job | undefined;
     await waitFor(async () => ok((last = await this.job(id))), what, ms);
     return last!;
+  }
+
+  /**
+   * A host crash: SIGKILL its worker (found by its RUNBOX_HOST_ID in /proc) and every process of
+   * its VPSs (runc kill of each container in its runc root).
+   */
+  killHost(hostId: string): void {
+    for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+      try {
+        const env = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
+        const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+        if (cmd.includes('main.js') && cmd.includes('worker') && env.includes(`RUNBOX_HOST_ID=${hostId}`)) process.kill(Number(pid), 'SIGKILL');
+      } catch {
+        /* gone, or not ours */
+      }
+    }
+    const root = path.join(this.stateDir, 'cluster', 'hosts', hostId, 'runc');
+    const list = JSON.parse(execFileSync('runc', ['--root', root, 'list', '--format', 'json']).toString() || 'null') as Array<{ id: string }> | null;
+    for (const ct of list ?? []) execFileSync('runc', ['--root', root, 'kill', '--all', ct.id, 'KILL']);
   }
 
   async stop(): Promise<void> {

@@ -1,6 +1,7 @@
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RuncVps } from '../../runtime/runc-vps.js';
+import { hostResolvConf } from '../../runtime/net/dns.js';
 import { testEngine, type TestEngine } from '../helpers/engine.js';
 import { canConnect, createUplink, hostAddresses, listenInNetns, startHostRedis, stopChild, waitFor } from '../helpers/net.js';
 
@@ -102,6 +103,12 @@ describe('network mode egress', () => {
   afterAll(async () => {
     if (listener) await stopChild(listener);
     uplink?.remove();
+  });
+
+  it('gets the host\'s (non-loopback) nameservers', async () => {
+    const expected = await hostResolvConf();
+    const r = await t.sh('cat /etc/resolv.conf', { spec: { network: 'egress' } });
+    expect(r.stdout).toBe(expected ?? '');
   });
 
   it('reaches the outside through NAT; private does not', async () => {

@@ -14,12 +14,15 @@ import type { VpsPool } from '../../runtime/pool.js';
 import type { RuncEngine } from '../../runtime/runc-engine.js';
 import type { RuncVps } from '../../runtime/runc-vps.js';
 import { ensureTemplate } from '../../runtime/templates/builder.js';
+import { readTemplateInfo } from '../../runtime/templates/store.js';
 import { DEFAULT_RECIPES_DIR } from '../../runtime/templates/recipes.js';
 import { newId } from '../../core/ids.js';
 import { OutputWriter } from '../logs.js';
 import type { JobCheckpointer } from '../checkpoints.js';
 import type { CheckpointStore } from '../../runtime/checkpoint/store.js';
 import { RunningJobs, type RunningJob } from '../running.js';
+import { recoverJob } from '../recovery.js';
+import type { HostRegistry } from '../../core/store/hosts.js';
 
 export { RunningJobs };
 
@@ -41,6 +44,7 @@ export interface RunJobDeps {
   checkpoints: CheckpointStore;
   /** Host policy: checkpoint jobs running longer than this, every this many seconds (0: off). */
   checkpointAfterSec: number;
+  hosts: HostRegistry;
   log: Logger;
 }
 
@@ -65,8 +69,15 @@ export function createProcessor(deps: RunJobDeps, running: RunningJobs) {
     if (isTerminal(job.status)) return; // e.g. canceled while queued
     if (running.byId.has(jobId)) return; // a duplicate delivery of a job this worker is running
     if (job.status === 'running' || job.status === 'checkpointing' || job.status === 'migrating') {
-      await hostLost(deps, job, tenant, log);
+      // Its host is gone (or this is a duplicate delivery): resume from a checkpoint, or host_lost.
+      await recoverJob(deps, running, job, tenant, log);
       return;
+    }
+    if (job.status === 'starting') {
+      // Taken by a worker that stopped before the job ran: it can simply start over, here.
+      if (job.host && job.host !== deps.hostId && (await deps.hosts.get(job.host))) return;
+      await deps.jobs.transition(jobId, 'queued', { host: null }, { from: ['starting'], note: `host ${job.host} stopped before the job ran` });
+      job.status = 'queued';
     }
     if (job.cancelRequested) {
       await deps.jobs.transition(jobId, 'canceled', { finishedAt: new Date().toISOString() }, { host: deps.hostId }).catch(() => undefined);
@@ -85,20 +96,6 @@ export function createProcessor(deps: RunJobDeps, running: RunningJobs) {
       await deps.slots.release(tenant, jobId);
     }
   };
-}
-
-async function hostLost(deps: RunJobDeps, job: Job, tenant: string, log: Logger): Promise<void> {
-  log.warn({ previousHost: job.host }, 'job was running on a worker that is gone: recording host_lost');
-  await deps.jobs
-    .transition(
-      job.id,
-      'failed',
-      { error: { code: 'host_lost', message: `the worker running this job (host ${job.host}) stopped before it finished` }, finishedAt: new Date().toISOString() },
-      { host: job.host, note: 'host_lost' },
-    )
-    .catch((e) => log.warn({ err: e }, 'host_lost transition failed'));
-  await deps.slots.release(tenant, job.id);
-  await deps.jobs.expire(job.id, deps.resultTtlSec);
 }
 
 async function runOne(deps: RunJobDeps, bull: BullJob, job: Job, entry: RunningJob, log: Logger): Promise<void> {
@@ -177,14 +174,17 @@ export async function superviseJob(
         writer.push(stream, data, offset);
       },
     };
+    // The template's defaults (from its manifest or image config) fill what the job leaves open.
+    const tpl = vps.info().spec.template;
+    const defaults = mode.kind === 'run' ? (await readTemplateInfo(deps.engine.layout.templatesDir, tpl.name, tpl.hash))?.defaults : undefined;
     const result =
       mode.kind === 'run'
         ? await vps.run({
             ...common,
             argv: req.command ?? ['/bin/sh', '-c', req.script!],
-            env: req.env,
-            workdir: req.workdir,
-            user: req.user,
+            env: { ...defaults?.env, ...req.env },
+            workdir: req.workdir ?? defaults?.workdir,
+            user: req.user ?? defaults?.user,
             stdin: req.stdin === undefined ? undefined : Buffer.from(req.stdin),
           })
         : await vps.adopt(
