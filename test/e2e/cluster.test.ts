@@ -5,6 +5,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '../../core/config.js';
 import type { Job } from '../../core/job.js';
+import { Layout } from '../../runtime/layout.js';
 import { TEMPLATES_DIR } from '../helpers/engine.js';
 import { freePort, waitFor } from '../helpers/net.js';
 
@@ -63,6 +64,7 @@ describe('runbox cluster', () => {
     expect(await runbox(['cluster', 'down'])).toBe(0);
     await new Promise<void>((r) => (cluster!.exitCode !== null ? r() : cluster!.once('exit', () => r())));
     const netns = execFileSync('ip', ['netns', 'list']).toString();
-    expect(netns).not.toMatch(/rbc[0-9a-f]{6}-h\d/);
+    const instance = new Layout(path.join(stateDir, 'cluster')).instance; // other clusters may run in parallel
+    expect(netns).not.toContain(`rbc${instance}-h`);
   });
 });
