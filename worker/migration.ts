@@ -67,6 +67,16 @@ export interface MigrationDeps {
 
 const ANSWER_TIMEOUT_MS = 180_000;
 
+/**
+ * Failure injection for tests: with RUNBOX_FAULT_INJECTION=1 in a worker's environment, a job
+ * label `runbox.fault` names a step of its migration that fails: `send` (the source breaks the
+ * connection mid-transfer) or `restore` (the target fails before restoring). Ignored otherwise.
+ */
+async function faultFor(jobs: JobStore, jobId: string): Promise<string | undefined> {
+  if (process.env.RUNBOX_FAULT_INJECTION !== '1') return undefined;
+  return (await jobs.get(jobId))?.job.labels['runbox.fault'];
+}
+
 /** The shared secret that authenticates transfers between hosts (made once per Redis). */
 export async function migrationSecret(redis: Redis, keys: Keys): Promise<string> {
   await redis.set(`${keys.prefix}migration-secret`, randomBytes(32).toString('hex'), 'NX');
@@ -98,18 +108,25 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
   }
   try {
     const info = vps.info();
+    // A pooled VPS was created with generous limits and given the job's own in its cgroup: the
+    // target must recreate the job's limits, not the pool's.
+    const limits = (await d.jobs.get(entry.jobId))?.job.limits;
     const header: Header = {
       secret,
       migrationId,
       jobId: entry.jobId,
       vpsId: vps.id,
-      spec: { ...info.spec, template: { name: info.spec.template.name, hash: info.spec.template.hash } },
+      spec: {
+        ...info.spec,
+        ...(limits ? { memoryMb: limits.memoryMb, cpus: limits.cpus, pids: limits.pids } : {}),
+        template: { name: info.spec.template.name, hash: info.spec.template.hash },
+      },
       network: { mode: info.network.mode, address: info.network.address },
       frozenAt: dumped.frozenAt,
     };
     let answer: { ok: boolean; resumedAt?: number; code?: string; message?: string };
     try {
-      answer = await send(target.address, target.migrationPort, header, dir);
+      answer = await send(target.address, target.migrationPort, header, dir, (await faultFor(d.jobs, entry.jobId)) === 'send');
     } catch (e) {
       answer = { ok: false, code: 'unavailable', message: errorMessage(e) };
     }
@@ -139,7 +156,7 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
 }
 
 /** Writes the header line and the tar stream of `dir`, then reads the target's answer line. */
-function send(host: string, port: number, header: Header, dir: string): Promise<{ ok: boolean; resumedAt?: number; code?: string; message?: string }> {
+function send(host: string, port: number, header: Header, dir: string, breakMidway = false): Promise<{ ok: boolean; resumedAt?: number; code?: string; message?: string }> {
   return new Promise((resolve, reject) => {
     const sock = net.connect({ host, port });
     const timer = setTimeout(() => sock.destroy(new Error(`no answer from ${host}:${port} within ${ANSWER_TIMEOUT_MS} ms`)), ANSWER_TIMEOUT_MS);
@@ -161,6 +178,14 @@ function send(host: string, port: number, header: Header, dir: string): Promise<
     sock.on('connect', () => {
       sock.write(`${JSON.stringify(header)}\n`);
       const tar = spawn('tar', ['--create', '--file', '-', '-C', dir, 'images', 'fs.tar'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      if (breakMidway) {
+        tar.stdout.once('data', (chunk: Buffer) => {
+          sock.write(chunk.subarray(0, 1000));
+          sock.destroy(new Error('injected fault: connection broken during the transfer'));
+          tar.kill();
+        });
+        return;
+      }
       tar.stdout.pipe(sock, { end: true });
       tar.on('exit', (code) => {
         if (code !== 0) sock.destroy(new Error(`tar of the checkpoint failed (${code})`));
@@ -209,6 +234,7 @@ export class MigrationServer {
       }
       dir = await fs.mkdtemp(path.join(os.tmpdir(), `runbox-incoming-${header.jobId}-`));
       await untar(sock, rest, dir);
+      if ((await faultFor(this.d.jobs, header.jobId)) === 'restore') throw new RunboxError('internal', 'injected fault: restore on the target failed');
       if (!(await claim(this.d.redis, this.d.keys, header.migrationId, 'target'))) throw new RunboxError('conflict', 'the source took the job back');
       const vps = await this.d.engine.create(header.vpsId, { ...header.spec, template }, {
         imagesDir: path.join(dir, 'images'),

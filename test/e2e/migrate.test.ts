@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Job } from '../../core/job.js';
-import { TestCluster } from '../helpers/cluster-proc.js';
+import { TestCluster, TOKENS } from '../helpers/cluster-proc.js';
 
 /** Live migration between two hosts of a `runbox cluster` (separate network namespaces, TCP). */
 let c: TestCluster;
@@ -8,6 +8,7 @@ beforeAll(async () => {
   c = await TestCluster.start(2, {
     RUNBOX_RATE_LIMIT_PER_SEC: '100000',
     RUNBOX_JOB_LOCK_MS: '3000',
+    RUNBOX_FAULT_INJECTION: '1',
     RUNBOX_LOG_LEVEL: process.env.RUNBOX_TEST_CLUSTER_LOG ?? 'warn',
   });
 }, 120_000);
@@ -109,6 +110,32 @@ describe('live migration (stop-and-copy)', () => {
     expect(hosts.hosts.find((h) => h.id === 'h1')?.draining).toBe(false);
   });
 
+  it.each(['send', 'restore'])('a failure at step "%s" of a move leaves the job running on its source, output intact', async (step) => {
+    const script = 'i=0; while [ $i -lt 40 ]; do echo "s $i"; i=$((i+1)); sleep 0.1; done';
+    const created = await c.json<Job>('/v1/jobs', { body: { script, labels: { 'runbox.fault': step } } });
+    const running = await c.waitStatus(created.id, isRunning, 'the job to run');
+    await new Promise((r) => setTimeout(r, 1000));
+    const res = await c.call(`/v1/jobs/${created.id}/migrate`, { body: { host: other(running.host) } });
+    expect(res.status).toBe(503);
+    expect(((await res.json()) as { detail: string }).detail).toMatch(/keeps running on/);
+    const done = await c.waitStatus(created.id, isDone, 'the job to end');
+    expect(done).toMatchObject({ status: 'succeeded', host: running.host, migrations: [] });
+    const log = await (await c.call(`/v1/jobs/${created.id}/logs`)).text();
+    expect(log.trim().split('\n')).toEqual(Array.from({ length: 40 }, (_, i) => `s ${i}`));
+  });
+
+  it('only the owning tenant can checkpoint or migrate a job', async () => {
+    const created = await c.json<Job>('/v1/jobs', { body: { command: ['sleep', '20'] } });
+    await c.waitStatus(created.id, isRunning, 'the job to run');
+    for (const action of ['migrate', 'checkpoint']) {
+      const r = await c.call(`/v1/jobs/${created.id}/${action}`, { method: 'POST', token: TOKENS.b });
+      expect(r.status, action).toBe(404);
+    }
+    expect((await c.call('/v1/hosts/h1/drain', { method: 'POST', token: TOKENS.b })).status).toBe(404); // not an admin tenant
+    await c.call(`/v1/jobs/${created.id}/cancel`, { method: 'POST' });
+  });
+
+  // Destructive (a host dies): last.
   it('a host killed mid-job: the job resumes on another host from its last checkpoint, log cut back and continued', async () => {
     const script = 'echo start > /tmp/f; i=0; while [ $i -lt 100 ]; do echo "n $i"; i=$((i+1)); sleep 0.1; done; cat /tmp/f';
     const created = await c.json<Job>('/v1/jobs', { body: { script, checkpoint: { everySec: 5 } } });

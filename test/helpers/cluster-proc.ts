@@ -8,6 +8,8 @@ import type { Job } from '../../core/job.js';
 import { TEMPLATES_DIR } from './engine.js';
 import { freePort, waitFor } from './net.js';
 
+export const TOKENS = { default: 'cluster-token-default', b: 'cluster-token-b' };
+
 /** `runbox cluster up --hosts N` as a child process, with an HTTP client for its API. */
 export class TestCluster {
   private out = '';
@@ -26,10 +28,11 @@ export class TestCluster {
       RUNBOX_API_PORT: String(await freePort()),
       RUNBOX_POOL_MIN_IDLE: '1',
       RUNBOX_LOG_LEVEL: 'warn',
+      // Two tenants: "default" (also the admin) and "b".
+      RUNBOX_API_TOKENS: `default=${TOKENS.default},b=${TOKENS.b}`,
       ...extraEnv,
     };
     delete env.RUNBOX_REDIS_URL;
-    delete env.RUNBOX_API_TOKENS;
     const proc = spawn(path.join(REPO_ROOT, 'bin/runbox'), ['cluster', 'up', '--hosts', String(hosts), '--cidr', `10.97.${process.pid % 250}.0/24`], {
       env,
       stdio: ['ignore', 'pipe', 'inherit'],
@@ -44,7 +47,7 @@ export class TestCluster {
     return /API:\s+(\S+)/.exec(this.out)![1]!;
   }
   get token(): string {
-    return /token: (\S+)/.exec(this.out)![1]!;
+    return TOKENS.default;
   }
 
   async call(p: string, init: { method?: string; body?: unknown; token?: string } = {}): Promise<Response> {
