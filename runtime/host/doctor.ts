@@ -1,3 +1,4 @@
+import os from 'node:os';
 import { execFile } from 'node:child_process';
 import { constants as fsc } from 'node:fs';
 import { access, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
@@ -144,8 +145,21 @@ async function criuChecks(criu: string): Promise<DoctorCheck[]> {
     name: 'userfaultfd (lazy pages)',
     ok: uffd.ok,
     optional: true,
-    detail: uffd.ok ? 'supported: post-copy restore possible' : firstLine(uffd.out) || 'not supported',
+    detail: uffd.ok
+      ? 'supported by the kernel; runbox migrates with stop-and-copy (CRIU 4.1 lazy-pages failed here, docs/CHECKPOINT.md)'
+      : firstLine(uffd.out) || 'not supported',
     fix: uffd.ok ? undefined : 'a kernel with CONFIG_USERFAULTFD=y (and vm.unprivileged_userfaultfd or root) enables it',
+  });
+  // Kernels >= 6.16 refuse SO_PASSCRED on TCP sockets, which CRIU < 4.2 treats as fatal.
+  const [kmaj = 0, kmin = 0] = os.release().split('.').map(Number);
+  const criuMinor = Number(/Version:\s*\d+\.(\d+)/.exec(ver.out)?.[1] ?? 0);
+  const tcpOk = kmaj < 6 || (kmaj === 6 && kmin < 16) || (major ?? 0) > 4 || criuMinor >= 2;
+  checks.push({
+    name: 'checkpoints with TCP sockets',
+    ok: tcpOk,
+    optional: true,
+    detail: tcpOk ? 'supported' : `kernel ${os.release()} with CRIU 4.${criuMinor}: VPSs holding an INET socket cannot be checkpointed or migrated (they keep running)`,
+    fix: tcpOk ? undefined : 'a CRIU release that tolerates EOPNOTSUPP for SO_PASSCRED (4.2 or later)',
   });
   return checks;
 }
