@@ -4,43 +4,64 @@
  * Results: one JSON object per line on stdout; progress and notes on stderr.
  */
 import { errorMessage } from '../core/errors.js';
+import { checkpointBench, type ListBenchmark } from './checkpoint.js';
 import { coldRun } from './cold-run.js';
 import { e2eLatency } from './e2e-latency.js';
 import { idleDensity } from './idle-density.js';
+import { migrateBench } from './migrate.js';
 import { pool } from './pool.js';
 import { templateCreate } from './template-create.js';
 import { throughput } from './throughput.js';
 import { BenchContext, installSignalHandlers, Interrupted, interrupted, note, type Benchmark } from './lib.js';
 
 /** Each benchmark gets an address range of its own (no network is used by the current ones). */
-const BENCHMARKS: Array<{ bench: Benchmark; netCidr: string }> = [
+const BENCHMARKS: Array<{ bench: Benchmark | ListBenchmark; netCidr: string }> = [
   { bench: coldRun, netCidr: '10.250.0.0/24' },
   { bench: idleDensity, netCidr: '10.250.2.0/24' },
   { bench: pool, netCidr: '10.250.3.0/24' },
   { bench: throughput, netCidr: '10.250.4.0/24' },
   { bench: e2eLatency, netCidr: '10.250.5.0/24' },
   { bench: templateCreate, netCidr: '10.250.6.0/24' },
+  { bench: checkpointBench, netCidr: '10.250.7.0/24' },
+  { bench: migrateBench, netCidr: '10.250.8.0/24' },
 ];
+
+/** Comma-separated integer lists (`--sizes 64,256`) of the benchmarks that take them. */
+const listOptionsOf = (bench: Benchmark | ListBenchmark) => ('listOptions' in bench ? bench.listOptions : {});
 
 function usage(): string {
   const lines = ['usage: npm run bench -- NAME [--key value ...] | list', 'benchmarks:'];
   for (const { bench } of BENCHMARKS) {
     lines.push(`  ${bench.name.padEnd(14)} ${bench.description}`);
     for (const [k, o] of Object.entries(bench.options)) lines.push(`    --${k} N`.padEnd(20) + `${o.help} (default ${o.default})`);
+    for (const [k, o] of Object.entries(listOptionsOf(bench))) lines.push(`    --${k} N,M`.padEnd(20) + `${o.help} (default ${o.default.join(',')})`);
   }
   return lines.join('\n');
 }
 
-function parseOptions(bench: Benchmark, args: string[]): Record<string, number> {
+function parseOptions(bench: Benchmark | ListBenchmark, args: string[]): { opts: Record<string, number>; lists: Record<string, number[]> } {
   const out: Record<string, number> = {};
+  const lists: Record<string, number[]> = {};
   for (const [k, o] of Object.entries(bench.options)) out[k] = o.default;
+  for (const [k, o] of Object.entries(listOptionsOf(bench))) lists[k] = [...o.default];
   for (let i = 0; i < args.length; i += 2) {
     const flag = args[i]!;
     const m = /^--([a-z][a-z0-9-]*)(?:=(.*))?$/.exec(flag);
     if (!m) throw new UsageError(`unexpected argument "${flag}"`);
     const key = m[1]!;
     const def = bench.options[key];
-    if (!def) throw new UsageError(`${bench.name} has no option --${key} (options: ${Object.keys(bench.options).map((k) => `--${k}`).join(', ') || 'none'})`);
+    const listDef = listOptionsOf(bench)[key];
+    if (listDef) {
+      let raw = m[2];
+      if (raw === undefined) raw = args[i + 1];
+      else i--;
+      if (raw === undefined) throw new UsageError(`--${key} needs a value`);
+      const vs = raw.split(',').map(Number);
+      if (vs.some((v) => !Number.isInteger(v) || v < listDef.min)) throw new UsageError(`--${key} must be comma-separated integers ≥ ${listDef.min}, got "${raw}"`);
+      lists[key] = vs;
+      continue;
+    }
+    if (!def) throw new UsageError(`${bench.name} has no option --${key} (options: ${[...Object.keys(bench.options), ...Object.keys(listOptionsOf(bench))].map((k) => `--${k}`).join(', ') || 'none'})`);
     let raw = m[2];
     if (raw === undefined) raw = args[i + 1];
     else i--; // --key=value takes one slot
@@ -49,7 +70,7 @@ function parseOptions(bench: Benchmark, args: string[]): Record<string, number> 
     if (!Number.isInteger(v) || v < def.min) throw new UsageError(`--${key} must be an integer ≥ ${def.min}, got "${raw}"`);
     out[key] = v;
   }
-  return out;
+  return { opts: out, lists };
 }
 
 class UsageError extends Error {}
@@ -70,8 +91,9 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   let opts: Record<string, number>;
+  let lists: Record<string, number[]>;
   try {
-    opts = parseOptions(entry.bench, rest);
+    ({ opts, lists } = parseOptions(entry.bench, rest));
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
     process.stderr.write(`bench: ${e.message}\n${usage()}\n`);
@@ -84,10 +106,12 @@ async function main(argv: string[]): Promise<number> {
 
   const ctx = await BenchContext.create(entry.bench.name, entry.netCidr);
   installSignalHandlers(() => ctx.cleanup());
-  note(`${entry.bench.name} ${JSON.stringify(opts)}; state dir ${ctx.stateDir}`);
+  note(`${entry.bench.name} ${JSON.stringify({ ...opts, ...lists })}; state dir ${ctx.stateDir}`);
   let code = 0;
   try {
-    await entry.bench.run(ctx, opts);
+    const bench = entry.bench;
+    if ('listOptions' in bench) await bench.run(ctx, opts, lists);
+    else await bench.run(ctx, opts);
   } catch (e) {
     if (e instanceof Interrupted) code = 130;
     else {

@@ -80,7 +80,7 @@ export interface ServiceKnobs {
   workerConcurrency: number;
   poolMinIdle: number;
   poolMax: number;
-  /** Passed to startWorker (the pool's background creations). */
+  /** The pools' refill concurrency (startWorker has no setting: set on its pools once warm); unset: VpsPool's default. */
   refillConcurrency?: number;
 }
 

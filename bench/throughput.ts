@@ -156,9 +156,11 @@ async function profile(ctx: BenchContext, iterations: number): Promise<Record<st
     }
     await fs.rm(img, { force: true });
     const bid = `prof-${newId()}`;
-    await step('helper: runc run -d (bare, true)', () => run(ctx.bareArgs('run', '--detach', '--bundle', bundle, bid), { stdio: 'ignore' }));
-    await sleep(5);
-    await step('helper: runc delete (bare, stopped)', () => run(ctx.bareArgs('delete', '--force', bid)));
+    const started = await step('helper: runc run -d (bare, true)', () => run(ctx.bareArgs('run', '--detach', '--bundle', bundle, bid), { stdio: 'ignore' }));
+    if (started.code !== 0) throw new Error(`runc run -d ${bid} failed (${started.code ?? started.signal})`);
+    await sleep(5); // `true` has exited: what is deleted is a stopped container, as in the engine's destroy
+    const deleted = await step('helper: runc delete (bare, stopped)', () => run(ctx.bareArgs('delete', '--force', bid)));
+    if (deleted.code !== 0) throw new Error(`runc delete ${bid} failed: ${deleted.stderr.trim()}`);
     await step('helper: spawn true', () => execOk(['true']));
     await step('helper: runc --version (Go floor)', () => execOk([RUNC, '--version']));
   }
@@ -173,7 +175,7 @@ const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.le
 interface QueueResult {
   /** Completed jobs/s between the 10th and the 90th percentile of completion times. */
   steadyPerSec: number;
-  /** All jobs / (last completion − first submission... here: worker start). */
+  /** Jobs done / time from the (warm) worker's start to the last completion. */
   overallPerSec: number;
   failures: number;
   cpuMsPerJob: number;
@@ -182,8 +184,6 @@ interface QueueResult {
   nodeCpuMsPerJob: number;
   /** redis-server's CPU per job. */
   redisCpuMsPerJob: number;
-  /** VPSs the pools created during the run (refills and on-the-spot creates alike). */
-  created: number;
 }
 
 /**
@@ -197,7 +197,6 @@ async function queueRun(ctx: BenchContext, redis: BenchRedis, knobs: ServiceKnob
     const ids: string[] = [];
     for (let i = 0; i < jobs; i++) ids.push(await sub.submit({ command: ['true'] }));
     const worker = await startBenchWorker(ctx, cfg, knobs);
-    const createdBefore = worker.pools.reduce((a, p) => a + p.state().created, 0);
     const cpu0 = await cpuBusyMs();
     const own0 = await ownCpuMs();
     const node0 = await processCpuMs('self');
@@ -209,7 +208,6 @@ async function queueRun(ctx: BenchContext, redis: BenchRedis, knobs: ServiceKnob
     const own1 = await ownCpuMs();
     const node1 = await processCpuMs('self');
     const redis1 = await processCpuMs(redis.pid);
-    const stateAfter = worker.pools.map((p) => p.state());
     await worker.close();
     const left = await ctx.engine.list();
     if (left.length) throw new Error(`worker.close() left ${left.length} VPS dirs behind`);
@@ -227,7 +225,6 @@ async function queueRun(ctx: BenchContext, redis: BenchRedis, knobs: ServiceKnob
     const lo = Math.floor(times.length * 0.1);
     const hi = Math.max(lo + 1, Math.floor(times.length * 0.9) - 1);
     const steady = (hi - lo) / ((times[hi]! - times[lo]!) / 1000);
-    const created = stateAfter.reduce((a, p) => a + p.created, 0) - createdBefore;
     return {
       steadyPerSec: steady,
       overallPerSec: sub.done.size / ((t1 - t0) / 1000),
@@ -236,7 +233,6 @@ async function queueRun(ctx: BenchContext, redis: BenchRedis, knobs: ServiceKnob
       ownCpuMsPerJob: (own1 - own0) / Math.max(1, sub.done.size),
       nodeCpuMsPerJob: (node1.self - node0.self) / Math.max(1, sub.done.size),
       redisCpuMsPerJob: (redis1.self - redis0.self) / Math.max(1, sub.done.size),
-      created,
     };
   } finally {
     await sub.close();

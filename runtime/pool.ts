@@ -14,10 +14,10 @@ import type { VpsSpec } from './vps.js';
 const REFILL_DELAY_MS = 20;
 
 /**
- * Two creations at a time: a create waits on helper processes and the kernel about a third of its
- * time, so one alone leaves CPU unused. Measured with the worker's defaults (bench/throughput.ts,
- * 2 cores): 18.4 → 23.5 jobs/s sustained (median of 4 paired rounds; 2 won each round), and the
- * refill of an empty pool 1.5-2x faster (bench/pool.ts).
+ * Two creations at a time: a create waits on helper processes and the kernel for part of its time,
+ * so one alone leaves the CPUs idle. On the 2-core dev VM (docs/BENCHMARKS.md) an empty pool
+ * refills at ~26 VPS/s instead of ~13 (3 adds nothing more), and sustained throughput did not get
+ * worse (the difference was within the noise of the shared machine).
  */
 export const DEFAULT_REFILL_CONCURRENCY = 2;
 
@@ -66,8 +66,9 @@ export class VpsPool {
     this.inUse++;
     const vps = this.idle.shift();
     // While VPSs are still idle, the replacement can wait a moment: started at once, its create
-    // (process spawns, mounts) would compete with this job's own start on the event loop and the
-    // CPUs, and made it ~3x slower (bench/pool.ts: p50 6.8 → 2.2 ms). A pool that ran dry refills now.
+    // (process spawns block the event loop, mounts, runc) competes with this job's own start and
+    // made it ~4x slower (bench/pool.ts, acquire → `started` p50 10.1 ms instead of 2.7 ms).
+    // A pool that ran dry refills at once.
     if (this.idle.length > 0) this.refillSoon();
     else this.refill();
     if (vps) return { vps, warm: true };

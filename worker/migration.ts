@@ -144,7 +144,8 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
       to: target.id,
       startedAt,
       totalMs: Date.now() - t0,
-      frozenMs: (answer.resumedAt ?? Date.now()) - dumped.frozenAt,
+      // Measured on this host's clock only (hosts' clocks may differ): freeze → the target's answer.
+      frozenMs: Date.now() - dumped.frozenAt,
       mode: 'stop-and-copy',
     };
     const stored = await d.jobs.get(entry.jobId);
@@ -178,6 +179,8 @@ function send(host: string, port: number, header: Header, dir: string, breakMidw
     sock.on('connect', () => {
       sock.write(`${JSON.stringify(header)}\n`);
       const tar = spawn('tar', ['--create', '--file', '-', '-C', dir, 'images', 'fs.tar'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let tarErr = '';
+      tar.stderr.on('data', (d: Buffer) => (tarErr = (tarErr + d.toString()).slice(-2000)));
       if (breakMidway) {
         tar.stdout.once('data', (chunk: Buffer) => {
           sock.write(chunk.subarray(0, 1000));
@@ -188,7 +191,7 @@ function send(host: string, port: number, header: Header, dir: string, breakMidw
       }
       tar.stdout.pipe(sock, { end: true });
       tar.on('exit', (code) => {
-        if (code !== 0) sock.destroy(new Error(`tar of the checkpoint failed (${code})`));
+        if (code !== 0 && !breakMidway) sock.destroy(new Error(`tar of the checkpoint failed (${code}): ${tarErr.trim()}`));
       });
     });
   });
@@ -244,7 +247,7 @@ export class MigrationServer {
       const resumedAt = Date.now();
       log.info({ frozenMs: resumedAt - header.frozenAt }, 'migrated in');
       answer({ ok: true, resumedAt });
-      this.d.adopt(header.jobId, vps, `migrated from another host (frozen ${resumedAt - header.frozenAt} ms)`);
+      this.d.adopt(header.jobId, vps, "migrated from another host");
     } catch (e) {
       this.d.log.warn({ err: e, jobId: header?.jobId }, 'incoming migration failed');
       if (header) {

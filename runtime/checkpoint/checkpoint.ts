@@ -144,8 +144,12 @@ export async function snapshot(
   } catch (e) {
     throw new RunboxError('internal', `checkpoint of VPS ${vps.id} failed`, { cause: e });
   } finally {
-    await exec(resumeArgs(engine.runc, vps.id), { timeoutMs: 30_000 });
+    const resumed = await exec(resumeArgs(engine.runc, vps.id), { timeoutMs: 30_000 });
     resumedAt = Date.now();
+    if (resumed.code !== 0) {
+      // eslint-disable-next-line no-unsafe-finally -- a VPS left frozen must be reported, whatever else failed
+      throw new RunboxError('internal', `VPS ${vps.id} could not be resumed after its checkpoint: ${resumed.stderr.trim()}`);
+    }
     await fs.rm(workPath, { recursive: true, force: true });
   }
   return {

@@ -115,6 +115,7 @@ describe('several worker hosts on one Redis', () => {
       const id = await s.submit({ script: 'sleep 1.5; echo finished' });
       await waitFor(async () => (await s.jobs.get(id))?.job.status === 'running', 'the job to run', 20_000);
       host.proc.kill('SIGTERM');
+      await new Promise((r) => setTimeout(r, 500)); // the signal reaches the worker, which stops fetching
       const queuedLater = await s.submit({ command: ['true'] });
       expect(await exited(host.proc)).toBe(0);
       expect(await s.wait(id)).toMatchObject({ status: 'succeeded' });
