@@ -1,8 +1,8 @@
-import { parseArgs } from 'node:util';
 import { RunboxError } from '../core/errors.js';
 import type { Job, JobRequestInput } from '../core/job.js';
 import { ApiClient } from './http-client.js';
 import { exitStatus, parseRunArgs } from './run-args.js';
+import { one, strict, table } from './args.js';
 
 /** Flags only `submit` has; everything else is shared with `runbox run`. */
 const SUBMIT_FLAGS: Record<string, 'string' | 'boolean'> = { wait: 'string', priority: 'string', label: 'string', artifact: 'string', follow: 'boolean', json: 'boolean' };
@@ -207,22 +207,6 @@ export async function hostsCommand(args: string[]): Promise<number> {
   return 0;
 }
 
-function table(head: string[], rows: string[][]): string {
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  return [head, ...rows].map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n') + '\n';
-}
 
-type Options = NonNullable<NonNullable<Parameters<typeof parseArgs>[0]>['options']>;
 
-function strict(args: string[], options: Options, usage: string) {
-  try {
-    return parseArgs({ args, options, allowPositionals: true, strict: true });
-  } catch (e) {
-    throw new RunboxError('invalid_argument', `${(e as Error).message}\nusage: ${usage}`);
-  }
-}
 
-function one(positionals: string[], usage: string): string {
-  if (positionals.length !== 1) throw new RunboxError('invalid_argument', `usage: ${usage}`);
-  return positionals[0]!;
-}

@@ -1,9 +1,9 @@
-import { parseArgs } from 'node:util';
 import path from 'node:path';
 import { parseEnv, runtimeConfigFromEnv } from '../core/config.js';
 import { RunboxError } from '../core/errors.js';
 import { createLogger } from '../core/log.js';
 import { ApiClient } from './http-client.js';
+import { strict, table } from './args.js';
 
 /**
  * `runbox templates ...`:
@@ -140,17 +140,5 @@ async function lsCommand(args: string[]): Promise<number> {
   return 0;
 }
 
-function table(head: string[], rows: string[][]): string {
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  return [head, ...rows].map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n') + '\n';
-}
 
-type Options = NonNullable<NonNullable<Parameters<typeof parseArgs>[0]>['options']>;
 
-function strict(args: string[], options: Options, usage: string) {
-  try {
-    return parseArgs({ args, options, allowPositionals: true, strict: true });
-  } catch (e) {
-    throw new RunboxError('invalid_argument', `${(e as Error).message}\nusage: ${usage}`);
-  }
-}
