@@ -13,6 +13,7 @@ import { JobEvents } from '../../core/store/events.js';
 import { JobStore } from '../../core/store/jobs.js';
 import { LogStore } from '../../core/store/logs.js';
 import { gc } from '../../runtime/gc.js';
+import { RuncEngine } from '../../runtime/runc-engine.js';
 import { startWorker, type WorkerHandle } from '../../worker/main.js';
 import { TEMPLATES_DIR } from './engine.js';
 import type { TestRedis } from './redis.js';
@@ -94,7 +95,11 @@ export class Submitter {
   }
 }
 
+/** Removes everything of a test's instance, also when its worker never finished starting. */
 export async function removeState(cfg: ServiceConfig, engine?: WorkerHandle['engine']): Promise<void> {
-  if (engine) await gc(engine, { all: true });
+  const e =
+    engine ??
+    new RuncEngine({ stateDir: cfg.stateDir, runcPath: cfg.runcPath, agentPath: cfg.agentPath, netCidr: cfg.netCidr, log: createLogger('silent') });
+  await gc(e, { all: true });
   await fs.rm(cfg.stateDir, { recursive: true, force: true });
 }
