@@ -57,11 +57,14 @@ export class JobEvents {
     let timer: NodeJS.Timeout | undefined;
     await new Promise<void>((resolve) => {
       timer = setTimeout(resolve, timeoutMs);
-      void this.watch(id, (s) => isTerminal(s) && resolve()).then(async (unwatch) => {
-        stop = unwatch;
-        const s = await current();
-        if (s === null || isTerminal(s)) resolve();
-      });
+      void this.watch(id, (s) => isTerminal(s) && resolve())
+        .then(async (unwatch) => {
+          stop = unwatch;
+          const s = await current();
+          if (s === null || isTerminal(s)) resolve();
+        })
+        // The connection went away (shutdown): stop waiting, the caller re-reads the job.
+        .catch(() => resolve());
     });
     clearTimeout(timer);
     stop();

@@ -7,6 +7,7 @@ import type { WorkerHandle } from '../../worker/main.js';
 import { removeState, startTestWorker, Submitter, testServiceConfig } from '../helpers/cluster.js';
 import { TEMPLATES_DIR } from '../helpers/engine.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { waitFor } from '../helpers/net.js';
 
 let redis: TestRedis;
 let cfg: ServiceConfig;
@@ -49,11 +50,13 @@ describe('queue policies', () => {
   });
 
   it('priorities: among waiting jobs the higher priority runs first', async () => {
-    const blocker = await s.submit(sleepJob(1), 'tenant-p');
-    await new Promise((r) => setTimeout(r, 200)); // the blocker holds tenant-p's only slot
+    // Both worker slots busy (different tenants, so no tenant slot is in the way); the first slot
+    // to free up must go to the high-priority job, the low one waits for the second.
+    const b1 = await s.submit(sleepJob(1), 'tenant-x');
+    const b2 = await s.submit(sleepJob(2.5), 'tenant-y');
+    await waitFor(async () => (await s.jobs.get(b2))!.job.status === 'running' && (await s.jobs.get(b1))!.job.status === 'running', 'both blockers running');
     const low = await s.submit({ ...sleepJob(0), priority: 10 }, 'tenant-p');
-    const high = await s.submit({ ...sleepJob(0), priority: 90 }, 'tenant-p');
-    await s.wait(blocker);
+    const high = await s.submit({ ...sleepJob(0), priority: 90 }, 'tenant-q');
     const [jl, jh] = [await s.wait(low), await s.wait(high)];
     expect(Date.parse(jh.startedAt!)).toBeLessThan(Date.parse(jl.startedAt!));
   });
