@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
@@ -22,6 +21,7 @@ import {
   type ListBenchmark,
 } from './checkpoint.js';
 import { checkInterrupted, MiB, note, report, sleep, TEMPLATES_DIR, type BenchContext } from './lib.js';
+import { readHeader, send, untar } from '../worker/migration.js';
 
 const NAME = 'migrate';
 /** Job time before and after the move over which its tick rate is taken. */
@@ -109,68 +109,6 @@ class Receiver {
   }
 }
 
-function readHeader(sock: net.Socket): Promise<{ head: string; rest: Buffer }> {
-  return new Promise((resolve, reject) => {
-    let buf = Buffer.alloc(0);
-    const onData = (d: Buffer) => {
-      buf = Buffer.concat([buf, d]);
-      const nl = buf.indexOf(10);
-      if (nl >= 0) {
-        sock.off('data', onData);
-        sock.pause();
-        resolve({ head: buf.subarray(0, nl).toString('utf8'), rest: buf.subarray(nl + 1) });
-      } else if (buf.length > 65536) reject(new Error('header too long'));
-    };
-    sock.on('data', onData);
-    sock.once('error', reject);
-    sock.once('end', () => reject(new Error('connection ended before the header')));
-  });
-}
-
-function untar(sock: net.Socket, first: Buffer, dir: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const tar = spawn('tar', ['--extract', '--file', '-', '-C', dir, '--no-same-owner', 'images', 'fs.tar'], { stdio: ['pipe', 'ignore', 'pipe'] });
-    let err = '';
-    tar.stderr.on('data', (d) => (err += d));
-    tar.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`tar -x failed (${code}): ${err.trim()}`))));
-    tar.stdin.on('error', () => undefined);
-    tar.stdin.write(first);
-    sock.pipe(tar.stdin);
-    sock.resume();
-  });
-}
-
-/** Source side: header line + tar of {images, fs.tar} over TCP, then the target's answer line. */
-function send(port: number, header: Header, dir: string): Promise<{ ok: boolean; resumedAt?: number; message?: string }> {
-  return new Promise((resolve, reject) => {
-    const sock = net.connect({ host: '127.0.0.1', port });
-    const timer = setTimeout(() => sock.destroy(new Error('no answer within 180 s')), 180_000);
-    let answer = '';
-    sock.setEncoding('utf8');
-    sock.on('data', (d: string) => (answer += d));
-    sock.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    sock.on('close', () => {
-      clearTimeout(timer);
-      try {
-        resolve(JSON.parse(answer.split('\n')[0]!) as { ok: boolean });
-      } catch {
-        reject(new Error('the target closed the connection without an answer'));
-      }
-    });
-    sock.on('connect', () => {
-      sock.write(`${JSON.stringify(header)}\n`);
-      const tar = spawn('tar', ['--create', '--file', '-', '-C', dir, 'images', 'fs.tar'], { stdio: ['ignore', 'pipe', 'pipe'] });
-      tar.stdout.pipe(sock, { end: true });
-      tar.on('exit', (code) => {
-        if (code !== 0) sock.destroy(new Error(`tar -c failed (${code})`));
-      });
-    });
-  });
-}
-
 interface Sample {
   /** Dump start (pause) → restored on B (create returned). */
   total: number;
@@ -231,7 +169,7 @@ async function oneMove(ctx: BenchContext, a: RuncEngine, b: RuncEngine, recv: Re
       spec: { ...info.spec, template: { name: info.spec.template.name, hash: info.spec.template.hash } },
       frozenAt: dumped.frozenAt,
     };
-    const answer = await send(recv.port, header, moveDir);
+    const answer = await send('127.0.0.1', recv.port, header, moveDir);
     if (!answer.ok) throw new Error(`the target refused the move: ${answer.message}`);
     src.handOver();
     const handed = await running;

@@ -34,7 +34,7 @@ import type { RunningJob, RunningJobs } from './running.js';
  */
 export type MigrationMode = 'stop-and-copy';
 
-interface Header {
+export interface Header {
   secret: string;
   migrationId: string;
   jobId: string;
@@ -157,7 +157,7 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
 }
 
 /** Writes the header line and the tar stream of `dir`, then reads the target's answer line. */
-function send(host: string, port: number, header: Header, dir: string, breakMidway = false): Promise<{ ok: boolean; resumedAt?: number; code?: string; message?: string }> {
+export function send(host: string, port: number, header: object, dir: string, breakMidway = false): Promise<{ ok: boolean; resumedAt?: number; code?: string; message?: string }> {
   return new Promise((resolve, reject) => {
     const sock = net.connect({ host, port });
     const timer = setTimeout(() => sock.destroy(new Error(`no answer from ${host}:${port} within ${ANSWER_TIMEOUT_MS} ms`)), ANSWER_TIMEOUT_MS);
@@ -270,7 +270,7 @@ function safeEqual(a: unknown, b: string): boolean {
 }
 
 /** Reads up to the first newline (at most 64 KiB): the header. Returns what came after it. */
-function readHeader(sock: net.Socket): Promise<{ head: string; rest: Buffer }> {
+export function readHeader(sock: net.Socket): Promise<{ head: string; rest: Buffer }> {
   return new Promise((resolve, reject) => {
     let buf = Buffer.alloc(0);
     const onData = (d: Buffer) => {
@@ -289,7 +289,7 @@ function readHeader(sock: net.Socket): Promise<{ head: string; rest: Buffer }> {
 }
 
 /** Extracts the rest of the stream into `dir` (only the two expected entries). */
-function untar(sock: net.Socket, first: Buffer, dir: string): Promise<void> {
+export function untar(sock: net.Socket, first: Buffer, dir: string): Promise<void> {
   return new Promise((resolve, reject) => {
     const tar = spawn('tar', ['--extract', '--file', '-', '-C', dir, '--no-same-owner', 'images', 'fs.tar'], { stdio: ['pipe', 'ignore', 'pipe'] });
     let err = '';

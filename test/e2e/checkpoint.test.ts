@@ -2,46 +2,23 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startApi } from '../../api/server.js';
-import { apiDeps } from '../../cli/services.js';
 import type { ServiceConfig } from '../../core/config.js';
 import type { Job } from '../../core/job.js';
-import { createLogger } from '../../core/log.js';
-import type { WorkerHandle } from '../../worker/main.js';
-import { removeState, startTestWorker, testServiceConfig } from '../helpers/cluster.js';
 import { waitFor } from '../helpers/net.js';
-import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { startStack, type Stack } from '../helpers/stack.js';
 
 /** Checkpoints of running jobs through the API (CRIU with leave-running, on one host). */
-let redis: TestRedis;
+let st: Stack;
 let cfg: ServiceConfig;
-let worker: WorkerHandle;
-let api: { url: string; close(): Promise<void> };
-let closeDeps: () => Promise<void>;
-const stop = new AbortController();
-const TOKENS = { a: 'cp-token-a', b: 'cp-token-b' };
-
 beforeAll(async () => {
-  redis = await startRedis();
-  cfg = await testServiceConfig(redis, { apiTokens: `a=${TOKENS.a},b=${TOKENS.b}` });
-  worker = await startTestWorker(cfg, redis.url);
-  const built = await apiDeps(cfg, redis.url, createLogger('silent'), stop.signal);
-  closeDeps = built.close;
-  api = await startApi(built.deps, { host: '127.0.0.1', port: 0 });
+  st = await startStack();
+  cfg = st.cfg;
 });
 afterAll(async () => {
-  stop.abort();
-  await api?.close();
-  await closeDeps?.();
-  await worker?.close();
-  await removeState(cfg, worker?.engine);
-  await redis?.stop();
+  await st?.stop();
 });
 
-async function call(p: string, init: RequestInit & { as?: 'a' | 'b' } = {}): Promise<Response> {
-  const { as = 'a', ...rest } = init;
-  return fetch(api.url + p, { ...rest, headers: { authorization: `Bearer ${TOKENS[as]}`, 'content-type': 'application/json' } });
-}
+const call = (p: string, init?: RequestInit & { as?: 'a' | 'b' }) => st.call(p, init);
 const getJob = async (id: string) => (await (await call(`/v1/jobs/${id}`)).json()) as Job;
 const submit = async (body: object) => ((await (await call('/v1/jobs', { method: 'POST', body: JSON.stringify(body) })).json()) as Job).id;
 const running = (id: string) => waitFor(async () => (await getJob(id)).status === 'running', `job ${id} running`, 20_000);

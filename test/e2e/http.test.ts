@@ -1,43 +1,17 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startApi } from '../../api/server.js';
-import { apiDeps } from '../../cli/services.js';
-import type { ServiceConfig } from '../../core/config.js';
 import type { Job } from '../../core/job.js';
-import { createLogger } from '../../core/log.js';
-import type { WorkerHandle } from '../../worker/main.js';
-import { removeState, startTestWorker, testServiceConfig } from '../helpers/cluster.js';
-import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { startStack, type Stack } from '../helpers/stack.js';
 
 /** The whole system through real HTTP: API + worker + Redis + VPSs. */
-let redis: TestRedis;
-let cfg: ServiceConfig;
-let worker: WorkerHandle;
-let api: { url: string; close(): Promise<void> };
-let closeDeps: () => Promise<void>;
-const stop = new AbortController();
-const TOKENS = { a: 'e2e-token-a', b: 'e2e-token-b' };
-
+let st: Stack;
 beforeAll(async () => {
-  redis = await startRedis();
-  cfg = await testServiceConfig(redis, { apiTokens: `a=${TOKENS.a},b=${TOKENS.b}`, tenantConcurrency: 4 });
-  worker = await startTestWorker(cfg, redis.url);
-  const built = await apiDeps(cfg, redis.url, createLogger('silent'), stop.signal);
-  closeDeps = built.close;
-  api = await startApi(built.deps, { host: '127.0.0.1', port: 0 });
+  st = await startStack({ tenantConcurrency: 4 });
 });
 afterAll(async () => {
-  stop.abort();
-  await api?.close();
-  await closeDeps?.();
-  await worker?.close();
-  await removeState(cfg, worker?.engine);
-  await redis?.stop();
+  await st?.stop();
 });
 
-async function call(path: string, init: RequestInit & { as?: 'a' | 'b' } = {}): Promise<Response> {
-  const { as = 'a', ...rest } = init;
-  return fetch(api.url + path, { ...rest, headers: { authorization: `Bearer ${TOKENS[as]}`, 'content-type': 'application/json', ...(rest.headers ?? {}) } });
-}
+const call = (path: string, init?: RequestInit & { as?: 'a' | 'b' }) => st.call(path, init);
 
 async function run(body: object, opts: { as?: 'a' | 'b'; headers?: Record<string, string> } = {}): Promise<Job> {
   const res = await call('/v1/jobs?wait=60', { method: 'POST', body: JSON.stringify(body), ...opts });
@@ -50,7 +24,7 @@ const logs = async (id: string, as: 'a' | 'b' = 'a') => (await call(`/v1/jobs/${
 describe('jobs end to end over HTTP', () => {
   it('echo: submit, wait, result, output', async () => {
     const job = await run({ command: ['echo', 'hello world'] });
-    expect(job).toMatchObject({ status: 'succeeded', exitCode: 0, outputBytes: 12, host: worker.hostId });
+    expect(job).toMatchObject({ status: 'succeeded', exitCode: 0, outputBytes: 12, host: st.worker.hostId });
     expect(await logs(job.id)).toBe('hello world\n');
   });
 
@@ -153,9 +127,9 @@ describe('jobs end to end over HTTP', () => {
 
   it('hosts and templates show this worker and its pool', async () => {
     const hosts = (await (await call('/v1/hosts')).json()) as { hosts: Array<{ id: string; pools: unknown[] }> };
-    expect(hosts.hosts.map((h) => h.id)).toContain(worker.hostId);
+    expect(hosts.hosts.map((h) => h.id)).toContain(st.worker.hostId);
     const templates = (await (await call('/v1/templates')).json()) as { templates: Array<{ name: string; hosts: string[] }> };
-    expect(templates.templates.find((t) => t.name === 'base')?.hosts).toContain(worker.hostId);
+    expect(templates.templates.find((t) => t.name === 'base')?.hosts).toContain(st.worker.hostId);
   });
 });
 
