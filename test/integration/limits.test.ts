@@ -36,7 +36,8 @@ describe('limits', () => {
     try {
       const out: string[] = [];
       const r = await vps.run({
-        argv: ['sh', '-c', 'bomb() { bomb | bomb & }; bomb; sleep 60'],
+        argv: ['sh', '-c', 'bomb() { bomb | bomb & }; bomb; exec sleep 60'],
+        // exec: the main shell must not need a fork of its own once the pids limit is reached
         timeoutSec: 3,
         outputBytes: 1 << 20,
         onOutput: (_s, d) => out.push(d.toString()),
