@@ -1,6 +1,4 @@
-import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
-import path from 'node:path';
 import { destination, pino, type Logger } from 'pino';
 import { serviceConfigFromEnv, type ServiceConfig } from '../core/config.js';
 import { newId } from '../core/ids.js';
@@ -9,10 +7,11 @@ import { newJobRecord } from '../core/job-record.js';
 import { resolveLimits } from '../core/limits.js';
 import { JobQueue } from '../core/queue.js';
 import { connectRedis } from '../core/redis.js';
+import { startEmbeddedRedis } from '../cli/embedded-redis.js';
 import { JobEvents } from '../core/store/events.js';
 import { JobStore } from '../core/store/jobs.js';
 import { startWorker, type WorkerHandle } from '../worker/main.js';
-import { note, now, sleep, TEMPLATES_DIR, type BenchContext } from './lib.js';
+import { note, now, TEMPLATES_DIR, type BenchContext } from './lib.js';
 
 /**
  * Services for the queue benchmarks, started the way `runbox up` starts them (cli/services.ts):
@@ -29,51 +28,16 @@ export interface BenchRedis {
 }
 
 /**
- * A redis-server like the one `runbox up` embeds: a unix socket only (no TCP port), append-only
- * file with fsync every second, data under the context's state dir. Stopped by ctx.cleanup().
+ * The redis-server `runbox up` embeds (unix socket only, append-only file), without RDB snapshots
+ * so their forks do not disturb the measurements; stopped by ctx.cleanup().
  */
 export async function startBenchRedis(ctx: BenchContext): Promise<BenchRedis> {
-  const dir = path.join(ctx.stateDir, 'redis');
-  await fs.mkdir(dir, { recursive: true, mode: 0o700 });
-  const socket = path.join(dir, 'redis.sock');
-  const child = spawn(
-    'redis-server',
-    ['--port', '0', '--unixsocket', socket, '--unixsocketperm', '700', '--dir', dir, '--appendonly', 'yes', '--appendfsync', 'everysec', '--save', '', '--daemonize', 'no'],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  let stderr = '';
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-2000)));
-  ctx.track('redis-server', child);
-  ctx.defer('redis-server', async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    const exited = new Promise<void>((r) => child.once('exit', () => r()));
-    child.kill('SIGTERM');
-    const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
-    await exited;
-    clearTimeout(t);
-  });
-  const url = `unix://${socket}`;
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    if (await ping(url)) break;
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`redis-server did not start: ${stderr.trim() || 'no output'}`);
-    await sleep(25);
-  }
+  const redis = await startEmbeddedRedis(ctx.stateDir, { rdbSnapshots: false });
+  if (!redis.child) throw new Error(`a redis-server is already running in ${ctx.stateDir}`);
+  ctx.track('redis-server', redis.child);
+  ctx.defer('redis-server', () => redis.stop());
   let n = 0;
-  return { url, pid: child.pid!, prefix: () => `bench${n++}:` };
-}
-
-async function ping(url: string): Promise<boolean> {
-  const c = connectRedis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
-  c.on('error', () => undefined);
-  try {
-    await c.connect();
-    return (await c.ping()) === 'PONG';
-  } catch {
-    return false;
-  } finally {
-    c.disconnect();
-  }
+  return { url: redis.url, pid: redis.child.pid!, prefix: () => `bench${n++}:` };
 }
 
 export interface ServiceKnobs {

@@ -11,10 +11,13 @@ import { connectRedis } from '../core/redis.js';
  */
 export interface EmbeddedRedis {
   url: string;
+  /** The redis-server started here (absent when an already running one was reused). */
+  child?: ChildProcess;
   stop(): Promise<void>;
 }
 
-export async function startEmbeddedRedis(stateDir: string): Promise<EmbeddedRedis> {
+/** `rdbSnapshots: false` (benchmarks) keeps only the append-only file: no forks for RDB saves. */
+export async function startEmbeddedRedis(stateDir: string, opts: { rdbSnapshots?: boolean } = {}): Promise<EmbeddedRedis> {
   const dir = path.join(stateDir, 'redis');
   await fs.mkdir(dir, { recursive: true, mode: 0o700 });
   const socket = path.join(dir, 'redis.sock');
@@ -24,7 +27,7 @@ export async function startEmbeddedRedis(stateDir: string): Promise<EmbeddedRedi
   await fs.rm(socket, { force: true });
   const child: ChildProcess = spawn(
     'redis-server',
-    ['--port', '0', '--unixsocket', socket, '--unixsocketperm', '700', '--dir', dir, '--appendonly', 'yes', '--appendfsync', 'everysec', '--save', '60 1', '--daemonize', 'no'],
+    ['--port', '0', '--unixsocket', socket, '--unixsocketperm', '700', '--dir', dir, '--appendonly', 'yes', '--appendfsync', 'everysec', '--save', opts.rdbSnapshots === false ? '' : '60 1', '--daemonize', 'no'],
     // Its own process group: a terminal's Ctrl-C goes to runbox, which stops Redis last, in order.
     { stdio: ['ignore', 'ignore', 'pipe'], detached: true },
   );
@@ -40,6 +43,7 @@ export async function startEmbeddedRedis(stateDir: string): Promise<EmbeddedRedi
   }
   return {
     url,
+    child,
     stop: () =>
       new Promise<void>((resolve) => {
         if (child.exitCode !== null) return resolve();
