@@ -2,7 +2,7 @@ import os from 'node:os';
 import type { Host } from '../core/store/hosts.js';
 import type { HostRegistry } from '../core/store/hosts.js';
 import type { VpsPool } from '../runtime/pool.js';
-import { listTemplates, readTemplateInfo, resolveTemplate } from '../runtime/templates/store.js';
+import { cachedTemplateInfo, listTemplates, resolveTemplate } from '../runtime/templates/store.js';
 
 export const HEARTBEAT_MS = 2000;
 export const HEARTBEAT_TTL_SEC = 10;
@@ -25,7 +25,7 @@ export class Heartbeat {
     const templates = await Promise.all(
       names.map(async (n) => {
         const { hash } = await resolveTemplate(this.info.templatesDir, n);
-        const info = await this.templateInfo(n, hash);
+        const info = await cachedTemplateInfo(this.info.templatesDir, n, hash);
         return { name: n, hash, sizeBytes: info?.sizeBytes, builtAt: info?.builtAt };
       }),
     );
@@ -43,18 +43,6 @@ export class Heartbeat {
       migrationPort: this.info.migrationPort,
     };
     await this.registry.heartbeat(host, HEARTBEAT_TTL_SEC);
-  }
-
-  /** template.json of built versions (immutable once built, so read once per version). */
-  private readonly infos = new Map<string, { sizeBytes: number; builtAt: string }>();
-  private async templateInfo(name: string, hash: string): Promise<{ sizeBytes: number; builtAt: string } | undefined> {
-    const key = `${name}:${hash}`;
-    if (!this.infos.has(key)) {
-      const info = await readTemplateInfo(this.info.templatesDir, name, hash);
-      if (!info) return undefined;
-      this.infos.set(key, { sizeBytes: info.sizeBytes, builtAt: info.builtAt });
-    }
-    return this.infos.get(key);
   }
 
   start(onError: (e: unknown) => void): void {

@@ -58,6 +58,23 @@ export async function readTemplateInfo(dir: string, name: string, hash: string):
   }
 }
 
+const infoCache = new Map<string, TemplateInfo>();
+
+/**
+ * readTemplateInfo, remembered per version: a version's template.json never changes once built.
+ * For hot paths (every job, every heartbeat); build and GC decisions use readTemplateInfo, which
+ * sees a version disappear.
+ */
+export async function cachedTemplateInfo(dir: string, name: string, hash: string): Promise<TemplateInfo | undefined> {
+  const key = path.join(dir, name, hash);
+  let info = infoCache.get(key);
+  if (!info) {
+    info = await readTemplateInfo(dir, name, hash);
+    if (info) infoCache.set(key, info);
+  }
+  return info;
+}
+
 export interface TemplateVersion {
   info: TemplateInfo;
   current: boolean;

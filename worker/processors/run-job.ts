@@ -14,7 +14,7 @@ import type { VpsPool } from '../../runtime/pool.js';
 import type { RuncEngine } from '../../runtime/runc-engine.js';
 import type { RuncVps } from '../../runtime/runc-vps.js';
 import { ensureTemplate } from '../../runtime/templates/builder.js';
-import { readTemplateInfo } from '../../runtime/templates/store.js';
+import { cachedTemplateInfo } from '../../runtime/templates/store.js';
 import { DEFAULT_RECIPES_DIR } from '../../runtime/templates/recipes.js';
 import { newId } from '../../core/ids.js';
 import { OutputWriter } from '../logs.js';
@@ -176,7 +176,7 @@ export async function superviseJob(
     };
     // The template's defaults (from its manifest or image config) fill what the job leaves open.
     const tpl = vps.info().spec.template;
-    const defaults = mode.kind === 'run' ? (await readTemplateInfo(deps.engine.layout.templatesDir, tpl.name, tpl.hash))?.defaults : undefined;
+    const defaults = mode.kind === 'run' ? (await cachedTemplateInfo(deps.engine.layout.templatesDir, tpl.name, tpl.hash))?.defaults : undefined;
     const result =
       mode.kind === 'run'
         ? await vps.run({
