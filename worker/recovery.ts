@@ -53,10 +53,8 @@ export async function recoverJob(deps: RunJobDeps, running: RunningJobs, job: Jo
     return true;
   } catch (e) {
     log.error({ err: e }, 'restoring from the checkpoint failed');
-    await deps.jobs
-      .transition(job.id, 'failed', { error: { code: 'host_lost', message: `host ${job.host} was lost and restoring checkpoint ${cp.meta.id} failed: ${errorMessage(e)}` }, finishedAt: new Date().toISOString() }, { host: deps.hostId })
-      .catch(() => undefined);
-    return true;
+    // The same end as a job without a checkpoint (slot released, record kept for its TTL).
+    return hostLost(deps, job, tenant, log, `restoring checkpoint ${cp.meta.id} failed: ${errorMessage(e)}`);
   } finally {
     running.byId.delete(job.id);
   }
