@@ -259,6 +259,4 @@ export class RuncEngine implements VpsEngine {
     vps.endSwap(channel);
   }
 
-  /** Waits for a freshly started agent (used by restore when the job had not started yet). */
-  waitReady = waitReady;
 }

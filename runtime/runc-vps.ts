@@ -4,7 +4,7 @@ import { RunboxError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { AgentChannel } from './agent/channel.js';
 import {
-  AGENT_VERSION, encodeCollect, encodeFileWrite, encodeJob, encodeOutputQuery, encodeSignal, encodeStdin, encodeStdinClose, type AgentFrame,
+  AGENT_VERSION, encodeCollect, encodeFileWrite, encodeJob, encodeOutputQuery, encodeStdin, encodeStdinClose, type AgentFrame,
 } from './agent/protocol.js';
 import { collectThrough, type CollectOptions, type CollectResult } from './agent/collect.js';
 import { VpsCgroup } from './cgroups/cgroup.js';
@@ -329,8 +329,4 @@ export class RuncVps implements Vps {
     return (await answer).bytes;
   }
 
-  /** Sends a signal to every process of the VPS through the agent. */
-  async signal(sig: number): Promise<void> {
-    await this.channel.send(encodeSignal(sig));
-  }
 }
