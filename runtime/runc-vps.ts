@@ -328,5 +328,4 @@ export class RuncVps implements Vps {
     await this.channel.send(encodeOutputQuery());
     return (await answer).bytes;
   }
-
 }
