@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# Makes a working CRIU (>= 4) available at $RUNBOX_CRIU_PREFIX/bin/criu (default /opt/runbox/criu).
+# Makes a working CRIU (>= 4.2) available at $RUNBOX_CRIU_PREFIX/bin/criu (default /opt/runbox/criu).
 #
-# Debian 12's criu 3.17 fails on current kernels ("Unexpected rt vDSO area bounds"). When the host
-# already has a criu >= 4, the wrapper just runs it. Otherwise criu and its libraries (including
-# glibc, trixie's criu needs glibc >= 2.38) are taken from the next Debian release with a private apt
-# configuration (the host itself stays on its release), unpacked with `dpkg -x` into a private
-# prefix, and run through that prefix's own dynamic loader. The mirror is derived from the host's
-# own apt sources; no registry host name is written here.
+# Debian 12's criu 3.17 fails on current kernels ("Unexpected rt vDSO area bounds"), and CRIU < 4.2
+# cannot dump any TCP socket on kernels >= 6.16 ("sockets: Can't get 1:16 opt: Operation not
+# supported": SO_PASSCRED is refused on INET sockets since 6.16; CRIU 4.2 asks only where it
+# applies). When the host already has a criu >= 4.2, the wrapper just runs it. Otherwise criu and
+# its libraries (including glibc: Debian's newer criu builds need a newer glibc than bookworm's) are
+# taken from Debian testing (forky, criu 4.2.x) with a private apt configuration (the host itself
+# stays on its release), unpacked with `dpkg -x` into a private prefix, and run through that
+# prefix's own dynamic loader. The mirror is derived from the host's own apt sources; no registry
+# host name is written here. RUNBOX_CRIU_SUITE picks another suite.
 #
-# Idempotent: does nothing when the wrapper exists and reports version >= 4.
+# Idempotent: does nothing when the wrapper exists and reports version >= 4.2.
 # Called by scripts/setup.sh; may also be run on its own (as root).
 set -euo pipefail
 
 PREFIX="${RUNBOX_CRIU_PREFIX:-/opt/runbox/criu}"
-TARGET_SUITE="${RUNBOX_CRIU_SUITE:-trixie}"
+TARGET_SUITE="${RUNBOX_CRIU_SUITE:-forky}"
 WRAPPER="$PREFIX/bin/criu"
-WRAPPER_MARK="# runbox-criu-wrapper v1"
+WRAPPER_MARK="# runbox-criu-wrapper v2"
 MULTIARCH=x86_64-linux-gnu
 
 log() { echo "setup: $*"; }
@@ -26,15 +29,17 @@ die() {
   exit 1
 }
 
-# Prints the major version reported by `CMD --version` ("Version: 4.1.1"), or nothing.
-criu_major() {
-  "$@" --version 2>/dev/null | sed -n 's/^Version:[[:space:]]*\([0-9][0-9]*\).*/\1/p' | head -n1 || true
+# Prints major*100+minor of the version reported by `CMD --version` ("Version: 4.2.1" -> 402), or nothing.
+criu_version() {
+  "$@" --version 2>/dev/null | sed -n 's/^Version:[[:space:]]*\([0-9][0-9]*\)\.\([0-9][0-9]*\).*/\1 \2/p' |
+    head -n1 | awk '{ print $1 * 100 + $2 }' || true
 }
+MIN_VERSION=402
 
-# ---- cache: wrapper present, current, and >= 4 --------------------------------------------------
+# ---- cache: wrapper present, current, and >= 4.2 ------------------------------------------------
 if [ -x "$WRAPPER" ] && grep -qF "$WRAPPER_MARK" "$WRAPPER" 2>/dev/null; then
-  major="$(criu_major "$WRAPPER")"
-  if [ -n "$major" ] && [ "$major" -ge 4 ]; then
+  version="$(criu_version "$WRAPPER")"
+  if [ -n "$version" ] && [ "$version" -ge "$MIN_VERSION" ]; then
     exit 0
   fi
 fi
@@ -67,11 +72,11 @@ EOF
 }
 
 verify_wrapper() {
-  local major out
-  major="$(criu_major "$WRAPPER")"
-  if [ -z "$major" ] || [ "$major" -lt 4 ]; then
+  local version out
+  version="$(criu_version "$WRAPPER")"
+  if [ -z "$version" ] || [ "$version" -lt "$MIN_VERSION" ]; then
     rm -f "$WRAPPER"
-    die "$WRAPPER does not report CRIU >= 4 (got: '$("$WRAPPER" --version 2>&1 | head -n3 | tr '\n' ' ')')." \
+    die "$WRAPPER does not report CRIU >= 4.2 (got: '$("$WRAPPER" --version 2>&1 | head -n3 | tr '\n' ' ')')." \
       "Remove $PREFIX and run scripts/setup.sh again."
   fi
   if ! out="$("$WRAPPER" check 2>&1)" || ! grep -q 'Looks good' <<<"$out"; then
@@ -82,13 +87,13 @@ verify_wrapper() {
   fi
 }
 
-# ---- a system criu >= 4? ------------------------------------------------------------------------
+# ---- a system criu >= 4.2? ----------------------------------------------------------------------
 for cand in "$(command -v criu 2>/dev/null || true)" /usr/sbin/criu /usr/local/sbin/criu; do
   [ -n "$cand" ] && [ -x "$cand" ] || continue
   [ "$(readlink -f "$cand")" = "$(readlink -f "$WRAPPER")" ] && continue
-  major="$(criu_major "$cand")"
-  if [ -n "$major" ] && [ "$major" -ge 4 ]; then
-    log "using system CRIU $cand (version $major.x) through $WRAPPER"
+  version="$(criu_version "$cand")"
+  if [ -n "$version" ] && [ "$version" -ge "$MIN_VERSION" ]; then
+    log "using system CRIU $cand through $WRAPPER"
     write_wrapper "exec \"$(readlink -f "$cand")\" \"\$@\""
     verify_wrapper
     exit 0
@@ -150,7 +155,7 @@ find_host_source() {
 
 src="$(find_host_source | head -n1)"
 [ -n "$src" ] || die "could not find a '$HOST_SUITE' Debian source in /etc/apt/sources.list or /etc/apt/sources.list.d/." \
-  "CRIU >= 4 is needed; install it by hand (criu --version must report 4.x) and run setup again."
+  "CRIU >= 4.2 is needed; install it by hand (criu --version must report 4.2 or later) and run setup again."
 MIRROR="${src%%$'\t'*}"
 SIGNED_BY="${src#*$'\t'}"
 if [ -n "$SIGNED_BY" ] && [ ! -r "$SIGNED_BY" ]; then
@@ -207,9 +212,9 @@ if ! pkgs="$(apt-cache -c "$APTDIR/apt.conf" depends --recurse --no-recommends -
   --no-conflicts --no-breaks --no-replaces --no-enhances criu 2>"$work/depends.log" |
   grep -v '^[[:space:]<]' | sort -u)" || [ -z "$pkgs" ]; then
   cat "$work/depends.log" >&2
-  die "could not list criu's dependencies in Debian $TARGET_SUITE." "Rerun scripts/setup.sh; if it persists, install criu >= 4 by hand."
+  die "could not list criu's dependencies in Debian $TARGET_SUITE." "Rerun scripts/setup.sh; if it persists, install criu >= 4.2 by hand."
 fi
-grep -qx criu <<<"$pkgs" || die "Debian $TARGET_SUITE has no criu package." "Install criu >= 4 by hand."
+grep -qx criu <<<"$pkgs" || die "Debian $TARGET_SUITE has no criu package." "Install criu >= 4.2 by hand."
 
 mkdir -p "$work/debs"
 # shellcheck disable=SC2086

@@ -57,7 +57,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   rm -f "$aptlog"
 fi
 
-# ---- c. CRIU >= 4 (private prefix when the system one is older) -----------------------------------
+# ---- c. CRIU >= 4.2 (private prefix when the system one is older) -----------------------------------
 bash "$ROOT/scripts/install-criu.sh"
 
 # ---- d. npm dependencies ------------------------------------------------------------------------

@@ -9,7 +9,12 @@ export type NetworkMode = 'none' | 'private' | 'egress';
 
 export interface VpsNetwork {
   mode: NetworkMode;
-  /** Named netns (under /run/netns) for private/egress; none uses a fresh netns made by runc. */
+  /**
+   * Named netns (under /run/netns), made by us in every mode, none included: runc then hands it to
+   * CRIU as an external namespace, so a checkpoint restores into a netns we prepared (loopback up).
+   * A netns made by runc comes back from a restore with loopback down, and CRIU cannot reconnect
+   * the VPS's TCP sockets ("Can't connect inet socket back: Network is unreachable").
+   */
   netns?: string;
   hostVeth?: string;
   address?: string;
@@ -98,7 +103,17 @@ export class HostNetwork {
   }
 
   async setup(vpsId: string, mode: NetworkMode, wantedAddress?: string): Promise<VpsNetwork> {
-    if (mode === 'none') return { mode };
+    if (mode === 'none') {
+      const netns = this.netnsName(vpsId);
+      await execOk(['ip', 'netns', 'add', netns]);
+      try {
+        await execOk(['ip', '-n', netns, 'link', 'set', 'lo', 'up']);
+      } catch (e) {
+        await exec(['ip', 'netns', 'del', netns]);
+        throw e;
+      }
+      return { mode, netns };
+    }
     await this.ensure();
     const address = await this.allocate(vpsId, wantedAddress);
     const netns = this.netnsName(vpsId);
@@ -131,7 +146,10 @@ export class HostNetwork {
 
   /** Idempotent. Deletes the veth explicitly: netns removal frees its devices only asynchronously. */
   async teardown(vpsId: string, net: VpsNetwork): Promise<void> {
-    if (net.mode === 'none') return;
+    if (net.mode === 'none') {
+      if (net.netns) await exec(['ip', 'netns', 'del', net.netns]);
+      return;
+    }
     if (net.mode === 'egress' && net.address) {
       await exec(['nft', 'delete', 'element', 'inet', this.table, 'egress', `{ ${net.address} }`]);
     }

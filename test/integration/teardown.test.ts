@@ -40,7 +40,7 @@ describe('teardown', () => {
 
   it('gc cleans up after a process that crashed while owning VPSs', async () => {
     const before = await hostSnapshot(t.engine);
-    // A separate process creates two VPSs (one with a network), starts a job, and is SIGKILLed.
+    // A separate process creates two VPSs (private and none network), starts a job, and is SIGKILLed.
     const script = `
       import { RuncEngine } from ${JSON.stringify(path.join(REPO_ROOT, 'dist/runtime/runc-engine.js'))};
       import { resolveTemplate } from ${JSON.stringify(path.join(REPO_ROOT, 'dist/runtime/templates/store.js'))};
@@ -64,7 +64,7 @@ describe('teardown', () => {
 
     const orphaned = await hostSnapshot(t.engine);
     expect(orphaned.runcContainers).toBe(before.runcContainers + 2);
-    expect(orphaned.netns).toBe(before.netns + 1);
+    expect(orphaned.netns).toBe(before.netns + 2); // every VPS has a netns of ours, "none" ones too
 
     const report = await gc(t.engine);
     expect(report.vps.sort()).toEqual(['orphan0000a1', 'orphan0000b2']);
