@@ -7,6 +7,7 @@ import { detectCgroupLayout, type CgroupLayout } from './cgroups/layout.js';
 import { isAlive, processStart, selfRef, type ProcessRef } from './host/proc.js';
 import { Layout, VPS_ID } from './layout.js';
 import { HostNetwork, type VpsNetwork } from './net/network.js';
+import { applyNetnsConfig } from './net/netns-config.js';
 import { hostResolvConf } from './net/dns.js';
 import { restoreArgs, runArgs, runcDelete, type RuncGlobal } from './oci/runc.js';
 import { execOk } from './exec.js';
@@ -130,6 +131,11 @@ export class RuncEngine implements VpsEngine {
       ]);
       record.network = network;
       await this.writeRecord(record);
+      if (restore && network.netns) {
+        // Addresses, routes and firewall rules the job made in its netns on the previous host.
+        const { skipped } = await applyNetnsConfig(network.netns, restore.imagesDir);
+        if (skipped.length) log.warn({ skipped }, 'network configuration of links the job created itself was not restored');
+      }
       const config = buildSpec({
         rootfs: p.rootfs,
         hostname: spec.hostname,

@@ -6,6 +6,7 @@ import { checkpointArgs, pauseArgs, restoreArgs, resumeArgs, runcDelete, runcSta
 import { readInitRef, within, type RuncEngine } from '../runc-engine.js';
 import type { RuncVps } from '../runc-vps.js';
 import { next } from '../state.js';
+import { saveNetnsConfig } from '../net/netns-config.js';
 
 export interface CheckpointInfo {
   imagePath: string;
@@ -78,7 +79,7 @@ export async function restore(engine: RuncEngine, vps: RuncVps, imagePath: strin
     await engine.startRestored(vps, restoreArgs(engine.runc, vps.id, { bundle: p.bundle, pidFile: p.pidFile, imagePath, workPath }));
   } catch (e) {
     vps.endSwap(undefined);
-    throw new RunboxError('internal', `restore of VPS ${vps.id} failed`, { cause: e });
+    throw new RunboxError('internal', `restore of VPS ${vps.id} failed${await criuErrors(workPath, 'restore.log')}`, { cause: e });
   } finally {
     await fs.rm(workPath, { recursive: true, force: true });
   }
@@ -89,6 +90,22 @@ export async function restore(engine: RuncEngine, vps: RuncVps, imagePath: strin
     await engine.writeRecord(record);
   }
   return { durationMs: Date.now() - t0 };
+}
+
+/**
+ * The error lines of a CRIU log (runc's own message only says "criu failed: type NOTIFY" and names
+ * a log file inside the work dir, which is removed right after), as a suffix for an error message.
+ */
+export async function criuErrors(workPath: string, logName: string): Promise<string> {
+  const text = await fs.readFile(path.join(workPath, logName), 'utf8').catch(() => '');
+  const errors = text.split('\n').filter((l) => /\bError\b/.test(l)).map((l) => l.replace(/^\([\d.]+\)\s*/, '').trim());
+  return errors.length ? `: ${errors.slice(0, 5).join('; ')}` : '';
+}
+
+/** The VPS's own network configuration, read while it is frozen (alongside the dump: no extra pause). */
+async function saveNetwork(vps: RuncVps, imagesDir: string): Promise<void> {
+  const { netns, address, gateway } = vps.info().network;
+  if (netns) await saveNetnsConfig(netns, { address, gateway }, imagesDir);
 }
 
 async function dirSize(dir: string): Promise<number> {
@@ -139,7 +156,10 @@ export async function snapshot(
   const frozenAt = Date.now();
   let resumedAt = frozenAt;
   try {
-    await execOk(checkpointArgs(engine.runc, vps.id, { imagePath: out.imagesDir, workPath, leaveRunning: true }), { timeoutMs: 120_000 });
+    await Promise.all([
+      execOk(checkpointArgs(engine.runc, vps.id, { imagePath: out.imagesDir, workPath, leaveRunning: true }), { timeoutMs: 120_000 }),
+      saveNetwork(vps, out.imagesDir),
+    ]);
     await execOk(fsTarArgs(path.join(p.layerMount, 'upper'), out.fsTar, out.snapshot), { timeoutMs: 120_000 });
   } catch (e) {
     throw new RunboxError('internal', `checkpoint of VPS ${vps.id} failed`, { cause: e });
@@ -184,7 +204,10 @@ export async function dumpForMove(engine: RuncEngine, vps: RuncVps, outDir: stri
   try {
     // CRIU would take output still in the pipe into its images and not hand it back: read it first.
     await old.drained();
-    await execOk(checkpointArgs(engine.runc, vps.id, { imagePath: imagesDir, workPath, leaveRunning: false }), { timeoutMs: 120_000 });
+    await Promise.all([
+      execOk(checkpointArgs(engine.runc, vps.id, { imagePath: imagesDir, workPath, leaveRunning: false }), { timeoutMs: 120_000 }),
+      saveNetwork(vps, imagesDir),
+    ]);
   } catch (e) {
     vps.endSwap(undefined);
     await exec(resumeArgs(engine.runc, vps.id), { timeoutMs: 30_000 });

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dumpForMove } from '../../runtime/checkpoint/checkpoint.js';
 import { testEngine, type TestEngine } from '../helpers/engine.js';
 import { waitFor } from '../helpers/net.js';
+import { execOk } from '../../runtime/exec.js';
 
 /** A running VPS moved between two runtime instances (two "hosts" sharing this kernel). */
 let a: TestEngine;
@@ -19,19 +20,25 @@ afterAll(async () => {
 });
 
 describe('stop-and-copy move of a running VPS', () => {
-  it('continues on the other host: same PIDs, memory, files, hostname; output without gap or repeat', async () => {
-    const src = await a.create({ hostname: 'moving-box' });
+  it('continues on the other host: same PIDs, memory, files, hostname, network config; output without gap or repeat', async () => {
+    const src = await a.create({ hostname: 'moving-box', network: 'private' });
     let out = '';
     const script = [
       'echo written-before > /tmp/state.txt',
+      // In-VPS network configuration (root there has NET_ADMIN): must be there after the move.
+      'ip addr add 10.123.0.1/32 dev lo && ip route add 10.124.0.0/24 dev eth0 metric 7 && echo net-configured',
       'sleep 1000 & echo "bg=$!"',
       'i=0; while [ $i -lt 40 ]; do echo "$i $$ $(hostname) $(cat /tmp/state.txt)"; i=$((i+1)); sleep 0.05; done',
       'echo "bg-still=$(kill -0 $(pidof sleep) && echo yes)"',
+      'ip addr show dev lo | grep -q "10.123.0.1/32" && ip route | grep -q "10.124.0.0/24 dev eth0 .*metric 7" && echo net-kept',
     ].join('; ');
     const first = src.run({ argv: ['sh', '-c', script], timeoutSec: 60, outputBytes: 1 << 20, onOutput: (_s, d) => (out += d.toString()) });
     const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'runbox-move-'));
     try {
       await waitFor(() => out.split('\n').length > 10, 'ten lines on the source', 10_000);
+      // A firewall rule in the VPS's netns (the base template has no nft binary: set from outside).
+      const srcNs = `/run/netns/${src.info().network.netns}`;
+      await execOk(['nsenter', `--net=${srcNs}`, 'nft', '-f', '-'], { input: 'table inet jobfw {\n chain input {\n type filter hook input priority 0;\n tcp dport 7777 drop\n }\n}\n' });
       const dumped = await dumpForMove(a.engine, src, dir);
       const offset = Buffer.byteLength(out); // everything the source produced before the freeze
       src.handOver();
@@ -49,9 +56,12 @@ describe('stop-and-copy move of a running VPS', () => {
       expect(resumedAt).toBe(offset); // the source delivered everything before the freeze
       expect(rest.exitCode).toBe(0);
       const lines = out.trim().split('\n');
-      const pid = lines[1]!.split(' ')[1];
-      expect(lines.slice(1, 41)).toEqual(Array.from({ length: 40 }, (_, i) => `${i} ${pid} moving-box written-before`));
-      expect(lines.at(-1)).toBe('bg-still=yes');
+      const pid = lines[2]!.split(' ')[1];
+      expect(lines[0]).toBe('net-configured');
+      expect(lines.slice(2, 42)).toEqual(Array.from({ length: 40 }, (_, i) => `${i} ${pid} moving-box written-before`));
+      expect(lines.slice(-2)).toEqual(['bg-still=yes', 'net-kept']);
+      const rules = await execOk(['nsenter', `--net=/run/netns/${dst.info().network.netns}`, 'nft', 'list', 'ruleset']);
+      expect(rules.stdout).toMatch(/tcp dport 7777 drop/);
     } finally {
       await b.engine.destroy(src.id);
       await fs.rm(dir, { recursive: true, force: true });
