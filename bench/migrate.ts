@@ -21,7 +21,7 @@ import {
   type ListBenchmark,
 } from './checkpoint.js';
 import { checkInterrupted, MiB, note, report, sleep, TEMPLATES_DIR, type BenchContext } from './lib.js';
-import { readHeader, send, untar } from '../worker/migration.js';
+import { exchange, readHeader, untar } from '../worker/migration.js';
 
 const NAME = 'migrate';
 /** Job time before and after the move over which its tick rate is taken. */
@@ -169,7 +169,7 @@ async function oneMove(ctx: BenchContext, a: RuncEngine, b: RuncEngine, recv: Re
       spec: { ...info.spec, template: { name: info.spec.template.name, hash: info.spec.template.hash } },
       frozenAt: dumped.frozenAt,
     };
-    const answer = await send('127.0.0.1', recv.port, header, moveDir);
+    const answer = await exchange('127.0.0.1', recv.port, header, { dir: moveDir });
     if (!answer.ok) throw new Error(`the target refused the move: ${answer.message}`);
     src.handOver();
     const handed = await running;

@@ -144,6 +144,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     keys,
     running,
     log: hlog,
+    recipesDir: config.recipesDir,
     adopt: (jobId, vps, note) => void adoptJob(runDeps, running, jobId, vps, note).catch((e) => hlog.error({ err: e, jobId }, 'adopted job failed')),
   };
   const migrationServer = new MigrationServer(migrationDeps, secret);

@@ -15,7 +15,8 @@ import type { Keys } from '../core/store/keys.js';
 import { dumpForMove, restore } from '../runtime/checkpoint/checkpoint.js';
 import type { RuncEngine } from '../runtime/runc-engine.js';
 import type { RuncVps } from '../runtime/runc-vps.js';
-import { resolveTemplate } from '../runtime/templates/store.js';
+import { ensureTemplateVersion } from '../runtime/templates/builder.js';
+import { DEFAULT_RECIPES_DIR } from '../runtime/templates/recipes.js';
 import type { VpsSpec } from '../runtime/vps.js';
 import type { NetworkMode } from '../runtime/net/network.js';
 import type { RunningJob, RunningJobs } from './running.js';
@@ -23,10 +24,13 @@ import type { RunningJob, RunningJobs } from './running.js';
 /**
  * Live migration, stop-and-copy, directly from host to host over TCP:
  *
- *   source: freeze → drain output → CRIU dump → archive the layer → connect to the target
- *           → header line (JSON) + tar of {images, fs.tar} → wait for the answer line
- *   target: check the template version → replay the layer → restore (same address, same
- *           hostname) → claim the job → answer → supervise the job to its end
+ *   source: ask the target to prepare (while the job keeps running) → freeze → drain output
+ *           → CRIU dump → archive the layer → connect to the target → header line (JSON) + tar
+ *           of {images, fs.tar} → wait for the answer line
+ *   target: prepare: have the checkpoint's template version (build it from the recipe if that
+ *           makes exactly this version) → answer
+ *           move: replay the layer → restore (same address, same hostname, the job's own network
+ *           configuration) → claim the job → answer → supervise the job to its end
  *
  * Never two live copies: both sides claim the migration with SET NX on one Redis key before a
  * copy may run. The target claims before `runc restore`; a source whose transfer failed claims
@@ -42,6 +46,13 @@ export interface Header {
   spec: Omit<VpsSpec, 'template'> & { template: { name: string; hash: string } };
   network: { mode: NetworkMode; address?: string };
   frozenAt: number;
+}
+
+/** The first message of a migration: make sure the target can restore it, before the job freezes. */
+export interface PrepareHeader {
+  secret: string;
+  jobId: string;
+  prepare: { template: { name: string; hash: string } };
 }
 
 export interface MigrationResult {
@@ -61,16 +72,23 @@ export interface MigrationDeps {
   keys: Keys;
   running: RunningJobs;
   log: Logger;
+  /** Template recipes, to build the version an incoming job needs (default: templates/ of this checkout). */
+  recipesDir?: string;
   /** Runs a job that arrived here already running, to its end (the processor's supervision). */
   adopt(jobId: string, vps: RuncVps, note: string): void;
 }
 
 const ANSWER_TIMEOUT_MS = 180_000;
+/** A target may have to build a template version first (a minute or two for a Debian one). */
+const PREPARE_TIMEOUT_MS = 600_000;
+
+type Answer = { ok: boolean; resumedAt?: number; code?: string; message?: string };
 
 /**
  * Failure injection for tests: with RUNBOX_FAULT_INJECTION=1 in a worker's environment, a job
- * label `runbox.fault` names a step of its migration that fails: `send` (the source breaks the
- * connection mid-transfer) or `restore` (the target fails before restoring). Ignored otherwise.
+ * label `runbox.fault` names a step of its migration that fails: `prepare` (the target cannot get
+ * the template version), `send` (the source breaks the connection mid-transfer) or `restore` (the
+ * target fails before restoring). Ignored otherwise.
  */
 async function faultFor(jobs: JobStore, jobId: string): Promise<string | undefined> {
   if (process.env.RUNBOX_FAULT_INJECTION !== '1') return undefined;
@@ -96,6 +114,15 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
   const t0 = Date.now();
   const startedAt = new Date(t0).toISOString();
   const migrationId = newId(8);
+  const template = { name: vps.info().spec.template.name, hash: vps.info().spec.template.hash };
+  // The job keeps running while the target gets ready (it may build the template version first).
+  const prepared = await exchange(target.address, target.migrationPort, { secret, jobId: entry.jobId, prepare: { template } } satisfies PrepareHeader, { timeoutMs: PREPARE_TIMEOUT_MS }).catch(
+    (e: unknown): Answer => ({ ok: false, code: 'unavailable', message: errorMessage(e) }),
+  );
+  if (!prepared.ok) {
+    const code = prepared.code === 'checkpoint_incompatible' ? 'checkpoint_incompatible' : 'unavailable';
+    throw new RunboxError(code, `host ${target.id} cannot take job ${entry.jobId}: ${prepared.message}; the job keeps running on ${d.hostId}`);
+  }
   await d.jobs.transition(entry.jobId, 'migrating', {}, { from: ['running'], host: d.hostId, note: `to ${target.id}` });
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), `runbox-migrate-${entry.jobId}-`));
   let dumped: Awaited<ReturnType<typeof dumpForMove>>;
@@ -119,14 +146,14 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
       spec: {
         ...info.spec,
         ...(limits ? { memoryMb: limits.memoryMb, cpus: limits.cpus, pids: limits.pids } : {}),
-        template: { name: info.spec.template.name, hash: info.spec.template.hash },
+        template,
       },
       network: { mode: info.network.mode, address: info.network.address },
       frozenAt: dumped.frozenAt,
     };
-    let answer: { ok: boolean; resumedAt?: number; code?: string; message?: string };
+    let answer: Answer;
     try {
-      answer = await send(target.address, target.migrationPort, header, dir, (await faultFor(d.jobs, entry.jobId)) === 'send');
+      answer = await exchange(target.address, target.migrationPort, header, { dir, breakMidway: (await faultFor(d.jobs, entry.jobId)) === 'send' });
     } catch (e) {
       answer = { ok: false, code: 'unavailable', message: errorMessage(e) };
     }
@@ -156,11 +183,15 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
   }
 }
 
-/** Writes the header line and the tar stream of `dir`, then reads the target's answer line. */
-export function send(host: string, port: number, header: object, dir: string, breakMidway = false): Promise<{ ok: boolean; resumedAt?: number; code?: string; message?: string }> {
+/**
+ * Writes the header line and, with `dir`, the tar stream of its checkpoint; then reads the target's
+ * answer line.
+ */
+export function exchange(host: string, port: number, header: object, o: { dir?: string; breakMidway?: boolean; timeoutMs?: number } = {}): Promise<Answer> {
+  const timeoutMs = o.timeoutMs ?? ANSWER_TIMEOUT_MS;
   return new Promise((resolve, reject) => {
     const sock = net.connect({ host, port });
-    const timer = setTimeout(() => sock.destroy(new Error(`no answer from ${host}:${port} within ${ANSWER_TIMEOUT_MS} ms`)), ANSWER_TIMEOUT_MS);
+    const timer = setTimeout(() => sock.destroy(new Error(`no answer from ${host}:${port} within ${timeoutMs} ms`)), timeoutMs);
     let answer = '';
     sock.setEncoding('utf8');
     sock.on('data', (d: string) => (answer += d));
@@ -178,10 +209,14 @@ export function send(host: string, port: number, header: object, dir: string, br
     });
     sock.on('connect', () => {
       sock.write(`${JSON.stringify(header)}\n`);
-      const tar = spawn('tar', ['--create', '--file', '-', '-C', dir, 'images', 'fs.tar'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      if (!o.dir) {
+        sock.end();
+        return;
+      }
+      const tar = spawn('tar', ['--create', '--file', '-', '-C', o.dir, 'images', 'fs.tar'], { stdio: ['ignore', 'pipe', 'pipe'] });
       let tarErr = '';
       tar.stderr.on('data', (d: Buffer) => (tarErr = (tarErr + d.toString()).slice(-2000)));
-      if (breakMidway) {
+      if (o.breakMidway) {
         tar.stdout.once('data', (chunk: Buffer) => {
           sock.write(chunk.subarray(0, 1000));
           sock.destroy(new Error('injected fault: connection broken during the transfer'));
@@ -191,7 +226,7 @@ export function send(host: string, port: number, header: object, dir: string, br
       }
       tar.stdout.pipe(sock, { end: true });
       tar.on('exit', (code) => {
-        if (code !== 0 && !breakMidway) sock.destroy(new Error(`tar of the checkpoint failed (${code}): ${tarErr.trim()}`));
+        if (code !== 0) sock.destroy(new Error(`tar of the checkpoint failed (${code}): ${tarErr.trim()}`));
       });
     });
   });
@@ -221,20 +256,35 @@ export class MigrationServer {
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
   }
 
+  private templateVersion(t: { name: string; hash: string }, build: boolean) {
+    if (typeof t?.name !== 'string' || typeof t.hash !== 'string') throw new RunboxError('invalid_argument', 'migration header without a template');
+    return ensureTemplateVersion(t.name, t.hash, {
+      build,
+      recipesDir: this.d.recipesDir ?? DEFAULT_RECIPES_DIR,
+      templatesDir: this.d.engine.layout.templatesDir,
+      stateDirs: [this.d.engine.layout.stateDir],
+      log: this.d.log.child({ template: t.name }),
+    });
+  }
+
   private async accept(sock: net.Socket): Promise<void> {
     const answer = (a: object) => sock.end(`${JSON.stringify(a)}\n`);
     let dir: string | undefined;
     let header: Header | undefined;
     try {
       const { head, rest } = await readHeader(sock);
-      header = JSON.parse(head) as Header;
-      if (!safeEqual(header.secret, this.secret)) throw new RunboxError('invalid_argument', 'migration refused: bad secret');
-      const log = this.d.log.child({ jobId: header.jobId, vpsId: header.vpsId, migration: header.migrationId });
-      // The same template content, or no restore at all (hashes name contents).
-      const template = await resolveTemplate(this.d.engine.layout.templatesDir, header.spec.template.name);
-      if (template.hash !== header.spec.template.hash) {
-        throw new RunboxError('checkpoint_incompatible', `template ${template.name} is version ${template.hash} here, the checkpoint needs ${header.spec.template.hash}`);
+      const message = JSON.parse(head) as Header | PrepareHeader;
+      if (!safeEqual(message.secret, this.secret)) throw new RunboxError('invalid_argument', 'migration refused: bad secret');
+      if ('prepare' in message) {
+        if ((await faultFor(this.d.jobs, message.jobId)) === 'prepare') throw new RunboxError('checkpoint_incompatible', 'injected fault: the target cannot have the template version');
+        await this.templateVersion(message.prepare.template, true);
+        answer({ ok: true });
+        return;
       }
+      header = message;
+      const log = this.d.log.child({ jobId: header.jobId, vpsId: header.vpsId, migration: header.migrationId });
+      // The same template content, or no restore at all (hashes name contents). Prepared already.
+      const template = await this.templateVersion(header.spec.template, false);
       dir = await fs.mkdtemp(path.join(os.tmpdir(), `runbox-incoming-${header.jobId}-`));
       await untar(sock, rest, dir);
       if ((await faultFor(this.d.jobs, header.jobId)) === 'restore') throw new RunboxError('internal', 'injected fault: restore on the target failed');

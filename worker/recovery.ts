@@ -5,7 +5,8 @@ import type { Logger } from '../core/log.js';
 import { JobQueue } from '../core/queue.js';
 import { QUEUE_JOB_NAME } from '../core/job.js';
 import type { Keys } from '../core/store/keys.js';
-import { resolveTemplate } from '../runtime/templates/store.js';
+import { ensureTemplateVersion } from '../runtime/templates/builder.js';
+import { DEFAULT_RECIPES_DIR } from '../runtime/templates/recipes.js';
 import type { RunningJob, RunningJobs } from './running.js';
 import { superviseJob, type RunJobDeps } from './processors/run-job.js';
 
@@ -35,10 +36,19 @@ export async function recoverJob(deps: RunJobDeps, running: RunningJobs, job: Jo
   const entry: RunningJob = { jobId: job.id, tenant, abort: new AbortController(), outputBytes: 0 };
   running.byId.set(job.id, entry);
   try {
-    const template = await resolveTemplate(deps.engine.layout.templatesDir, cp.meta.template.name);
-    if (template.hash !== cp.meta.template.hash) {
-      throw new Error(`template ${template.name} is version ${template.hash} here; checkpoint ${cp.meta.id} needs ${cp.meta.template.hash}`);
-    }
+    // The checkpoint's own template version: built first from the recipe when that makes exactly it.
+    const template = await ensureTemplateVersion(cp.meta.template.name, cp.meta.template.hash, {
+      build: true,
+      recipesDir: deps.recipesDir ?? DEFAULT_RECIPES_DIR,
+      templatesDir: deps.engine.layout.templatesDir,
+      stateDirs: [deps.engine.layout.stateDir],
+      log,
+      onBuild: async () => {
+        await deps.jobs
+          .transition(job.id, 'migrating', {}, { from: ['migrating'], host: deps.hostId, note: `building template ${cp.meta.template.name} version ${cp.meta.template.hash}` })
+          .catch((e: unknown) => log.warn({ err: e }, 'could not record the template build note'));
+      },
+    });
     const req = await deps.jobs.getRequest(job.id);
     if (!req) throw new Error('the job has no stored request');
     const vps = await deps.engine.create(

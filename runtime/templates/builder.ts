@@ -11,7 +11,7 @@ import { formatProgress, type BuildProgress, type ProgressFn } from './progress.
 import { loadRecipe } from './recipes.js';
 import { copyTree, removeTree, treeBytes } from './sandbox.js';
 import { aptInstall, cleanupDebian, configureApt, customize, debootstrap, scriptBuild, smokeInChroot, type StepContext } from './steps.js';
-import { readTemplateInfo, resolveTemplate, type TemplateRef } from './store.js';
+import { readTemplateInfo, resolveTemplate, VERSION, type TemplateRef } from './store.js';
 
 export interface BuildOptions {
   /** Recipe folders (templates/ of the checkout). */
@@ -214,4 +214,38 @@ export async function ensureTemplate(name: string, opts: BuildOptions & { onBuil
   await opts.onBuild?.();
   await buildTemplate(name, opts);
   return resolveTemplate(opts.templatesDir, name);
+}
+
+/**
+ * Exactly version `hash` of template `name`, for restoring a checkpoint taken on it: already built
+ * here (the current version, or an older one still kept), or, with `build`, built now from this
+ * host's recipe when that recipe makes exactly this version (versions are content hashes, see
+ * plan.ts). Anything else is `checkpoint_incompatible`: restored onto other template content, the
+ * VPS's processes would find files that are not the ones they had open.
+ */
+export async function ensureTemplateVersion(
+  name: string,
+  hash: string,
+  opts: BuildOptions & { build: boolean; onBuild?: () => Promise<void> },
+): Promise<TemplateRef> {
+  const current = await resolveTemplate(opts.templatesDir, name).catch((e: unknown) => {
+    if (isRunboxError(e, 'template_missing')) return undefined;
+    throw e;
+  });
+  if (current?.hash === hash) return current;
+  const rootfs = path.join(opts.templatesDir, name, hash, 'rootfs');
+  if (VERSION.test(hash) && (await fs.stat(rootfs).catch(() => undefined))?.isDirectory()) return { name, hash, rootfs };
+  const here = current ? `version ${current.hash} here` : 'not built here';
+  if (!opts.build) throw new RunboxError('checkpoint_incompatible', `template ${name} is ${here}; the checkpoint needs version ${hash}`);
+  const plan = await planBuild(opts.recipesDir, name).catch((e: unknown) => {
+    if (isRunboxError(e, 'template_missing')) return undefined;
+    throw e;
+  });
+  if (plan?.hash !== hash) {
+    const recipe = plan ? `this host's recipe makes version ${plan.hash}` : 'this host has no recipe for it';
+    throw new RunboxError('checkpoint_incompatible', `template ${name} is ${here} and ${recipe}; the checkpoint needs version ${hash}`);
+  }
+  await opts.onBuild?.();
+  await ensure(plan, opts);
+  return { name, hash, rootfs };
 }

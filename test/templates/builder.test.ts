@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isRunboxError } from '../../core/errors.js';
-import { buildTemplate } from '../../runtime/templates/builder.js';
+import { buildTemplate, ensureTemplateVersion } from '../../runtime/templates/builder.js';
 import { gcTemplates, templatesInUse } from '../../runtime/templates/gc.js';
 import { mountsUnder } from '../../runtime/templates/sandbox.js';
 import { listVersions, resolveTemplate, verifyTemplate } from '../../runtime/templates/store.js';
@@ -189,6 +189,39 @@ describe('bad input', () => {
       expect(e.code, name).toBe('invalid_argument');
       expect(e.message, name).toMatch(why);
       expect(await fs.access(path.join(templates, name)).then(() => 'exists', () => 'gone'), name).toBe('gone');
+    }
+  });
+});
+
+describe('the exact version a checkpoint needs (restore on another host)', () => {
+  it('uses a version built here (current or kept), builds it when the recipe makes exactly it, and refuses anything else', async () => {
+    await copyRecipe(recipes, 'base', 'pinned');
+    const v1 = await buildTemplate('pinned', opts());
+    expect(await ensureTemplateVersion('pinned', v1.hash, { ...opts(), build: false })).toEqual({ name: 'pinned', hash: v1.hash, rootfs: path.join(templates, 'pinned', v1.hash, 'rootfs') });
+    await appendToBuild('pinned', 'echo two >etc/recipe-version');
+    const v2 = await buildTemplate('pinned', opts());
+    // v1 is no longer current but still kept here: a checkpoint taken on it restores on it.
+    expect((await ensureTemplateVersion('pinned', v1.hash, { ...opts(), build: false })).hash).toBe(v1.hash);
+
+    // Another host, with nothing built yet.
+    const other = await tempDir('other-host');
+    try {
+      const there = { ...opts(), templatesDir: other };
+      const missing = await rejection(ensureTemplateVersion('pinned', v2.hash, { ...there, build: false }));
+      expect(missing).toMatchObject({ code: 'checkpoint_incompatible', message: expect.stringMatching(/not built here/) });
+      let builds = 0;
+      const built = await ensureTemplateVersion('pinned', v2.hash, { ...there, build: true, onBuild: async () => void builds++ });
+      expect([built.hash, builds]).toEqual([v2.hash, 1]);
+      expect((await resolveTemplate(other, 'pinned')).hash).toBe(v2.hash);
+      // This host's recipe makes v2, not v1: v1 cannot be had here.
+      const wrong = await rejection(ensureTemplateVersion('pinned', v1.hash, { ...there, build: true }));
+      expect(wrong).toMatchObject({ code: 'checkpoint_incompatible', message: expect.stringContaining(`recipe makes version ${v2.hash}`) });
+      const noRecipe = await rejection(ensureTemplateVersion('nowhere', v1.hash, { ...there, build: true }));
+      expect(noRecipe).toMatchObject({ code: 'checkpoint_incompatible', message: expect.stringMatching(/no recipe/) });
+      const bogus = await rejection(ensureTemplateVersion('pinned', '../../etc', { ...there, build: false }));
+      expect(bogus.code).toBe('checkpoint_incompatible');
+    } finally {
+      await fs.rm(other, { recursive: true, force: true });
     }
   });
 });
