@@ -43,10 +43,21 @@ export interface ListOptionDef {
   help: string;
 }
 
-/** A benchmark that also takes comma-separated integer lists; main.ts hands them to run() as `lists`. */
+/** A comma-separated list of names out of a fixed set (e.g. migration modes). */
+export interface NameListOptionDef {
+  default: string[];
+  choices: string[];
+  help: string;
+}
+
+/**
+ * A benchmark that also takes comma-separated lists: of integers (`listOptions`, handed to run() as
+ * `lists`) and of names (`nameOptions`, as `names`).
+ */
 export interface ListBenchmark extends Benchmark {
   listOptions: Record<string, ListOptionDef>;
-  run(ctx: BenchContext, opts: Record<string, number>, lists?: Record<string, number[]>): Promise<void>;
+  nameOptions?: Record<string, NameListOptionDef>;
+  run(ctx: BenchContext, opts: Record<string, number>, lists?: Record<string, number[]>, names?: Record<string, string[]>): Promise<void>;
 }
 
 export const SIZES_OPTION: ListOptionDef = { default: [64, 256], min: 1, help: 'MB of changing memory the job holds, comma-separated' };

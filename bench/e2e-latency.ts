@@ -3,7 +3,7 @@ import { apiDeps } from '../cli/services.js';
 import { newId } from '../core/ids.js';
 import type { Job } from '../core/job.js';
 import type { WorkerHandle } from '../worker/main.js';
-import { checkInterrupted, median, note, now, report, sleep, stats, type BenchContext, type Benchmark } from './lib.js';
+import { checkInterrupted, median, note, now, report, sleep, stats, type Benchmark } from './lib.js';
 import { benchServiceConfig, serviceLogger, startBenchRedis, startBenchWorker, type ServiceKnobs } from './services.js';
 
 const NAME = 'e2e-latency';

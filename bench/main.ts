@@ -28,6 +28,7 @@ const BENCHMARKS: Array<{ bench: Benchmark | ListBenchmark; netCidr: string }> =
 
 /** Comma-separated integer lists (`--sizes 64,256`) of the benchmarks that take them. */
 const listOptionsOf = (bench: Benchmark | ListBenchmark) => ('listOptions' in bench ? bench.listOptions : {});
+const nameOptionsOf = (bench: Benchmark | ListBenchmark) => ('listOptions' in bench ? (bench.nameOptions ?? {}) : {});
 
 function usage(): string {
   const lines = ['usage: npm run bench -- NAME [--key value ...] | list', 'benchmarks:'];
@@ -35,15 +36,18 @@ function usage(): string {
     lines.push(`  ${bench.name.padEnd(14)} ${bench.description}`);
     for (const [k, o] of Object.entries(bench.options)) lines.push(`    --${k} N`.padEnd(20) + `${o.help} (default ${o.default})`);
     for (const [k, o] of Object.entries(listOptionsOf(bench))) lines.push(`    --${k} N,M`.padEnd(20) + `${o.help} (default ${o.default.join(',')})`);
+    for (const [k, o] of Object.entries(nameOptionsOf(bench))) lines.push(`    --${k} A,B`.padEnd(20) + `${o.help}: ${o.choices.join(', ')} (default ${o.default.join(',')})`);
   }
   return lines.join('\n');
 }
 
-function parseOptions(bench: Benchmark | ListBenchmark, args: string[]): { opts: Record<string, number>; lists: Record<string, number[]> } {
+function parseOptions(bench: Benchmark | ListBenchmark, args: string[]): { opts: Record<string, number>; lists: Record<string, number[]>; names: Record<string, string[]> } {
   const out: Record<string, number> = {};
   const lists: Record<string, number[]> = {};
+  const names: Record<string, string[]> = {};
   for (const [k, o] of Object.entries(bench.options)) out[k] = o.default;
   for (const [k, o] of Object.entries(listOptionsOf(bench))) lists[k] = [...o.default];
+  for (const [k, o] of Object.entries(nameOptionsOf(bench))) names[k] = [...o.default];
   for (let i = 0; i < args.length; i += 2) {
     const flag = args[i]!;
     const m = /^--([a-z][a-z0-9-]*)(?:=(.*))?$/.exec(flag);
@@ -51,6 +55,18 @@ function parseOptions(bench: Benchmark | ListBenchmark, args: string[]): { opts:
     const key = m[1]!;
     const def = bench.options[key];
     const listDef = listOptionsOf(bench)[key];
+    const nameDef = nameOptionsOf(bench)[key];
+    if (nameDef) {
+      let raw = m[2];
+      if (raw === undefined) raw = args[i + 1];
+      else i--;
+      if (!raw) throw new UsageError(`--${key} needs a value`);
+      const vs = [...new Set(raw.split(','))];
+      const bad = vs.filter((v) => !nameDef.choices.includes(v));
+      if (bad.length) throw new UsageError(`--${key}: unknown ${bad.join(', ')} (choices: ${nameDef.choices.join(', ')})`);
+      names[key] = vs;
+      continue;
+    }
     if (listDef) {
       let raw = m[2];
       if (raw === undefined) raw = args[i + 1];
@@ -61,7 +77,7 @@ function parseOptions(bench: Benchmark | ListBenchmark, args: string[]): { opts:
       lists[key] = vs;
       continue;
     }
-    if (!def) throw new UsageError(`${bench.name} has no option --${key} (options: ${[...Object.keys(bench.options), ...Object.keys(listOptionsOf(bench))].map((k) => `--${k}`).join(', ') || 'none'})`);
+    if (!def) throw new UsageError(`${bench.name} has no option --${key} (options: ${[...Object.keys(bench.options), ...Object.keys(listOptionsOf(bench)), ...Object.keys(nameOptionsOf(bench))].map((k) => `--${k}`).join(', ') || 'none'})`);
     let raw = m[2];
     if (raw === undefined) raw = args[i + 1];
     else i--; // --key=value takes one slot
@@ -70,7 +86,7 @@ function parseOptions(bench: Benchmark | ListBenchmark, args: string[]): { opts:
     if (!Number.isInteger(v) || v < def.min) throw new UsageError(`--${key} must be an integer ≥ ${def.min}, got "${raw}"`);
     out[key] = v;
   }
-  return { opts: out, lists };
+  return { opts: out, lists, names };
 }
 
 class UsageError extends Error {}
@@ -92,8 +108,9 @@ async function main(argv: string[]): Promise<number> {
   }
   let opts: Record<string, number>;
   let lists: Record<string, number[]>;
+  let names: Record<string, string[]>;
   try {
-    ({ opts, lists } = parseOptions(entry.bench, rest));
+    ({ opts, lists, names } = parseOptions(entry.bench, rest));
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
     process.stderr.write(`bench: ${e.message}\n${usage()}\n`);
@@ -106,11 +123,11 @@ async function main(argv: string[]): Promise<number> {
 
   const ctx = await BenchContext.create(entry.bench.name, entry.netCidr);
   installSignalHandlers(() => ctx.cleanup());
-  note(`${entry.bench.name} ${JSON.stringify({ ...opts, ...lists })}; state dir ${ctx.stateDir}`);
+  note(`${entry.bench.name} ${JSON.stringify({ ...opts, ...lists, ...names })}; state dir ${ctx.stateDir}`);
   let code = 0;
   try {
     const bench = entry.bench;
-    if ('listOptions' in bench) await bench.run(ctx, opts, lists);
+    if ('listOptions' in bench) await bench.run(ctx, opts, lists, names);
     else await bench.run(ctx, opts);
   } catch (e) {
     if (e instanceof Interrupted) code = 130;

@@ -163,10 +163,13 @@ export async function checkpointCommand(args: string[]): Promise<number> {
 }
 
 export async function migrateCommand(args: string[]): Promise<number> {
-  const usage = 'runbox migrate JOB_ID [--to HOST]';
-  const { values, positionals } = strict(args, { to: { type: 'string' } }, usage);
+  const usage = 'runbox migrate JOB_ID [--to HOST] [--mode auto|post-copy|stop-and-copy]';
+  const { values, positionals } = strict(args, { to: { type: 'string' }, mode: { type: 'string' } }, usage);
   const id = one(positionals, usage);
-  const job = await ApiClient.fromEnv().json<Job>('POST', `/v1/jobs/${encodeURIComponent(id)}/migrate`, values.to ? { host: values.to } : {});
+  const modes = ['auto', 'post-copy', 'stop-and-copy'];
+  if (values.mode !== undefined && !modes.includes(String(values.mode))) throw new RunboxError('invalid_argument', `--mode must be auto, post-copy or stop-and-copy\nusage: ${usage}`);
+  const body = { ...(values.to ? { host: values.to } : {}), ...(values.mode ? { mode: values.mode } : {}) };
+  const job = await ApiClient.fromEnv().json<Job>('POST', `/v1/jobs/${encodeURIComponent(id)}/migrate`, body);
   const m = job.migrations.at(-1);
   process.stdout.write(m ? `job ${id} moved ${m.from} → ${m.to} in ${m.totalMs} ms (frozen ${m.frozenMs} ms, ${m.mode})\n` : `job ${id} on ${job.host}\n`);
   return 0;

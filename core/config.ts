@@ -64,6 +64,7 @@ export const EnvSchema = z.object({
   RUNBOX_CHECKPOINT_AFTER_SEC: z.coerce.number().int().min(0).default(0),
   RUNBOX_CHECKPOINT_KEEP: z.coerce.number().int().min(1).default(2),
   RUNBOX_MIGRATION_PORT: z.coerce.number().int().min(0).max(65535).default(0),
+  RUNBOX_MIGRATION_MODE: z.enum(['auto', 'post-copy', 'stop-and-copy']).default('auto'),
   RUNBOX_ADMIN_TENANTS: z.string().regex(/^[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*$/).default('default'),
 });
 export type Env = z.infer<typeof EnvSchema>;
@@ -156,6 +157,8 @@ export interface ServiceConfig extends RuntimeConfig {
   checkpointKeep: number;
   /** TCP port on which a worker receives migrating jobs (0: any free port, advertised in its heartbeat). */
   migrationPort: number;
+  /** auto: post-copy where both hosts can (criu lazy-pages), else stop-and-copy. */
+  migrationMode: 'auto' | 'post-copy' | 'stop-and-copy';
   /** Tenants that may drain and resume hosts. */
   adminTenants: string[];
 }
@@ -192,6 +195,7 @@ export function serviceConfigFromEnv(raw: NodeJS.ProcessEnv, hostname: string): 
     checkpointAfterSec: e.RUNBOX_CHECKPOINT_AFTER_SEC,
     checkpointKeep: e.RUNBOX_CHECKPOINT_KEEP,
     migrationPort: e.RUNBOX_MIGRATION_PORT,
+    migrationMode: e.RUNBOX_MIGRATION_MODE,
     adminTenants: e.RUNBOX_ADMIN_TENANTS.split(','),
   };
 }

@@ -1,4 +1,4 @@
-import { spawn, type StdioOptions } from 'node:child_process';
+import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { RunboxError } from '../core/errors.js';
 
 /**
@@ -19,6 +19,8 @@ export interface ExecOptions {
   input?: string;
   /** Extra stdio: fds handed to the child as its 0/1/2 (e.g. the VPS's agent pipes). */
   stdio?: StdioOptions;
+  /** Own process group (kill(-pid) reaches the helpers it starts, e.g. runc's criu). */
+  group?: boolean;
   /** Live output, one complete line at a time (e.g. build progress); capture still happens. */
   onLine?: (stream: 'stdout' | 'stderr', line: string) => void;
 }
@@ -26,14 +28,26 @@ export interface ExecOptions {
 const MAX_CAPTURE = 1024 * 1024;
 
 export function exec(argv: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
+  return start(argv, opts).result;
+}
+
+/** A started process: its handle (for extra stdio, or to kill it) and its result once it exits. */
+export interface Started {
+  child: ChildProcess;
+  result: Promise<ExecResult>;
+}
+
+/** Starts argv like exec() but hands back the process while it runs (long-lived helpers: criu lazy-pages). */
+export function start(argv: readonly string[], opts: ExecOptions = {}): Started {
   const [file, ...args] = argv;
   if (!file) throw new RunboxError('internal', 'exec: empty argv');
-  return new Promise((resolve, reject) => {
-    const child = spawn(file, args, {
-      env: opts.env ?? process.env,
-      cwd: opts.cwd,
-      stdio: opts.stdio ?? [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
-    });
+  const child = spawn(file, args, {
+    env: opts.env ?? process.env,
+    cwd: opts.cwd,
+    stdio: opts.stdio ?? [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+    detached: opts.group ?? false,
+  });
+  const result = new Promise<ExecResult>((resolve, reject) => {
     let stdout = '';
     let stderr = '';
     const lines = opts.onLine && { stdout: new LineSplitter('stdout', opts.onLine), stderr: new LineSplitter('stderr', opts.onLine) };
@@ -69,6 +83,7 @@ export function exec(argv: readonly string[], opts: ExecOptions = {}): Promise<E
       resolve({ code, signal, stdout, stderr });
     });
   });
+  return { child, result };
 }
 
 /** Splits a text stream into lines (\n or \r: progress bars redraw with \r). */

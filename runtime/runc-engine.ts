@@ -70,6 +70,8 @@ export interface RestoreSource {
   fsTars: string[];
   /** The VPS's address on its previous host (kept: its processes and sockets know it). */
   address?: string;
+  /** Post-copy: the images have no memory pages; the `criu lazy-pages` daemon with this work dir serves them. */
+  lazyPagesWorkDir?: string;
 }
 
 /** Replays the incremental fs archives in order (deletions included: --listed-incremental). */
@@ -148,14 +150,14 @@ export class RuncEngine implements VpsEngine {
         nofile: VPS_NOFILE,
       });
       await fs.writeFile(p.config, JSON.stringify(config));
-      const workPath = restore ? `${restore.imagesDir}.restore-work` : '';
+      const workPath = restore ? restore.lazyPagesWorkDir ?? `${restore.imagesDir}.restore-work` : '';
       if (restore) await fs.mkdir(workPath, { recursive: true });
       const channel = await startWithPipes(
         restore
-          ? restoreArgs(this.runc, id, { bundle: p.bundle, pidFile: p.pidFile, imagePath: restore.imagesDir, workPath })
+          ? restoreArgs(this.runc, id, { bundle: p.bundle, pidFile: p.pidFile, imagePath: restore.imagesDir, workPath, lazyPages: !!restore.lazyPagesWorkDir })
           : runArgs(this.runc, id, p.bundle, p.pidFile),
         log,
-      ).finally(() => restore && fs.rm(workPath, { recursive: true, force: true }));
+      ).finally(() => restore && !restore.lazyPagesWorkDir && fs.rm(workPath, { recursive: true, force: true }));
       record.init = await readInitRef(p.pidFile);
       await this.writeRecord(record);
       const vps = new RuncVps(

@@ -4,7 +4,7 @@ import type { Logger } from '../core/log.js';
 import { pickTarget, type HostRegistry } from '../core/store/hosts.js';
 import type { Keys } from '../core/store/keys.js';
 import type { JobCheckpointer } from './checkpoints.js';
-import { migrateOut, type MigrationDeps } from './migration.js';
+import { migrateOut, type MigrationDeps, type MigrationPreference } from './migration.js';
 import type { RunningJobs } from './running.js';
 
 /**
@@ -13,7 +13,7 @@ import type { RunningJobs } from './running.js';
  */
 export type HostCommand =
   | { op: 'checkpoint'; jobId: string; reply: string }
-  | { op: 'migrate'; jobId: string; target?: string; reply: string }
+  | { op: 'migrate'; jobId: string; target?: string; mode?: MigrationPreference; reply: string }
   | { op: 'drain'; reply?: string }
   | { op: 'resume'; reply?: string };
 
@@ -60,13 +60,13 @@ export class HostCommands {
   private async run(cmd: HostCommand): Promise<unknown> {
     if (cmd.op === 'drain') return this.drainAll();
     if (cmd.op === 'resume') return this.drain.setDraining(false);
-    if (cmd.op === 'migrate') return this.migrateJob(cmd.jobId, cmd.target);
+    if (cmd.op === 'migrate') return this.migrateJob(cmd.jobId, cmd.target, cmd.mode);
     const job = this.running.byId.get(cmd.jobId);
     if (!job) throw new RunboxError('conflict', `job ${cmd.jobId} is not running on this host`);
     return this.checkpointer.checkpoint(job, 'requested through the API');
   }
 
-  async migrateJob(jobId: string, targetId?: string): Promise<unknown> {
+  async migrateJob(jobId: string, targetId?: string, mode: MigrationPreference = 'auto'): Promise<unknown> {
     const job = this.running.byId.get(jobId);
     if (!job) throw new RunboxError('conflict', `job ${jobId} is not running on this host`);
     const hosts = await this.hosts.list();
@@ -74,7 +74,7 @@ export class HostCommands {
     if (!target) throw new RunboxError('unavailable', targetId ? `host ${targetId} is not available` : 'no other host can take this job');
     if (target.id === this.migration.hostId) throw new RunboxError('invalid_argument', 'the job already runs on that host');
     if (target.draining) throw new RunboxError('unavailable', `host ${target.id} is draining`);
-    return migrateOut(this.migration, job, target, this.migration.secret);
+    return migrateOut(this.migration, job, target, this.migration.secret, mode);
   }
 
   /** Stops taking jobs and moves every running job away (those that cannot move keep running). */

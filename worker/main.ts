@@ -20,7 +20,9 @@ import { HostCommands } from './commands.js';
 import { DirectoryCheckpointStore } from '../runtime/checkpoint/store.js';
 import { adoptJob, createProcessor, RunningJobs, type RunJobDeps } from './processors/run-job.js';
 import { MigrationServer, migrationSecret, type MigrationDeps } from './migration.js';
-import { Reaper } from './recovery.js';
+import { Reaper, recoverJob } from './recovery.js';
+import { postCopySupport } from '../runtime/checkpoint/lazy.js';
+import { RunboxError } from '../core/errors.js';
 import { JobQueue } from '../core/queue.js';
 
 export interface WorkerOptions {
@@ -136,6 +138,10 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
   // Live migration: a receiver for jobs moving here, and the commands that move jobs away.
   const registry = new HostRegistry(redis, config.redisPrefix);
   const secret = await migrationSecret(redis, keys);
+  // Post-copy where this host can do it (and fs.pipe-max-size raised for CRIU's page server).
+  const postCopy = config.migrationMode === 'stop-and-copy' ? { ok: false, detail: 'off (RUNBOX_MIGRATION_MODE=stop-and-copy)' } : await postCopySupport(engine.runc.criu, true);
+  if (config.migrationMode === 'post-copy' && !postCopy.ok) throw new RunboxError('host_unsupported', `RUNBOX_MIGRATION_MODE=post-copy, but this host cannot: ${postCopy.detail}`);
+  hlog.info({ postCopy: postCopy.ok, detail: postCopy.detail }, 'live migration modes');
   const migrationDeps: MigrationDeps = {
     hostId,
     engine,
@@ -145,7 +151,17 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     running,
     log: hlog,
     recipesDir: config.recipesDir,
-    adopt: (jobId, vps, note) => void adoptJob(runDeps, running, jobId, vps, note).catch((e) => hlog.error({ err: e, jobId }, 'adopted job failed')),
+    postCopy: postCopy.ok,
+    address: primaryAddress(),
+    adopt: (jobId, vps, note) => adoptJob(runDeps, running, jobId, vps, note).catch((e) => hlog.error({ err: e, jobId }, 'adopted job failed')),
+    recover: async (jobId, why) => {
+      // Its supervision here must have ended first (it let go with handOver).
+      for (const deadline = Date.now() + 10_000; running.byId.has(jobId) && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
+      const stored = await jobs.get(jobId);
+      if (!stored) return;
+      await runDeps.slots.acquire(stored.tenant, jobId, Number.MAX_SAFE_INTEGER);
+      await recoverJob(runDeps, running, stored.job, stored.tenant, hlog.child({ jobId, tenant: stored.tenant }), why);
+    },
   };
   const migrationServer = new MigrationServer(migrationDeps, secret);
   const migrationPort = await migrationServer.listen(config.migrationPort);

@@ -13,6 +13,7 @@ import type { Host } from '../core/store/hosts.js';
 import type { JobStore } from '../core/store/jobs.js';
 import type { Keys } from '../core/store/keys.js';
 import { dumpForMove, restore } from '../runtime/checkpoint/checkpoint.js';
+import { lazyDumpForMove, startLazyPages, type LazyPages } from '../runtime/checkpoint/lazy.js';
 import type { RuncEngine } from '../runtime/runc-engine.js';
 import type { RuncVps } from '../runtime/runc-vps.js';
 import { ensureTemplateVersion } from '../runtime/templates/builder.js';
@@ -36,7 +37,9 @@ import type { RunningJob, RunningJobs } from './running.js';
  * copy may run. The target claims before `runc restore`; a source whose transfer failed claims
  * before restoring locally; whoever loses does not run its copy.
  */
-export type MigrationMode = 'stop-and-copy';
+export type MigrationMode = 'stop-and-copy' | 'post-copy';
+/** What a caller asks for; `auto` is post-copy where both hosts can do it. */
+export type MigrationPreference = 'auto' | MigrationMode;
 
 export interface Header {
   secret: string;
@@ -46,6 +49,11 @@ export interface Header {
   spec: Omit<VpsSpec, 'template'> & { template: { name: string; hash: string } };
   network: { mode: NetworkMode; address?: string };
   frozenAt: number;
+  /** The source host (for notes). */
+  from: string;
+  mode: MigrationMode;
+  /** Post-copy: where the source's CRIU page server serves the memory pages. */
+  pageServer?: { address: string; port: number };
 }
 
 /** The first message of a migration: make sure the target can restore it, before the job freezes. */
@@ -74,21 +82,28 @@ export interface MigrationDeps {
   log: Logger;
   /** Template recipes, to build the version an incoming job needs (default: templates/ of this checkout). */
   recipesDir?: string;
+  /** This host can migrate with post-copy (criu lazy-pages, see runtime/checkpoint/lazy.ts). */
+  postCopy: boolean;
+  /** This host's address, where a post-copy source's page server listens. */
+  address: string | null;
   /** Runs a job that arrived here already running, to its end (the processor's supervision). */
-  adopt(jobId: string, vps: RuncVps, note: string): void;
+  adopt(jobId: string, vps: RuncVps, note: string): Promise<void>;
+  /** A job whose processes are gone here without a result: resume it from its last checkpoint (or host_lost). */
+  recover(jobId: string, why: string): Promise<void>;
 }
 
 const ANSWER_TIMEOUT_MS = 180_000;
 /** A target may have to build a template version first (a minute or two for a Debian one). */
 const PREPARE_TIMEOUT_MS = 600_000;
 
-type Answer = { ok: boolean; resumedAt?: number; code?: string; message?: string };
+type Answer = { ok: boolean; resumedAt?: number; code?: string; message?: string; postCopy?: boolean };
 
 /**
  * Failure injection for tests: with RUNBOX_FAULT_INJECTION=1 in a worker's environment, a job
  * label `runbox.fault` names a step of its migration that fails: `prepare` (the target cannot get
- * the template version), `send` (the source breaks the connection mid-transfer) or `restore` (the
- * target fails before restoring). Ignored otherwise.
+ * the template version), `send` (the source breaks the connection mid-transfer), `restore` (the
+ * target fails before restoring) or, with post-copy, `pages` (the source's page server is killed as
+ * soon as the target runs the job, as if the source died). Ignored otherwise.
  */
 async function faultFor(jobs: JobStore, jobId: string): Promise<string | undefined> {
   if (process.env.RUNBOX_FAULT_INJECTION !== '1') return undefined;
@@ -106,8 +121,21 @@ async function claim(redis: Redis, keys: Keys, migrationId: string, who: 'source
   return (await redis.set(claimKey(keys, migrationId), who, 'EX', 3600, 'NX')) === 'OK';
 }
 
+/** What the source holds of a job it has frozen and dumped for a move. */
+interface Dumped {
+  frozenAt: number;
+  /** Header fields the target needs for this mode. */
+  header: Pick<Header, 'mode' | 'pageServer'>;
+  /** The target did not take it: the job goes on here (restored, or thawed). */
+  undo(): Promise<void>;
+  /** The target took it: settles when nothing of the job is needed here any more (an error: the page transfer failed). */
+  finished: Promise<Error | undefined>;
+  /** Post-copy failure injection (see faultFor). */
+  signalPageServer?(signal: NodeJS.Signals): void;
+}
+
 /** Source side: moves `job` (running here) to `target`. Resolves with the timings. */
-export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Host, secret: string): Promise<MigrationResult> {
+export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Host, secret: string, preference: MigrationPreference = 'auto'): Promise<MigrationResult> {
   const vps = entry.vps;
   if (!vps) throw new RunboxError('conflict', `job ${entry.jobId} has not started yet`);
   if (!target.address || !target.migrationPort) throw new RunboxError('unavailable', `host ${target.id} does not accept migrations`);
@@ -115,6 +143,7 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
   const startedAt = new Date(t0).toISOString();
   const migrationId = newId(8);
   const template = { name: vps.info().spec.template.name, hash: vps.info().spec.template.hash };
+  const fault = await faultFor(d.jobs, entry.jobId);
   // The job keeps running while the target gets ready (it may build the template version first).
   const prepared = await exchange(target.address, target.migrationPort, { secret, jobId: entry.jobId, prepare: { template } } satisfies PrepareHeader, { timeoutMs: PREPARE_TIMEOUT_MS }).catch(
     (e: unknown): Answer => ({ ok: false, code: 'unavailable', message: errorMessage(e) }),
@@ -123,11 +152,17 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
     const code = prepared.code === 'checkpoint_incompatible' ? 'checkpoint_incompatible' : 'unavailable';
     throw new RunboxError(code, `host ${target.id} cannot take job ${entry.jobId}: ${prepared.message}; the job keeps running on ${d.hostId}`);
   }
-  await d.jobs.transition(entry.jobId, 'migrating', {}, { from: ['running'], host: d.hostId, note: `to ${target.id}` });
+  const canPostCopy = d.postCopy && prepared.postCopy && !!d.address;
+  if (preference === 'post-copy' && !canPostCopy) {
+    const who = !d.postCopy || !d.address ? d.hostId : target.id;
+    throw new RunboxError('host_unsupported', `host ${who} cannot migrate with post-copy; the job keeps running on ${d.hostId}`);
+  }
+  const mode: MigrationMode = preference !== 'stop-and-copy' && canPostCopy ? 'post-copy' : 'stop-and-copy';
+  await d.jobs.transition(entry.jobId, 'migrating', {}, { from: ['running'], host: d.hostId, note: `to ${target.id} (${mode})` });
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), `runbox-migrate-${entry.jobId}-`));
-  let dumped: Awaited<ReturnType<typeof dumpForMove>>;
+  let dumped: Dumped;
   try {
-    dumped = await dumpForMove(d.engine, vps, dir);
+    dumped = mode === 'post-copy' ? await dumpLazily(d, vps, dir) : await dumpFully(d, vps, dir);
   } catch (e) {
     await fs.rm(dir, { recursive: true, force: true });
     await d.jobs.transition(entry.jobId, 'running', {}, { from: ['migrating'], host: d.hostId, note: `migration failed: ${errorMessage(e)}` }).catch(() => undefined);
@@ -143,6 +178,7 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
       migrationId,
       jobId: entry.jobId,
       vpsId: vps.id,
+      from: d.hostId,
       spec: {
         ...info.spec,
         ...(limits ? { memoryMb: limits.memoryMb, cpus: limits.cpus, pids: limits.pids } : {}),
@@ -150,30 +186,44 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
       },
       network: { mode: info.network.mode, address: info.network.address },
       frozenAt: dumped.frozenAt,
+      ...dumped.header,
     };
     let answer: Answer;
     try {
-      answer = await exchange(target.address, target.migrationPort, header, { dir, breakMidway: (await faultFor(d.jobs, entry.jobId)) === 'send' });
+      answer = await exchange(target.address, target.migrationPort, header, { dir, breakMidway: fault === 'send' });
     } catch (e) {
       answer = { ok: false, code: 'unavailable', message: errorMessage(e) };
     }
+    const answeredAt = Date.now();
     if (!answer.ok) {
       // The target did not take it. Bring the job back here, unless the target did run it after all.
       if (await claim(d.redis, d.keys, migrationId, 'source')) {
-        await restore(d.engine, vps, dumped.imagesDir);
+        try {
+          await dumped.undo();
+        } catch (e) {
+          // Post-copy only: CRIU ended the processes although no target has the job. Its last checkpoint is what is left.
+          vps.handOver();
+          void d.recover(entry.jobId, `its move to ${target.id} failed and it could not go on here (${errorMessage(e)})`);
+          throw new RunboxError('unavailable', `migration to ${target.id} failed: ${answer.message}; the job is being restored from its last checkpoint`);
+        }
         await d.jobs.transition(entry.jobId, 'running', {}, { from: ['migrating'], host: d.hostId, note: `migration to ${target.id} failed: ${answer.message}` });
         throw new RunboxError(answer.code === 'checkpoint_incompatible' ? 'checkpoint_incompatible' : 'unavailable', `migration to ${target.id} failed: ${answer.message}; the job keeps running on ${d.hostId}`);
       }
     }
+    if (fault === 'pages') dumped.signalPageServer?.('SIGKILL'); // the source "dies" before the pages arrived
+    // Post-copy: the processes here stay frozen until the target has every page; only then may they go.
+    const transferError = await dumped.finished;
+    if (transferError) d.log.warn({ err: transferError, jobId: entry.jobId }, 'the page transfer failed after the target resumed the job; the target restores it from its last checkpoint');
     vps.handOver();
     const result: MigrationResult = {
       from: d.hostId,
       to: target.id,
       startedAt,
       totalMs: Date.now() - t0,
-      // Measured on this host's clock only (hosts' clocks may differ): freeze → the target's answer.
-      frozenMs: Date.now() - dumped.frozenAt,
-      mode: 'stop-and-copy',
+      // Measured on this host's clock only (hosts' clocks may differ): freeze → the target's answer
+      // (it answers once the job runs again there).
+      frozenMs: answeredAt - dumped.frozenAt,
+      mode,
     };
     const stored = await d.jobs.get(entry.jobId);
     if (stored) await d.jobs.update(entry.jobId, { migrations: [...stored.job.migrations, result] });
@@ -181,6 +231,42 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
   } finally {
     await fs.rm(dir, { recursive: true, force: true });
   }
+}
+
+/** Stop-and-copy: every page in the images; a failed move restores them here. */
+async function dumpFully(d: MigrationDeps, vps: RuncVps, dir: string): Promise<Dumped> {
+  const dumped = await dumpForMove(d.engine, vps, dir);
+  return {
+    frozenAt: dumped.frozenAt,
+    header: { mode: 'stop-and-copy' },
+    undo: () => restore(d.engine, vps, dumped.imagesDir).then(() => undefined),
+    finished: Promise.resolve(undefined),
+  };
+}
+
+/** Post-copy: the pages stay here in CRIU's page server; a failed move thaws the VPS here. */
+async function dumpLazily(d: MigrationDeps, vps: RuncVps, dir: string): Promise<Dumped> {
+  const pageServer = { address: d.address!, port: await freePort(d.address!) };
+  const dumped = await lazyDumpForMove(d.engine, vps, dir, pageServer);
+  return {
+    frozenAt: dumped.frozenAt,
+    header: { mode: 'post-copy', pageServer },
+    undo: () => dumped.cancel(),
+    finished: dumped.transferred.then(() => undefined, (e: unknown) => (e instanceof Error ? e : new Error(String(e)))),
+    signalPageServer: (s) => dumped.signalPageServer(s),
+  };
+}
+
+/** A port free on `address` right now (CRIU's page server binds it a moment later). */
+async function freePort(address: string): Promise<number> {
+  const srv = net.createServer();
+  await new Promise<void>((resolve, reject) => {
+    srv.once('error', reject);
+    srv.listen(0, address, () => resolve());
+  });
+  const port = (srv.address() as net.AddressInfo).port;
+  await new Promise((r) => srv.close(r));
+  return port;
 }
 
 /**
@@ -271,6 +357,8 @@ export class MigrationServer {
     const answer = (a: object) => sock.end(`${JSON.stringify(a)}\n`);
     let dir: string | undefined;
     let header: Header | undefined;
+    let pages: LazyPages | undefined;
+    let keepDir = false;
     try {
       const { head, rest } = await readHeader(sock);
       const message = JSON.parse(head) as Header | PrepareHeader;
@@ -278,7 +366,7 @@ export class MigrationServer {
       if ('prepare' in message) {
         if ((await faultFor(this.d.jobs, message.jobId)) === 'prepare') throw new RunboxError('checkpoint_incompatible', 'injected fault: the target cannot have the template version');
         await this.templateVersion(message.prepare.template, true);
-        answer({ ok: true });
+        answer({ ok: true, postCopy: this.d.postCopy });
         return;
       }
       header = message;
@@ -288,18 +376,30 @@ export class MigrationServer {
       dir = await fs.mkdtemp(path.join(os.tmpdir(), `runbox-incoming-${header.jobId}-`));
       await untar(sock, rest, dir);
       if ((await faultFor(this.d.jobs, header.jobId)) === 'restore') throw new RunboxError('internal', 'injected fault: restore on the target failed');
+      const imagesDir = path.join(dir, 'images');
+      if (header.mode === 'post-copy') {
+        if (!this.d.postCopy || !this.d.engine.runc.criu || !header.pageServer) throw new RunboxError('host_unsupported', 'this host does not do post-copy migration');
+        pages = await startLazyPages(this.d.engine.runc.criu, { imagesDir, workDir: path.join(dir, 'lazy-work'), source: header.pageServer });
+      }
       if (!(await claim(this.d.redis, this.d.keys, header.migrationId, 'target'))) throw new RunboxError('conflict', 'the source took the job back');
       const vps = await this.d.engine.create(header.vpsId, { ...header.spec, template }, {
-        imagesDir: path.join(dir, 'images'),
+        imagesDir,
         fsTars: [path.join(dir, 'fs.tar')],
         address: header.network.address,
+        lazyPagesWorkDir: pages?.workDir,
       });
       const resumedAt = Date.now();
-      log.info({ frozenMs: resumedAt - header.frozenAt }, 'migrated in');
+      log.info({ frozenMs: resumedAt - header.frozenAt, mode: header.mode }, 'migrated in');
       answer({ ok: true, resumedAt });
-      this.d.adopt(header.jobId, vps, "migrated from another host");
+      const adopted = this.d.adopt(header.jobId, vps, `migrated from ${header.from} (${header.mode})`);
+      if (pages) {
+        // The images dir stays until every page has arrived (the lazy-pages daemon reads it).
+        keepDir = true;
+        void this.afterPages(pages, header, vps, adopted, dir, log);
+      }
     } catch (e) {
       this.d.log.warn({ err: e, jobId: header?.jobId }, 'incoming migration failed');
+      await pages?.stop();
       if (header) {
         await this.d.engine.destroy(header.vpsId).catch(() => undefined);
         // Hand the claim back, so the source may bring the job back to life.
@@ -308,7 +408,28 @@ export class MigrationServer {
       }
       answer({ ok: false, code: isRunboxError(e) ? e.code : 'internal', message: errorMessage(e) });
     } finally {
-      if (dir) await fs.rm(dir, { recursive: true, force: true });
+      if (dir && !keepDir) await fs.rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * Post-copy, once the job runs here: waits for the last page. If the source stops serving before
+   * that (it died, or the network broke), the restored processes must not run on: pages that never
+   * came would read as zeros. The job is then handled like one whose host crashed: its VPS here is
+   * destroyed and it resumes from its last checkpoint (or ends host_lost without one).
+   */
+  private async afterPages(pages: LazyPages, header: Header, vps: RuncVps, adopted: Promise<void>, dir: string, log: Logger): Promise<void> {
+    try {
+      await pages.done;
+      log.debug('post-copy: every page arrived');
+    } catch (e) {
+      log.error({ err: e }, 'post-copy: the source stopped serving memory before every page arrived; resuming the job from its last checkpoint');
+      vps.handOver(); // its supervision ends without a result; the VPS is destroyed
+      await adopted.catch(() => undefined);
+      await this.d.recover(header.jobId, `its source ${header.from} stopped serving its memory during a post-copy move`).catch((err: unknown) => log.error({ err }, 'recovery failed'));
+    } finally {
+      await pages.stop();
+      await fs.rm(dir, { recursive: true, force: true });
     }
   }
 }

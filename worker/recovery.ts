@@ -18,7 +18,7 @@ import { superviseJob, type RunJobDeps } from './processors/run-job.js';
  *
  * Returns false when the job turns out to be alive elsewhere (a duplicate delivery).
  */
-export async function recoverJob(deps: RunJobDeps, running: RunningJobs, job: Job, tenant: string, log: Logger): Promise<boolean> {
+export async function recoverJob(deps: RunJobDeps, running: RunningJobs, job: Job, tenant: string, log: Logger, why = `host ${job.host} lost`): Promise<boolean> {
   if (job.host === deps.hostId && running.byId.has(job.id)) return false;
   if (job.host && job.host !== deps.hostId && (await deps.hosts.get(job.host))) return false;
   const cp = await deps.checkpoints.restorable(job.id);
@@ -27,7 +27,7 @@ export async function recoverJob(deps: RunJobDeps, running: RunningJobs, job: Jo
     await deps.jobs.transition(job.id, 'migrating', { host: deps.hostId }, {
       from: ['running', 'checkpointing', 'migrating'],
       host: deps.hostId,
-      note: `host ${job.host} lost: restoring checkpoint ${cp.meta.id} on ${deps.hostId}`,
+      note: `${why}: restoring checkpoint ${cp.meta.id} on ${deps.hostId}`,
     });
   } catch (e) {
     if (isRunboxError(e, 'conflict')) return false; // someone else claimed it

@@ -10,12 +10,19 @@ import { parseOr400 } from '../validate.js';
 /** How long the API waits for the host running the job to checkpoint or move it. */
 const COMMAND_TIMEOUT_SEC = 180;
 
-export const MigrateRequestSchema = z.object({ host: z.string().regex(/^[A-Za-z0-9._-]{1,63}$/).optional() }).strict();
+export const MigrateRequestSchema = z
+  .object({
+    host: z.string().regex(/^[A-Za-z0-9._-]{1,63}$/).optional(),
+    /** auto: post-copy when both hosts can, else stop-and-copy. */
+    mode: z.enum(['auto', 'post-copy', 'stop-and-copy']).optional(),
+  })
+  .strict();
 
 /**
  * POST /v1/jobs/:id/checkpoint: the host running the job checkpoints it now (it keeps running);
- * 201 with the checkpoint. POST /v1/jobs/:id/migrate {host?}: the job moves, live, to `host` (or
- * the host with the most free capacity); 200 with the job, whose `migrations` show the timings.
+ * 201 with the checkpoint. POST /v1/jobs/:id/migrate {host?, mode?}: the job moves, live, to `host`
+ * (or the host with the most free capacity), with post-copy where both hosts can unless `mode` says
+ * otherwise; 200 with the job, whose `migrations` show the timings.
  */
 export function checkpointRoutes(deps: RouteDeps): Hono<ApiEnv> {
   const app = new Hono<ApiEnv>();
@@ -50,7 +57,7 @@ export function checkpointRoutes(deps: RouteDeps): Hono<ApiEnv> {
       if (target.id === host.id) throw new RunboxError('invalid_argument', `job ${id} already runs on ${host.id}`);
       if (target.draining) throw new RunboxError('conflict', `host ${target.id} is draining`);
     }
-    await hostCommand(deps, host.id, { op: 'migrate', jobId: id, target: body.host }, COMMAND_TIMEOUT_SEC);
+    await hostCommand(deps, host.id, { op: 'migrate', jobId: id, target: body.host, mode: body.mode }, COMMAND_TIMEOUT_SEC);
     return c.json(await ownJob(deps.jobs, c.get('tenant'), id), 200);
   });
 

@@ -96,14 +96,20 @@ export async function restore(engine: RuncEngine, vps: RuncVps, imagePath: strin
  * The error lines of a CRIU log (runc's own message only says "criu failed: type NOTIFY" and names
  * a log file inside the work dir, which is removed right after), as a suffix for an error message.
  */
+/** Printed on every run in sandboxes without CAP_SYS_RESOURCE, with no effect (HOST-NOTES). */
+const HARMLESS_CRIU_ERRORS = /Can't setup RLIMIT_NOFILE/;
+
 export async function criuErrors(workPath: string, logName: string): Promise<string> {
   const text = await fs.readFile(path.join(workPath, logName), 'utf8').catch(() => '');
-  const errors = text.split('\n').filter((l) => /\bError\b/.test(l)).map((l) => l.replace(/^\([\d.]+\)\s*/, '').trim());
+  const errors = text
+    .split('\n')
+    .filter((l) => /\bError\b/.test(l) && !HARMLESS_CRIU_ERRORS.test(l))
+    .map((l) => l.replace(/^\([\d.]+\)\s*/, '').trim());
   return errors.length ? `: ${errors.slice(0, 5).join('; ')}` : '';
 }
 
 /** The VPS's own network configuration, read while it is frozen (alongside the dump: no extra pause). */
-async function saveNetwork(vps: RuncVps, imagesDir: string): Promise<void> {
+export async function saveNetwork(vps: RuncVps, imagesDir: string): Promise<void> {
   const { netns, address, gateway } = vps.info().network;
   if (netns) await saveNetnsConfig(netns, { address, gateway }, imagesDir);
 }
@@ -189,18 +195,7 @@ export async function snapshot(
  * If a later step of the move fails, `restore(engine, vps, imagesDir)` brings the job back here.
  */
 export async function dumpForMove(engine: RuncEngine, vps: RuncVps, outDir: string): Promise<{ frozenAt: number; imagesDir: string; fsTar: string }> {
-  next('checkpoint', vps.state);
-  if (!engine.runc.criu) throw new RunboxError('host_unsupported', 'no criu configured (RUNBOX_CRIU)');
-  const p = engine.layout.vps(vps.id);
-  const imagesDir = path.join(outDir, 'images');
-  const fsTar = path.join(outDir, 'fs.tar');
-  const workPath = path.join(outDir, 'dump-work');
-  await fs.mkdir(imagesDir, { recursive: true });
-  await fs.mkdir(workPath, { recursive: true });
-  const old = vps.channel;
-  await execOk(pauseArgs(engine.runc, vps.id), { timeoutMs: 30_000 });
-  const frozenAt = Date.now();
-  vps.beginSwap();
+  const { upperDir, imagesDir, fsTar, workPath, old, frozenAt } = await freezeForMove(engine, vps, outDir);
   try {
     // CRIU would take output still in the pipe into its images and not hand it back: read it first.
     await old.drained();
@@ -217,6 +212,27 @@ export async function dumpForMove(engine: RuncEngine, vps: RuncVps, outDir: stri
   }
   await within(old.whenClosed(), 5000);
   // A full archive of the layer (a fresh snapshot file: level 0).
-  await execOk(fsTarArgs(path.join(p.layerMount, 'upper'), fsTar, path.join(outDir, 'fs.snar')), { timeoutMs: 300_000 });
+  await execOk(fsTarArgs(upperDir, fsTar, path.join(outDir, 'fs.snar')), { timeoutMs: 300_000 });
   return { frozenAt, imagesDir, fsTar };
+}
+
+/**
+ * The first steps of every move, either mode: the paths under `outDir`, then the VPS frozen and its
+ * output channel put aside (the caller reads it empty before dumping: CRIU would keep what is still
+ * in the pipe in its images and not hand it back).
+ */
+export async function freezeForMove(engine: RuncEngine, vps: RuncVps, outDir: string) {
+  next('checkpoint', vps.state);
+  if (!engine.runc.criu) throw new RunboxError('host_unsupported', 'no criu configured (RUNBOX_CRIU)');
+  const upperDir = path.join(engine.layout.vps(vps.id).layerMount, 'upper');
+  const imagesDir = path.join(outDir, 'images');
+  const fsTar = path.join(outDir, 'fs.tar');
+  const workPath = path.join(outDir, 'dump-work');
+  await fs.mkdir(imagesDir, { recursive: true });
+  await fs.mkdir(workPath, { recursive: true });
+  const old = vps.channel;
+  await execOk(pauseArgs(engine.runc, vps.id), { timeoutMs: 30_000 });
+  const frozenAt = Date.now();
+  vps.beginSwap();
+  return { upperDir, imagesDir, fsTar, workPath, old, frozenAt };
 }

@@ -4,6 +4,7 @@ import { constants as fsc } from 'node:fs';
 import { access, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { release } from 'node:os';
 import { join } from 'node:path';
+import { PIPE_MAX_SIZE_NEEDED } from '../checkpoint/lazy.js';
 
 /**
  * `runbox doctor`: probes what this host offers a runbox worker (namespaces, cgroups, overlayfs,
@@ -109,7 +110,7 @@ async function cgroupChecks(): Promise<DoctorCheck[]> {
 }
 
 async function criuChecks(criu: string): Promise<DoctorCheck[]> {
-  const fix = 'run scripts/setup.sh (installs CRIU >= 4 under /opt/runbox/criu)';
+  const fix = 'run scripts/setup.sh (installs CRIU >= 4.2 under /opt/runbox/criu)';
   const ver = await run(criu, ['--version']);
   const major = parseCriuMajor(ver.out);
   const checks: DoctorCheck[] = [
@@ -141,13 +142,16 @@ async function criuChecks(criu: string): Promise<DoctorCheck[]> {
     detail: dirtyOk ? 'supported: incremental (pre-dump) checkpoints possible' : 'not available: every checkpoint is a full one (no pre-dump)',
     fix: dirtyOk ? undefined : 'a kernel with CONFIG_MEM_SOFT_DIRTY=y enables it',
   });
+  // Post-copy also needs room for CRIU's 4 MiB page-server pipe (runtime/checkpoint/lazy.ts); the
+  // worker raises fs.pipe-max-size at start, so a low value here is only a note.
+  const pipeMax = Number((await readFile('/proc/sys/fs/pipe-max-size', 'utf8').catch(() => '0')).trim());
   checks.push({
-    name: 'userfaultfd (lazy pages)',
+    name: 'post-copy migration (userfaultfd, lazy pages)',
     ok: uffd.ok,
     optional: true,
     detail: uffd.ok
-      ? 'supported by the kernel; runbox migrates with stop-and-copy (CRIU 4.1 lazy-pages failed here, docs/CHECKPOINT.md)'
-      : firstLine(uffd.out) || 'not supported',
+      ? `supported: live migrations resume on the target at once and pull memory from the source (fs.pipe-max-size ${pipeMax}${pipeMax < PIPE_MAX_SIZE_NEEDED ? `; a worker raises it to ${PIPE_MAX_SIZE_NEEDED} at start` : ''})`
+      : `${firstLine(uffd.out) || 'not supported'}: live migrations use stop-and-copy`,
     fix: uffd.ok ? undefined : 'a kernel with CONFIG_USERFAULTFD=y (and vm.unprivileged_userfaultfd or root) enables it',
   });
   // Kernels >= 6.16 refuse SO_PASSCRED on TCP sockets, which CRIU < 4.2 treats as fatal.

@@ -43,6 +43,12 @@ export interface CheckpointOptions {
   leaveRunning: boolean;
   /** Parent image dir for incremental dumps (only where dirty tracking works). */
   parentPath?: string;
+  /**
+   * Post-copy: dump everything but the memory pages, then serve those on demand from a page server
+   * listening on `pageServer` (ADDRESS:PORT) until the target has them all; CRIU writes one byte to
+   * `statusFd` when the page server is ready. The VPS's processes end after the last page.
+   */
+  lazy?: { pageServer: string; statusFd: number };
 }
 
 /** CRIU image and work paths must be absolute (relative ones fail deep inside criu). */
@@ -55,6 +61,7 @@ export function checkpointArgs(g: RuncGlobal, id: string, o: CheckpointOptions):
     '--file-locks',
     ...(o.leaveRunning ? ['--leave-running'] : []),
     ...(o.parentPath ? ['--parent-path', o.parentPath] : []),
+    ...(o.lazy ? ['--lazy-pages', '--page-server', o.lazy.pageServer, '--status-fd', String(o.lazy.statusFd)] : []),
     id,
   ];
 }
@@ -63,7 +70,9 @@ export interface RestoreOptions {
   bundle: string;
   pidFile: string;
   imagePath: string;
+  /** With `lazyPages`, the work dir of the `criu lazy-pages` daemon (its lazy-pages.socket is there). */
   workPath: string;
+  lazyPages?: boolean;
 }
 
 export function restoreArgs(g: RuncGlobal, id: string, o: RestoreOptions): string[] {
@@ -75,8 +84,14 @@ export function restoreArgs(g: RuncGlobal, id: string, o: RestoreOptions): strin
     '--work-path', o.workPath,
     '--tcp-established',
     '--file-locks',
+    ...(o.lazyPages ? ['--lazy-pages'] : []),
     id,
   ];
+}
+
+/** The target's side of post-copy: fetches pages from the source's page server as the restored VPS faults them in. */
+export function lazyPagesArgs(criu: string, o: { imagesDir: string; workDir: string; address: string; port: number }): string[] {
+  return [criu, 'lazy-pages', '--page-server', '--address', o.address, '--port', String(o.port), '--images-dir', o.imagesDir, '--work-dir', o.workDir];
 }
 
 const RUNC_TIMEOUT_MS = 30_000;

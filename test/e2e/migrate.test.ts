@@ -20,8 +20,8 @@ const other = (h: string | null) => (h === 'h1' ? 'h2' : 'h1');
 const isRunning = (j: Job) => j.status === 'running';
 const isDone = (j: Job) => ['succeeded', 'failed', 'canceled', 'timed_out'].includes(j.status);
 
-describe('live migration (stop-and-copy)', () => {
-  it('moves a running job: no gap or repeat in its log, memory and files intact, same PID and hostname', async () => {
+describe('live migration', () => {
+  it.each(['stop-and-copy', 'post-copy'] as const)('%s: moves a running job: no gap or repeat in its log, memory and files intact, same PID and hostname', async (mode) => {
     const script = [
       'echo before-move > /tmp/file.txt',
       'buf=$(head -c 200000 /dev/urandom | od -An -tx1 | tr -d " \\n")',
@@ -35,9 +35,9 @@ describe('live migration (stop-and-copy)', () => {
     const running = await c.waitStatus(created.id, isRunning, 'the job to run');
     await new Promise((r) => setTimeout(r, 1500));
     const to = other(running.host);
-    const moved = await c.json<Job>(`/v1/jobs/${created.id}/migrate`, { body: { host: to } });
+    const moved = await c.json<Job>(`/v1/jobs/${created.id}/migrate`, { body: { host: to, mode } });
     expect(moved.host).toBe(to);
-    expect(moved.migrations).toEqual([expect.objectContaining({ from: running.host, to, mode: 'stop-and-copy' })]);
+    expect(moved.migrations).toEqual([expect.objectContaining({ from: running.host, to, mode })]);
     expect(moved.migrations[0]!.frozenMs).toBeGreaterThan(0);
     expect(moved.migrations[0]!.totalMs).toBeGreaterThanOrEqual(moved.migrations[0]!.frozenMs);
 
@@ -78,6 +78,7 @@ describe('live migration (stop-and-copy)', () => {
     expect((await c.call(`/v1/jobs/${created.id}/migrate`, { body: { host: 'no-such-host' } })).status).toBe(400);
     expect((await c.call(`/v1/jobs/${created.id}/migrate`, { body: { host: running.host } })).status).toBe(400);
     expect((await c.call(`/v1/jobs/${created.id}/migrate`, { body: { bogus: 1 } })).status).toBe(400);
+    expect((await c.call(`/v1/jobs/${created.id}/migrate`, { body: { mode: 'teleport' } })).status).toBe(400);
     expect((await c.call(`/v1/jobs/${created.id}/migrate`, { body: {}, token: 'not-a-token' })).status).toBe(401);
     const moved = await c.json<Job>(`/v1/jobs/${created.id}/migrate`, { method: 'POST' });
     expect(moved.host).toBe(other(running.host));
@@ -142,6 +143,25 @@ describe('live migration (stop-and-copy)', () => {
     }
     expect((await c.call('/v1/hosts/h1/drain', { method: 'POST', token: TOKENS.b })).status).toBe(404); // not an admin tenant
     await c.call(`/v1/jobs/${created.id}/cancel`, { method: 'POST' });
+  });
+
+  it('post-copy: a source that stops serving memory before every page arrived is handled like a host crash (resume from the last checkpoint)', async () => {
+    // The source's page server is killed as soon as the target runs the job, while 50 MB of the
+    // job's memory are still on their way: the target must not let it run on with missing memory.
+    const script = `awk 'BEGIN { s = sprintf("%50000000s", ""); for (i = 0; i < 50; i++) { print "c " i; fflush(); system("sleep 0.1") }; print (substr(s, 1, 1) == " " && substr(s, 49999999, 2) == "  ") ? "memory-intact" : "memory-LOST" }'`;
+    const created = await c.json<Job>('/v1/jobs', { body: { script, labels: { 'runbox.fault': 'pages' } } });
+    const running = await c.waitStatus(created.id, isRunning, 'the job to run');
+    await new Promise((r) => setTimeout(r, 1000));
+    await c.json(`/v1/jobs/${created.id}/checkpoint`, { method: 'POST' });
+    await new Promise((r) => setTimeout(r, 500)); // more output after the checkpoint, to be cut back
+    const to = other(running.host);
+    const moved = await c.json<Job>(`/v1/jobs/${created.id}/migrate`, { body: { host: to, mode: 'post-copy' } });
+    expect(moved.migrations).toEqual([expect.objectContaining({ from: running.host, to, mode: 'post-copy' })]);
+    const done = await c.waitStatus(created.id, isDone, 'the job to end');
+    expect(done).toMatchObject({ status: 'succeeded', host: to });
+    expect(done.history.some((h) => /stopped serving its memory.*restoring checkpoint/.test(h.note ?? ''))).toBe(true);
+    const log = await (await c.call(`/v1/jobs/${created.id}/logs`)).text();
+    expect(log.trim().split('\n')).toEqual([...Array.from({ length: 50 }, (_, i) => `c ${i}`), 'memory-intact']);
   });
 
   // Destructive (a host dies): last.

@@ -1,9 +1,11 @@
 import fs from 'node:fs/promises';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dumpForMove } from '../../runtime/checkpoint/checkpoint.js';
-import { testEngine, type TestEngine } from '../helpers/engine.js';
+import { lazyDumpForMove, postCopySupport, startLazyPages, type LazyPages } from '../../runtime/checkpoint/lazy.js';
+import { CRIU, testEngine, type TestEngine } from '../helpers/engine.js';
 import { waitFor } from '../helpers/net.js';
 import { execOk } from '../../runtime/exec.js';
 
@@ -64,6 +66,80 @@ describe('stop-and-copy move of a running VPS', () => {
       expect(rules.stdout).toMatch(/tcp dport 7777 drop/);
     } finally {
       await b.engine.destroy(src.id);
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+async function freePort(): Promise<number> {
+  const srv = net.createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  const port = (srv.address() as net.AddressInfo).port;
+  await new Promise((r) => srv.close(r));
+  return port;
+}
+
+describe('post-copy move (lazy pages) of a running VPS', () => {
+  beforeAll(async () => {
+    const support = await postCopySupport(CRIU, true);
+    expect(support, support.detail).toMatchObject({ ok: true });
+  });
+
+  const script = [
+    'buf=$(head -c 300000 /dev/urandom | od -An -tx1 | tr -d " \\n")',
+    'sum1=$(echo "$buf" | md5sum | cut -d" " -f1)',
+    'i=0; while [ $i -lt 40 ]; do echo "$i $$"; i=$((i+1)); sleep 0.05; done',
+    'sum2=$(echo "$buf" | md5sum | cut -d" " -f1)',
+    '[ "$sum1" = "$sum2" ] && echo memory-intact',
+  ].join('; ');
+  const expected = (out: string) => {
+    const lines = out.trim().split('\n');
+    const pid = lines[0]!.split(' ')[1];
+    expect(lines).toEqual([...Array.from({ length: 40 }, (_, i) => `${i} ${pid}`), 'memory-intact']);
+  };
+
+  it('restores on the other host at once and pulls the memory from the source: same output, memory intact', async () => {
+    const src = await a.create({ hostname: 'lazy-box' });
+    let out = '';
+    const first = src.run({ argv: ['sh', '-c', script], timeoutSec: 60, outputBytes: 1 << 20, onOutput: (_s, d) => (out += d.toString()) });
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'runbox-lazy-'));
+    let pages: LazyPages | undefined;
+    try {
+      await waitFor(() => out.split('\n').length > 10, 'ten lines on the source', 10_000);
+      const source = { address: '127.0.0.1', port: await freePort() };
+      const dumped = await lazyDumpForMove(a.engine, src, dir, source);
+      pages = await startLazyPages(CRIU, { imagesDir: dumped.imagesDir, workDir: path.join(dir, 'lazy-work'), source });
+      const dst = await b.engine.create(src.id, src.info().spec, { imagesDir: dumped.imagesDir, fsTars: [dumped.fsTar], lazyPagesWorkDir: pages.workDir });
+      src.handOver();
+      const handed = await first;
+      expect(handed.migrated).toBe(true);
+      const rest = await dst.adopt({ argv: [], timeoutSec: 60, outputBytes: 1 << 20, onOutput: (_s, d) => (out += d.toString()) }, { startedAt: handed.startedAt });
+      await Promise.all([pages.done, dumped.transferred]); // every page arrived; the source's processes ended
+      expect(rest.exitCode).toBe(0);
+      expected(out);
+    } finally {
+      await pages?.stop();
+      await a.engine.destroy(src.id);
+      await b.engine.destroy(src.id);
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('cancelled before the target restored: the VPS thaws on its source and goes on, nothing lost', async () => {
+    const src = await a.create();
+    let out = '';
+    const run = src.run({ argv: ['sh', '-c', script], timeoutSec: 60, outputBytes: 1 << 20, onOutput: (_s, d) => (out += d.toString()) });
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'runbox-lazy-'));
+    try {
+      await waitFor(() => out.split('\n').length > 10, 'ten lines on the source', 10_000);
+      const dumped = await lazyDumpForMove(a.engine, src, dir, { address: '127.0.0.1', port: await freePort() });
+      await dumped.cancel();
+      await expect(dumped.transferred).rejects.toThrow(/page transfer/);
+      const r = await run;
+      expect(r.exitCode).toBe(0);
+      expected(out);
+    } finally {
+      await a.engine.destroy(src.id);
       await fs.rm(dir, { recursive: true, force: true });
     }
   });

@@ -1,6 +1,5 @@
 import { describe, it, expect } from 'vitest';
 import { LIMIT_KEYS, LimitsSchema, resolveLimits, type Limits } from '../../core/limits.js';
-import { RunboxError } from '../../core/errors.js';
 import { thrown } from '../helpers/errors.js';
 
 const DEFAULTS: Limits = { memoryMb: 256, cpus: 1, pids: 256, diskMb: 256, timeoutSec: 300, outputBytes: 16 * 1024 * 1024 };

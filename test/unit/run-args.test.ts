@@ -1,6 +1,5 @@
 import { describe, it, expect } from 'vitest';
 import { exitStatus, parseRunArgs, RUN_USAGE } from '../../cli/run-args.js';
-import { RunboxError } from '../../core/errors.js';
 import { thrown } from '../helpers/errors.js';
 
 describe('parseRunArgs', () => {

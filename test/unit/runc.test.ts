@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import {
-  checkpointArgs, deleteArgs, globalArgs, killArgs, listArgs, restoreArgs, runArgs, stateArgs, type RuncGlobal,
+  checkpointArgs, deleteArgs, globalArgs, killArgs, lazyPagesArgs, listArgs, restoreArgs, runArgs, stateArgs, type RuncGlobal,
 } from '../../runtime/oci/runc.js';
 
 const G: RuncGlobal = { runc: '/usr/bin/runc', root: '/var/lib/runbox/runc' };
@@ -57,6 +57,27 @@ describe('runc argument builders', () => {
         ...RC, 'restore', '--detach', '--bundle', '/b/vps2', '--pid-file', '/b/vps2.pid', '--image-path', CP.imagePath,
         '--work-path', CP.workPath, '--tcp-established', '--file-locks', 'vps2',
       ],
+    ],
+    [
+      'checkpoint --lazy-pages (post-copy source)',
+      checkpointArgs(GC, 'vps1', { ...CP, leaveRunning: false, lazy: { pageServer: '10.0.0.2:4000', statusFd: 3 } }),
+      [
+        ...RC, 'checkpoint', '--image-path', CP.imagePath, '--work-path', CP.workPath, '--tcp-established', '--file-locks',
+        '--lazy-pages', '--page-server', '10.0.0.2:4000', '--status-fd', '3', 'vps1',
+      ],
+    ],
+    [
+      'restore --lazy-pages (post-copy target)',
+      restoreArgs(GC, 'vps2', { bundle: '/b/vps2', pidFile: '/b/vps2.pid', ...CP, lazyPages: true }),
+      [
+        ...RC, 'restore', '--detach', '--bundle', '/b/vps2', '--pid-file', '/b/vps2.pid', '--image-path', CP.imagePath,
+        '--work-path', CP.workPath, '--tcp-established', '--file-locks', '--lazy-pages', 'vps2',
+      ],
+    ],
+    [
+      'criu lazy-pages (post-copy target daemon)',
+      lazyPagesArgs('/c/criu', { imagesDir: '/i', workDir: '/w', address: '10.0.0.2', port: 4000 }),
+      ['/c/criu', 'lazy-pages', '--page-server', '--address', '10.0.0.2', '--port', '4000', '--images-dir', '/i', '--work-dir', '/w'],
     ],
   ])('%s', (_name, actual, expected) => {
     expect(actual).toEqual(expected);

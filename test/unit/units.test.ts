@@ -1,6 +1,5 @@
 import { describe, it, expect } from 'vitest';
 import { MiB, parseDuration, parseSize } from '../../core/units.js';
-import { RunboxError } from '../../core/errors.js';
 import { thrown } from '../helpers/errors.js';
 
 describe('MiB', () => {

@@ -99,7 +99,6 @@ export function createProcessor(deps: RunJobDeps, running: RunningJobs) {
 }
 
 async function runOne(deps: RunJobDeps, bull: BullJob, job: Job, entry: RunningJob, log: Logger): Promise<void> {
-  const abort = entry.abort;
   const req = await deps.jobs.getRequest(job.id);
   if (!req) throw new RunboxError('internal', `job ${job.id} has no stored request`);
   await deps.jobs.transition(job.id, 'starting', { host: deps.hostId, attempt: job.attempt + 1 }, { host: deps.hostId });
