@@ -101,6 +101,7 @@ class Receiver {
     let header: Header | undefined;
     let inc: Incoming | undefined;
     let keepDir = false;
+    let started: Promise<LazyPages> | undefined;
     try {
       const { head, rest } = await readHeader(sock);
       header = JSON.parse(head) as Header;
@@ -114,17 +115,23 @@ class Receiver {
       inc.bytes = sock.bytesRead;
       inc.untarredAt = Date.now();
       const imagesDir = path.join(dir, 'images');
-      let pages: LazyPages | undefined;
+      const workDir = path.join(dir, 'lazy-work');
       if (header.mode === 'post-copy') {
         if (!this.engine.runc.criu || !header.pageServer) throw new Error('post-copy move without criu or page server');
-        pages = await startLazyPages(this.engine.runc.criu, { imagesDir, workDir: path.join(dir, 'lazy-work'), source: header.pageServer });
-        inc.pages = pages;
-        // Taken the moment the last page arrived, whatever the move awaits meanwhile.
-        inc.pagesDoneAt = pages.done.then(() => Date.now());
-        inc.pagesDoneAt.catch(() => undefined);
-        inc.lazyReadyAt = Date.now();
+        // As the worker does: the daemon starts while create() makes the layer and netns.
+        const incoming = inc;
+        started = startLazyPages(this.engine.runc.criu, { imagesDir, workDir, source: header.pageServer }).then((p) => {
+          incoming.pages = p;
+          incoming.lazyReadyAt = Date.now();
+          // Taken the moment the last page arrived, whatever the move awaits meanwhile.
+          incoming.pagesDoneAt = p.done.then(() => Date.now());
+          incoming.pagesDoneAt.catch(() => undefined);
+          return p;
+        });
+        started.catch(() => undefined);
       }
-      const vps = await this.engine.create(header.vpsId, { ...header.spec, template }, { imagesDir, fsTars: [path.join(dir, 'fs.tar')], lazyPagesWorkDir: pages?.workDir });
+      const vps = await this.engine.create(header.vpsId, { ...header.spec, template }, { imagesDir, fsTars: [path.join(dir, 'fs.tar')], lazyPagesWorkDir: started && workDir, lazyPagesReady: started });
+      const pages = await started;
       inc.restoredAt = Date.now();
       inc.vps = vps;
       // At once, before anything else can read the new channel (its backlog goes to the first listener).
@@ -138,7 +145,7 @@ class Receiver {
       answer({ ok: true, resumedAt: inc.restoredAt });
     } catch (e) {
       if (header) await this.engine.destroy(header.vpsId).catch(() => undefined);
-      await inc?.pages?.stop();
+      await started?.then((p) => p.stop(), () => undefined);
       answer({ ok: false, message: errorMessage(e) });
     } finally {
       if (dir && !keepDir) await fs.rm(dir, { recursive: true, force: true });

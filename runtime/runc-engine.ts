@@ -72,6 +72,8 @@ export interface RestoreSource {
   address?: string;
   /** Post-copy: the images have no memory pages; the `criu lazy-pages` daemon with this work dir serves them. */
   lazyPagesWorkDir?: string;
+  /** Settles once the lazy-pages daemon is listening (it starts while the layer and netns are made). */
+  lazyPagesReady?: Promise<unknown>;
 }
 
 /** Replays the incremental fs archives in order (deletions included: --listed-incremental). */
@@ -152,6 +154,7 @@ export class RuncEngine implements VpsEngine {
       await fs.writeFile(p.config, JSON.stringify(config));
       const workPath = restore ? restore.lazyPagesWorkDir ?? `${restore.imagesDir}.restore-work` : '';
       if (restore) await fs.mkdir(workPath, { recursive: true });
+      await restore?.lazyPagesReady;
       const channel = await startWithPipes(
         restore
           ? restoreArgs(this.runc, id, { bundle: p.bundle, pidFile: p.pidFile, imagePath: restore.imagesDir, workPath, lazyPages: !!restore.lazyPagesWorkDir })

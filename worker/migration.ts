@@ -357,7 +357,7 @@ export class MigrationServer {
     const answer = (a: object) => sock.end(`${JSON.stringify(a)}\n`);
     let dir: string | undefined;
     let header: Header | undefined;
-    let pages: LazyPages | undefined;
+    let pagesStarted: Promise<LazyPages> | undefined;
     let keepDir = false;
     try {
       const { head, rest } = await readHeader(sock);
@@ -377,21 +377,29 @@ export class MigrationServer {
       await untar(sock, rest, dir);
       if ((await faultFor(this.d.jobs, header.jobId)) === 'restore') throw new RunboxError('internal', 'injected fault: restore on the target failed');
       const imagesDir = path.join(dir, 'images');
+      const workDir = path.join(dir, 'lazy-work');
       if (header.mode === 'post-copy') {
         if (!this.d.postCopy || !this.d.engine.runc.criu || !header.pageServer) throw new RunboxError('host_unsupported', 'this host does not do post-copy migration');
-        pages = await startLazyPages(this.d.engine.runc.criu, { imagesDir, workDir: path.join(dir, 'lazy-work'), source: header.pageServer });
+        // The daemon connects to the source while the layer and netns are made (create awaits it).
+        pagesStarted = startLazyPages(this.d.engine.runc.criu, { imagesDir, workDir, source: header.pageServer });
+        pagesStarted.catch(() => undefined); // awaited by create, or stopped below
       }
-      if (!(await claim(this.d.redis, this.d.keys, header.migrationId, 'target'))) throw new RunboxError('conflict', 'the source took the job back');
+      if (!(await claim(this.d.redis, this.d.keys, header.migrationId, 'target'))) {
+        await pagesStarted?.then((p) => p.stop(), () => undefined);
+        throw new RunboxError('conflict', 'the source took the job back');
+      }
       const vps = await this.d.engine.create(header.vpsId, { ...header.spec, template }, {
         imagesDir,
         fsTars: [path.join(dir, 'fs.tar')],
         address: header.network.address,
-        lazyPagesWorkDir: pages?.workDir,
+        lazyPagesWorkDir: pagesStarted && workDir,
+        lazyPagesReady: pagesStarted,
       });
       const resumedAt = Date.now();
       log.info({ frozenMs: resumedAt - header.frozenAt, mode: header.mode }, 'migrated in');
       answer({ ok: true, resumedAt });
       const adopted = this.d.adopt(header.jobId, vps, `migrated from ${header.from} (${header.mode})`);
+      const pages = await pagesStarted;
       if (pages) {
         // The images dir stays until every page has arrived (the lazy-pages daemon reads it).
         keepDir = true;
@@ -399,7 +407,7 @@ export class MigrationServer {
       }
     } catch (e) {
       this.d.log.warn({ err: e, jobId: header?.jobId }, 'incoming migration failed');
-      await pages?.stop();
+      await pagesStarted?.then((p) => p.stop(), () => undefined);
       if (header) {
         await this.d.engine.destroy(header.vpsId).catch(() => undefined);
         // Hand the claim back, so the source may bring the job back to life.
