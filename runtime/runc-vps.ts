@@ -217,11 +217,14 @@ export class RuncVps implements Vps {
         resuming = true;
         outputBytes = f.bytes - held.reduce((n, x) => n + x.data.length, 0);
         // Keep holding (in order) until the caller has cut its log back to the resume offset.
-        void Promise.resolve(o.resume?.(outputBytes)).then(() => {
-          const early = held ?? [];
-          held = undefined;
-          early.forEach(onFrame);
-        });
+        void Promise.resolve()
+          .then(() => o.resume?.(outputBytes))
+          .catch((e: unknown) => this.log.error({ err: e }, 'cutting the log back to the resume offset failed'))
+          .then(() => {
+            const early = held ?? [];
+            held = undefined;
+            early.forEach(onFrame);
+          });
       } else if (f.type === 'started') startedAt = new Date().toISOString();
       else if (f.type === 'stdout' || f.type === 'stderr') {
         const room = Math.max(0, job.outputBytes - outputBytes);
@@ -248,8 +251,8 @@ export class RuncVps implements Vps {
 
     // The job ends with the agent's X frame, or when the VPS dies (its output pipe hits EOF)
     // outside of a checkpoint/restore swap.
+    let off = () => {};
     const ended = new Promise<void>((resolve) => {
-      let off = () => {};
       const bind = () => {
         off();
         const ch = this.channel;
@@ -283,6 +286,8 @@ export class RuncVps implements Vps {
     job.signal?.removeEventListener('abort', onAbort);
     this.onChannelSwap = undefined;
     this.onHandOver = undefined;
+    // Handed over: nothing this VPS still says may reach the job's output (it lives elsewhere now).
+    if (this.handedOver) off();
     if (this.handedOver) {
       return {
         exitCode: null, signal: null, oomKilled: false, timedOut: false, canceled: false, outputTruncated: truncated, outputBytes,

@@ -153,7 +153,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     recipesDir: config.recipesDir,
     postCopy: postCopy.ok,
     address: primaryAddress(),
-    adopt: (jobId, vps, note) => adoptJob(runDeps, running, jobId, vps, note).catch((e) => hlog.error({ err: e, jobId }, 'adopted job failed')),
+    adopt: (jobId, vps, note, gate) => adoptJob(runDeps, running, jobId, vps, note, gate).catch((e) => hlog.error({ err: e, jobId }, 'adopted job failed')),
     recover: async (jobId, why) => {
       // Its supervision here must have ended first (it let go with handOver).
       for (const deadline = Date.now() + 10_000; running.byId.has(jobId) && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));

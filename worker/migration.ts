@@ -87,12 +87,14 @@ export interface MigrationDeps {
   /** This host's address, where a post-copy source's page server listens. */
   address: string | null;
   /** Runs a job that arrived here already running, to its end (the processor's supervision). */
-  adopt(jobId: string, vps: RuncVps, note: string): Promise<void>;
+  adopt(jobId: string, vps: RuncVps, note: string, gate?: Promise<boolean>): Promise<void>;
   /** A job whose processes are gone here without a result: resume it from its last checkpoint (or host_lost). */
   recover(jobId: string, why: string): Promise<void>;
 }
 
 const ANSWER_TIMEOUT_MS = 180_000;
+/** Post-copy: the longest a source keeps serving pages after the target took the job. */
+const PAGES_TIMEOUT_MS = 600_000;
 /** A target may have to build a template version first (a minute or two for a Debian one). */
 const PREPARE_TIMEOUT_MS = 600_000;
 
@@ -252,7 +254,14 @@ async function dumpLazily(d: MigrationDeps, vps: RuncVps, dir: string): Promise<
     frozenAt: dumped.frozenAt,
     header: { mode: 'post-copy', pageServer },
     undo: () => dumped.cancel(),
-    finished: dumped.transferred.then(() => undefined, (e: unknown) => (e instanceof Error ? e : new Error(String(e)))),
+    finished: new Promise<Error | undefined>((resolve) => {
+      // A page server whose target never came (or stalled) would keep the frozen VPS here forever.
+      const timer = setTimeout(() => dumped.signalPageServer('SIGKILL'), PAGES_TIMEOUT_MS);
+      dumped.transferred.then(
+        () => resolve(undefined),
+        (e: unknown) => resolve(e instanceof Error ? e : new Error(String(e))),
+      ).finally(() => clearTimeout(timer));
+    }),
     signalPageServer: (s) => dumped.signalPageServer(s),
   };
 }
@@ -398,8 +407,10 @@ export class MigrationServer {
       const resumedAt = Date.now();
       log.info({ frozenMs: resumedAt - header.frozenAt, mode: header.mode }, 'migrated in');
       answer({ ok: true, resumedAt });
-      const adopted = this.d.adopt(header.jobId, vps, `migrated from ${header.from} (${header.mode})`);
       const pages = await pagesStarted;
+      // Post-copy: the job's end counts only once every page has arrived (see afterPages).
+      const gate = pages?.done.then(() => true, () => false);
+      const adopted = this.d.adopt(header.jobId, vps, `migrated from ${header.from} (${header.mode})`, gate);
       if (pages) {
         // The images dir stays until every page has arrived (the lazy-pages daemon reads it).
         keepDir = true;
@@ -432,7 +443,10 @@ export class MigrationServer {
       log.debug('post-copy: every page arrived');
     } catch (e) {
       log.error({ err: e }, 'post-copy: the source stopped serving memory before every page arrived; resuming the job from its last checkpoint');
-      vps.handOver(); // its supervision ends without a result; the VPS is destroyed
+      // Its supervision ends without a result and stops taking its output; then it is killed at once
+      // (pages that never came read as zeros) and destroyed.
+      vps.handOver();
+      await vps.killAll().catch((err: unknown) => log.warn({ err }, 'killing the VPS failed'));
       await adopted.catch(() => undefined);
       await this.d.recover(header.jobId, `its source ${header.from} stopped serving its memory during a post-copy move`).catch((err: unknown) => log.error({ err }, 'recovery failed'));
     } finally {

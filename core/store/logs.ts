@@ -14,6 +14,29 @@ export interface LogChunk {
 }
 
 export const entryId = (offset: number): string => `${offset + 1}-0`;
+
+// KEYS[1] the log stream; ARGV[1] the cut (a byte offset). Drops every chunk that starts at or after
+// the cut and shortens the one that reaches past it (the writer merges agent frames, so a chunk may
+// span the cut). A stream only takes ids above the highest it ever had: moving that mark back to
+// the cut lets the restored VPS's output (from the cut on) be written again.
+const TRUNCATE = `
+local key, cut = KEYS[1], tonumber(ARGV[1])
+if redis.call('EXISTS', key) == 0 then return 0 end
+local ids = redis.call('XRANGE', key, (cut + 1) .. '-0', '+')
+for _, e in ipairs(ids) do redis.call('XDEL', key, e[1]) end
+local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
+if last then
+  local start = tonumber(string.match(last[1], '^(%d+)')) - 1
+  local f = {}
+  for i = 1, #last[2], 2 do f[last[2][i]] = last[2][i + 1] end
+  if start + #f.d > cut then
+    redis.call('XDEL', key, last[1])
+    redis.call('XSETID', key, start .. '-0')
+    redis.call('XADD', key, last[1], 's', f.s, 'd', string.sub(f.d, 1, cut - start))
+  end
+end
+redis.call('XSETID', key, cut .. '-0')
+return #ids`;
 export const offsetOf = (id: string): number => Number(id.split('-')[0]) - 1;
 
 export class LogStore {
@@ -60,13 +83,13 @@ export class LogStore {
   }
 
   /** Removes every chunk at or after `offset` (a job restored from a checkpoint continues from there). */
+  /**
+   * Cuts the log back to `offset`. One atomic script: a chunk appended between the delete and the
+   * XSETID (a writer still flushing) would otherwise make XSETID fail ("smaller than the target
+   * stream top item").
+   */
   async truncate(jobId: string, offset: number): Promise<void> {
-    const key = this.keys.log(jobId);
-    const ids = await this.redis.xrange(key, entryId(offset), '+');
-    if (ids.length) await this.redis.xdel(key, ...ids.map(([id]) => id));
-    // A stream only takes ids above the highest it ever had; move that mark back to the cut so
-    // the restored VPS's output (from `offset` on) can be written again.
-    if (await this.redis.exists(key)) await this.redis.xsetid(key, `${offset}-0`);
+    await this.redis.eval(TRUNCATE, 1, this.keys.log(jobId), String(offset));
   }
 }
 

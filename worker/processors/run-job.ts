@@ -144,7 +144,11 @@ export async function superviseJob(
   vps: RuncVps,
   entry: RunningJob,
   log: Logger,
-  mode: { kind: 'run' } | { kind: 'adopt'; startedAt: string; note?: string },
+  /**
+   * `gate` (post-copy arrivals): settles true once every memory page has arrived; false means the
+   * VPS ran with memory that never came, so its end (if it ended) is no result of the job.
+   */
+  mode: { kind: 'run' } | { kind: 'adopt'; startedAt: string; note?: string; gate?: Promise<boolean> },
   dispose: (v: RuncVps) => void,
 ): Promise<void> {
   const abort = entry.abort;
@@ -200,7 +204,9 @@ export async function superviseJob(
           );
     clearInterval(autoCheckpoint);
     await toRunning.catch(() => undefined);
-    if (result.migrated) {
+    // Post-copy memory that never arrived: whatever the VPS did is void; the job is recovered instead.
+    const voided = mode.kind === 'adopt' && mode.gate !== undefined && !(await mode.gate);
+    if (result.migrated || voided) {
       migrated = true;
       await writer.flush();
       return;
@@ -252,7 +258,7 @@ export async function superviseJob(
 
 
 /** Supervises a job that arrived here already running (migrated in) until it ends. */
-export async function adoptJob(deps: RunJobDeps, running: RunningJobs, jobId: string, vps: RuncVps, note: string): Promise<void> {
+export async function adoptJob(deps: RunJobDeps, running: RunningJobs, jobId: string, vps: RuncVps, note: string, gate?: Promise<boolean>): Promise<void> {
   const stored = await deps.jobs.get(jobId);
   const req = await deps.jobs.getRequest(jobId);
   if (!stored || !req) {
@@ -264,7 +270,7 @@ export async function adoptJob(deps: RunJobDeps, running: RunningJobs, jobId: st
   running.byId.set(jobId, entry);
   await deps.slots.acquire(stored.tenant, jobId, Number.MAX_SAFE_INTEGER); // it holds a slot wherever it runs
   try {
-    await superviseJob(deps, stored.job, req, vps, entry, log, { kind: 'adopt', startedAt: stored.job.startedAt ?? new Date().toISOString(), note }, (v) => {
+    await superviseJob(deps, stored.job, req, vps, entry, log, { kind: 'adopt', startedAt: stored.job.startedAt ?? new Date().toISOString(), note, gate }, (v) => {
       void deps.engine.destroy(v.id).catch((e) => log.error({ err: e, vpsId: v.id }, 'destroying the VPS failed'));
     });
   } finally {
