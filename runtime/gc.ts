@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { exec } from './exec.js';
-import { isAlive } from './host/proc.js';
+import { isAlive, selfRef } from './host/proc.js';
 import { HostNetwork } from './net/network.js';
 import { runcDelete, runcList } from './oci/runc.js';
 import type { RuncEngine } from './runc-engine.js';
@@ -9,6 +9,8 @@ import { unmountLayer } from './storage/layer.js';
 
 export interface GcReport {
   vps: string[];
+  /** Migration dirs of processes that are gone (with any mount CRIU left in them). */
+  transfers: string[];
   containers: string[];
   netns: string[];
   addresses: string[];
@@ -24,7 +26,7 @@ export interface GcReport {
  * VPSs have live owners and are left alone.
  */
 export async function gc(engine: RuncEngine, opts: { all?: boolean } = {}): Promise<GcReport> {
-  const report: GcReport = { vps: [], containers: [], netns: [], addresses: [], cgroups: [], mounts: [], network: false };
+  const report: GcReport = { vps: [], transfers: [], containers: [], netns: [], addresses: [], cgroups: [], mounts: [], network: false };
   const kept = new Set<string>();
   for (const id of await engine.list()) {
     const record = await engine.readRecord(id);
@@ -58,6 +60,7 @@ export async function gc(engine: RuncEngine, opts: { all?: boolean } = {}): Prom
   }
 
   report.mounts.push(...(await staleMounts(engine.layout.vpsRoot, kept)));
+  report.transfers.push(...(await staleTransfers(engine.layout.transfersDir)));
   report.cgroups.push(...(await staleCgroups(engine, kept, opts.all ?? false)));
 
   if (opts.all) {
@@ -82,6 +85,32 @@ async function staleMounts(vpsRoot: string, kept: Set<string>): Promise<string[]
     await fs.rm(dir, { recursive: true, force: true });
   }
   return [...stale.values()];
+}
+
+/** A dir for one migration's checkpoint, named after its owner (see Layout.transfersDir). */
+export async function transferDir(transfersDir: string, name: string): Promise<string> {
+  await fs.mkdir(transfersDir, { recursive: true });
+  const { pid, start } = selfRef();
+  return fs.mkdtemp(path.join(transfersDir, `${pid}.${start}.${name}.`));
+}
+
+/** Transfer dirs whose owner is gone; a CRIU killed mid-restore leaves its cgroup yard mounted there. */
+async function staleTransfers(dir: string): Promise<string[]> {
+  const removed: string[] = [];
+  for (const name of await fs.readdir(dir).catch(() => [] as string[])) {
+    const [pid, start] = name.split('.').map(Number);
+    if (pid && start !== undefined && isAlive({ pid, start })) continue;
+    const full = path.join(dir, name);
+    const mounts = (await fs.readFile('/proc/self/mountinfo', 'utf8'))
+      .split('\n')
+      .map((l) => l.split(' ')[4])
+      .filter((mp): mp is string => !!mp && mp.startsWith(`${full}/`))
+      .sort((a, b) => b.length - a.length); // innermost first
+    for (const mp of mounts) await exec(['umount', '--lazy', mp]);
+    await fs.rm(full, { recursive: true, force: true });
+    removed.push(full);
+  }
+  return removed;
 }
 
 /** cgroup dirs under this instance's parent with no VPS: kill what is inside, then rmdir. */

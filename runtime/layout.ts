@@ -38,6 +38,10 @@ export class Layout {
   get addrDir(): string {
     return path.join(this.stateDir, 'net', 'addrs');
   }
+  /** Checkpoints on their way between hosts: `<pid>.<start>.<name>.XXXXXX`, their owner's so gc can tell stale ones. */
+  get transfersDir(): string {
+    return path.join(this.stateDir, 'transfers');
+  }
   /** cgroup parent of this instance's VPSs, relative to each hierarchy root. */
   get cgroupParent(): string {
     return `/runbox-${this.instance}`;

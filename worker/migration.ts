@@ -2,7 +2,6 @@ import { spawn } from 'node:child_process';
 import { randomBytes, timingSafeEqual, createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
 import { errorMessage, isRunboxError, RunboxError } from '../core/errors.js';
@@ -13,6 +12,7 @@ import type { Host } from '../core/store/hosts.js';
 import type { JobStore } from '../core/store/jobs.js';
 import type { Keys } from '../core/store/keys.js';
 import { dumpForMove, restore } from '../runtime/checkpoint/checkpoint.js';
+import { transferDir } from '../runtime/gc.js';
 import { lazyDumpForMove, startLazyPages, type LazyPages } from '../runtime/checkpoint/lazy.js';
 import type { RuncEngine } from '../runtime/runc-engine.js';
 import type { RuncVps } from '../runtime/runc-vps.js';
@@ -161,7 +161,7 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
   }
   const mode: MigrationMode = preference !== 'stop-and-copy' && canPostCopy ? 'post-copy' : 'stop-and-copy';
   await d.jobs.transition(entry.jobId, 'migrating', {}, { from: ['running'], host: d.hostId, note: `to ${target.id} (${mode})` });
-  const dir = await fs.mkdtemp(path.join(os.tmpdir(), `runbox-migrate-${entry.jobId}-`));
+  const dir = await transferDir(d.engine.layout.transfersDir, `out-${entry.jobId}`);
   let dumped: Dumped;
   try {
     dumped = mode === 'post-copy' ? await dumpLazily(d, vps, dir) : await dumpFully(d, vps, dir);
@@ -382,7 +382,7 @@ export class MigrationServer {
       const log = this.d.log.child({ jobId: header.jobId, vpsId: header.vpsId, migration: header.migrationId });
       // The same template content, or no restore at all (hashes name contents). Prepared already.
       const template = await this.templateVersion(header.spec.template, false);
-      dir = await fs.mkdtemp(path.join(os.tmpdir(), `runbox-incoming-${header.jobId}-`));
+      dir = await transferDir(this.d.engine.layout.transfersDir, `in-${header.jobId}`);
       await untar(sock, rest, dir);
       if ((await faultFor(this.d.jobs, header.jobId)) === 'restore') throw new RunboxError('internal', 'injected fault: restore on the target failed');
       const imagesDir = path.join(dir, 'images');

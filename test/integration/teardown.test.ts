@@ -3,7 +3,8 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '../../core/config.js';
-import { gc } from '../../runtime/gc.js';
+import { execOk } from '../../runtime/exec.js';
+import { gc, transferDir } from '../../runtime/gc.js';
 import { testEngine, TEMPLATES_DIR, type TestEngine } from '../helpers/engine.js';
 import { filesUnder, hostSnapshot } from '../helpers/host.js';
 import { waitFor } from '../helpers/net.js';
@@ -70,6 +71,18 @@ describe('teardown', () => {
     expect(report.vps.sort()).toEqual(['orphan0000a1', 'orphan0000b2']);
     expect(await hostSnapshot(t.engine)).toEqual(before);
     expect(await fs.readdir(t.engine.layout.vpsRoot)).toEqual([]);
+  });
+
+  it("gc removes migration dirs of processes that are gone (and what CRIU left mounted there), not a live one's", async () => {
+    const live = await transferDir(t.engine.layout.transfersDir, 'in-live');
+    const dead = path.join(t.engine.layout.transfersDir, '999999.1.in-dead.abc123');
+    await fs.mkdir(path.join(dead, 'lazy-work', '.criu.cgyard.x'), { recursive: true });
+    await execOk(['mount', '-t', 'tmpfs', 'none', path.join(dead, 'lazy-work', '.criu.cgyard.x')]);
+    const report = await gc(t.engine);
+    expect(report.transfers).toEqual([dead]);
+    expect(await fs.readdir(t.engine.layout.transfersDir)).toEqual([path.basename(live)]);
+    expect((await fs.readFile('/proc/self/mountinfo', 'utf8')).includes(dead)).toBe(false);
+    await fs.rm(live, { recursive: true });
   });
 
   it('gc leaves VPSs of live processes alone', async () => {
