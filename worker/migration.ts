@@ -438,6 +438,9 @@ export class MigrationServer {
    * destroyed and it resumes from its last checkpoint (or ends host_lost without one).
    */
   private async afterPages(pages: LazyPages, header: Header, vps: RuncVps, adopted: Promise<void>, dir: string, log: Logger): Promise<void> {
+    // A source that stalls without closing the connection (a network partition) must not leave the
+    // job blocked on its page faults for good: past the deadline the daemon is stopped, a failure.
+    const deadline = setTimeout(() => void pages.stop(), PAGES_TIMEOUT_MS);
     try {
       await pages.done;
       log.debug('post-copy: every page arrived');
@@ -450,6 +453,7 @@ export class MigrationServer {
       await adopted.catch(() => undefined);
       await this.d.recover(header.jobId, `its source ${header.from} stopped serving its memory during a post-copy move`).catch((err: unknown) => log.error({ err }, 'recovery failed'));
     } finally {
+      clearTimeout(deadline);
       await pages.stop();
       await fs.rm(dir, { recursive: true, force: true });
     }

@@ -52,7 +52,10 @@ interface IpAddrJson {
   addr_info?: Array<{ family: string; local: string; prefixlen: number; scope?: string; label?: string; broadcast?: string }>;
 }
 
-/** Parses `ip -j addr show`. Kernel-made IPv6 link-local addresses are left out (the kernel remakes them). */
+/**
+ * Parses `ip -j addr show`. What the kernel makes by itself is left out (it remakes it): IPv6
+ * link-local addresses, and loopback's own 127.0.0.1/8 and ::1/128 once lo is up.
+ */
 export function parseAddresses(json: string): SavedAddress[] {
   const links = JSON.parse(json || '[]') as IpAddrJson[];
   const out: SavedAddress[] = [];
@@ -60,6 +63,7 @@ export function parseAddresses(json: string): SavedAddress[] {
     for (const a of link.addr_info ?? []) {
       if (a.family !== 'inet' && a.family !== 'inet6') continue;
       if (a.family === 'inet6' && a.scope === 'link') continue;
+      if (link.ifname === 'lo' && ((a.local === '127.0.0.1' && a.prefixlen === 8) || (a.local === '::1' && a.prefixlen === 128))) continue;
       out.push({
         dev: link.ifname,
         family: a.family,
@@ -188,6 +192,7 @@ export async function applyNetnsConfig(netns: string, imagesDir: string): Promis
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { skipped: [] }; // a checkpoint from before this existed
     throw new RunboxError('checkpoint_incompatible', `the checkpoint's network configuration is unreadable: ${(e as Error).message}`);
   }
+  if (saved.addresses.length === 0 && saved.routes.length === 0 && !saved.nftRuleset) return { skipped: [] }; // the usual case
   const links = JSON.parse((await execOk(['ip', '-n', netns, '-j', 'link', 'show'])).stdout || '[]') as Array<{ ifname: string }>;
   const plan = replayPlan(saved, new Set(links.map((l) => l.ifname)));
   for (const family of ['inet', 'inet6'] as const) {

@@ -93,6 +93,12 @@ describe('runbox run', () => {
     expect(r.stderr).toMatch(/limits\.memoryMb = 1024 is above this host's maximum of 512/);
   });
 
+  it('migrate: rejects an unknown --mode before calling the API', async () => {
+    const r = await runbox(['migrate', 'job123', '--mode', 'teleport'], { env: { RUNBOX_API_URL: 'http://127.0.0.1:9', RUNBOX_TOKEN: 'x' } });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/--mode must be auto, post-copy or stop-and-copy/);
+  });
+
   it('rejects invalid configuration before doing anything', async () => {
     const r = await runbox(['run', '--', 'true'], { env: { RUNBOX_NET_CIDR: 'not-a-cidr' } });
     expect(r.code).toBe(125);

@@ -33,11 +33,9 @@ const ROUTES6 = JSON.stringify([
 ]);
 
 describe('netns configuration: parsing', () => {
-  it('keeps every address but kernel-made IPv6 link-local ones; labels only where they differ', () => {
+  it("keeps every address but those the kernel makes (IPv6 link-local, loopback's own); labels only where they differ", () => {
     expect(parseAddresses(ADDRS)).toEqual([
-      { dev: 'lo', family: 'inet', local: '127.0.0.1', prefixlen: 8, scope: 'host' },
       { dev: 'lo', family: 'inet', local: '10.123.0.1', prefixlen: 32, scope: 'global' },
-      { dev: 'lo', family: 'inet6', local: '::1', prefixlen: 128, scope: 'host' },
       { dev: 'eth0', family: 'inet', local: '10.88.0.5', prefixlen: 24, scope: 'global', broadcast: '10.88.0.255' },
       { dev: 'eth0', family: 'inet', local: '10.88.0.6', prefixlen: 24, scope: 'global', label: 'eth0:1' },
     ]);
@@ -57,7 +55,7 @@ describe('netns configuration: parsing', () => {
   it("leaves out runbox's own address and default route, not a default route the job changed", () => {
     const config: NetnsConfig = { addresses: parseAddresses(ADDRS), routes: parseRoutes(ROUTES4, 'inet'), nftRuleset: '' };
     const own = withoutOwn(config, { address: '10.88.0.5', gateway: '10.88.0.1' });
-    expect(own.addresses.map((a) => a.local)).toEqual(['127.0.0.1', '10.123.0.1', '::1', '10.88.0.6']);
+    expect(own.addresses.map((a) => a.local)).toEqual(['10.123.0.1', '10.88.0.6']);
     expect(own.routes.map((r) => r.dst)).toEqual(['10.124.0.0/24', '10.125.0.0/16', '10.126.0.0/16']);
     const changed = withoutOwn({ ...config, routes: [{ family: 'inet', dst: 'default', gateway: '10.88.0.7', dev: 'eth0' }] }, { address: '10.88.0.5', gateway: '10.88.0.1' });
     expect(changed.routes).toHaveLength(1);
@@ -77,7 +75,6 @@ describe('netns configuration: replay', () => {
   it('turns the saved state into idempotent ip batch lines, addresses before routes, per family', () => {
     const plan = replayPlan(saved, new Set(['lo', 'eth0']));
     expect(plan.inet).toEqual([
-      'addr replace 127.0.0.1/8 dev lo scope host',
       'addr replace 10.123.0.1/32 dev lo scope global',
       'addr replace 10.88.0.5/24 dev eth0 scope global broadcast 10.88.0.255',
       'addr replace 10.88.0.6/24 dev eth0 scope global label eth0:1',
@@ -86,7 +83,7 @@ describe('netns configuration: replay', () => {
       'route replace blackhole 10.125.0.0/16',
       'route replace 10.126.0.0/16 via 10.88.0.9 dev eth0 table 100',
     ]);
-    expect(plan.inet6).toEqual(['addr replace ::1/128 dev lo scope host', 'route replace fd00::/64 dev eth0 metric 1024']);
+    expect(plan.inet6).toEqual(['route replace fd00::/64 dev eth0 metric 1024']);
   });
 
   it('reports what belongs to links that do not exist in the new netns instead of failing on it', () => {
