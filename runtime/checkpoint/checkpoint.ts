@@ -52,7 +52,7 @@ export async function checkpoint(engine: RuncEngine, vps: RuncVps, opts: { leave
       await exec(resumeArgs(engine.runc, vps.id), { timeoutMs: 30_000 });
     }
     await fs.rm(imagePath, { recursive: true, force: true });
-    throw new RunboxError('internal', `checkpoint of VPS ${vps.id} failed`, { cause: e });
+    throw new RunboxError('internal', `checkpoint of VPS ${vps.id} failed${await criuErrors(workPath, 'dump.log')}`, { cause: e });
   } finally {
     await fs.rm(workPath, { recursive: true, force: true });
   }
@@ -168,7 +168,7 @@ export async function snapshot(
     ]);
     await execOk(fsTarArgs(path.join(p.layerMount, 'upper'), out.fsTar, out.snapshot), { timeoutMs: 120_000 });
   } catch (e) {
-    throw new RunboxError('internal', `checkpoint of VPS ${vps.id} failed`, { cause: e });
+    throw new RunboxError('internal', `checkpoint of VPS ${vps.id} failed${await criuErrors(workPath, 'dump.log')}`, { cause: e });
   } finally {
     const resumed = await exec(resumeArgs(engine.runc, vps.id), { timeoutMs: 30_000 });
     resumedAt = Date.now();
@@ -206,7 +206,7 @@ export async function dumpForMove(engine: RuncEngine, vps: RuncVps, outDir: stri
   } catch (e) {
     vps.endSwap(undefined);
     await exec(resumeArgs(engine.runc, vps.id), { timeoutMs: 30_000 });
-    throw new RunboxError('internal', `dump of VPS ${vps.id} failed; it keeps running here`, { cause: e });
+    throw new RunboxError('internal', `dump of VPS ${vps.id} failed; it keeps running here${await criuErrors(workPath, 'dump.log')}`, { cause: e });
   } finally {
     await fs.rm(workPath, { recursive: true, force: true });
   }
