@@ -130,7 +130,7 @@ export class RuncEngine implements VpsEngine {
     await this.writeRecord(record);
     try {
       const [network] = await Promise.all([
-        this.net.setup(id, spec.network, restore?.address),
+        this.net.setup(id, spec.network, restore?.address, !!restore),
         mountLayer({ cacheDir: this.layout.cacheDir }, p, spec.template.rootfs, spec.diskMb, restore && ((upper) => replayFsChanges(upper, restore.fsTars))),
       ]);
       record.network = network;

@@ -42,6 +42,7 @@
 #include <ftw.h>
 #include <glob.h>
 #include <grp.h>
+#include <net/if.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -49,9 +50,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1090,6 +1093,22 @@ static void host_readable(void) {
 
 /* ----------------------------------------------------------------------- main */
 
+/* Loopback up in the VPS's own network namespace (the host makes the namespace; doing this here
+ * spares it a helper process per VPS). A restored VPS never runs this again: its host brings lo
+ * up before CRIU reconnects its sockets. Best effort: without lo the job still runs. */
+static void loopback_up(void) {
+    int sk = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (sk < 0) return;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+    if (ioctl(sk, SIOCGIFFLAGS, &ifr) == 0 && !(ifr.ifr_flags & IFF_UP)) {
+        ifr.ifr_flags |= IFF_UP;
+        if (ioctl(sk, SIOCSIFFLAGS, &ifr) != 0) logmsg("loopback up: %s", strerror(errno));
+    }
+    close(sk);
+}
+
 int main(void) {
     /* fds 0-2 must be taken, or our pipes could land there and be clobbered by dup2. */
     for (int fd = 0; fd < 3; fd++)
@@ -1117,6 +1136,7 @@ int main(void) {
     int sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
     if (sfd < 0) { logmsg("signalfd: %s", strerror(errno)); return 1; }
 
+    if (pid1_mode) loopback_up();
     send_frame('R', "runbox-agent/1", 14);
 
     for (;;) {

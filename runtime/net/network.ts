@@ -102,15 +102,20 @@ export class HostNetwork {
     return n > this.cidr.base + 1 && n < this.cidr.base + 2 + poolSize(this.cidr);
   }
 
-  async setup(vpsId: string, mode: NetworkMode, wantedAddress?: string): Promise<VpsNetwork> {
+  /** `restoring`: the VPS's processes come from a checkpoint, its agent does not start afresh. */
+  async setup(vpsId: string, mode: NetworkMode, wantedAddress?: string, restoring = false): Promise<VpsNetwork> {
     if (mode === 'none') {
       const netns = this.netnsName(vpsId);
       await execOk(['ip', 'netns', 'add', netns]);
-      try {
-        await execOk(['ip', '-n', netns, 'link', 'set', 'lo', 'up']);
-      } catch (e) {
-        await exec(['ip', 'netns', 'del', netns]);
-        throw e;
+      // A fresh agent brings loopback up itself (one helper process less per VPS); a restored VPS's
+      // sockets need it up before CRIU reconnects them.
+      if (restoring) {
+        try {
+          await execOk(['ip', '-n', netns, 'link', 'set', 'lo', 'up']);
+        } catch (e) {
+          await exec(['ip', 'netns', 'del', netns]);
+          throw e;
+        }
       }
       return { mode, netns };
     }

@@ -23,6 +23,11 @@ describe('network mode none', () => {
     const r = await t.sh('ip -o link | cut -d: -f2 | tr -d " "; ip route | wc -l');
     expect(r.stdout.trim().split('\n')).toEqual(['lo', '0']);
   });
+
+  it('has loopback up: a server and a client inside talk over 127.0.0.1', async () => {
+    const r = await t.sh('ip link show lo | grep -c "UP"; nc -l -p 7000 -e echo hello & sleep 0.3; nc 127.0.0.1 7000 </dev/null');
+    expect(r.stdout.trim().split('\n')).toEqual(['1', 'hello']);
+  });
 });
 
 describe('network mode private', () => {
