@@ -4,7 +4,7 @@ import path from 'node:path';
 import { errorMessage } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { checkpoint, dumpForMove, restore } from '../runtime/checkpoint/checkpoint.js';
-import { lazyDumpForMove, postCopySupport, startLazyPages, type LazyDump, type LazyPages } from '../runtime/checkpoint/lazy.js';
+import { freePort, lazyDumpForMove, postCopySupport, startLazyPages, type LazyDump, type LazyPages } from '../runtime/checkpoint/lazy.js';
 import type { RuncEngine } from '../runtime/runc-engine.js';
 import type { RuncVps } from '../runtime/runc-vps.js';
 import { resolveTemplate } from '../runtime/templates/store.js';
@@ -182,18 +182,6 @@ interface Sample {
   /** Baseline, same VPS on A just before: checkpoint() (pause, drain, dump) + restore() on the same host. */
   localTotal: number;
   localJobPause: number;
-}
-
-/** A port free on `address` right now (CRIU's page server binds it a moment later), as worker/migration.ts does. */
-async function freePort(address: string): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((resolve, reject) => {
-    srv.once('error', reject);
-    srv.listen(0, address, () => resolve());
-  });
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise((r) => srv.close(r));
-  return port;
 }
 
 function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {

@@ -35,6 +35,8 @@ export function exec(argv: readonly string[], opts: ExecOptions = {}): Promise<E
 export interface Started {
   child: ChildProcess;
   result: Promise<ExecResult>;
+  /** Signals the process (its whole group, when started with `group`); a process already gone is not an error. */
+  signal(signal: NodeJS.Signals): void;
 }
 
 /** Starts argv like exec() but hands back the process while it runs (long-lived helpers: criu lazy-pages). */
@@ -83,7 +85,15 @@ export function start(argv: readonly string[], opts: ExecOptions = {}): Started 
       resolve({ code, signal, stdout, stderr });
     });
   });
-  return { child, result };
+  const signal = (sig: NodeJS.Signals) => {
+    if (!child.pid || child.exitCode !== null || child.signalCode !== null) return;
+    try {
+      process.kill(opts.group ? -child.pid : child.pid, sig);
+    } catch {
+      /* gone already */
+    }
+  };
+  return { child, result, signal };
 }
 
 /** Splits a text stream into lines (\n or \r: progress bars redraw with \r). */

@@ -5,7 +5,7 @@ import { isAlive, selfRef } from './host/proc.js';
 import { HostNetwork } from './net/network.js';
 import { runcDelete, runcList } from './oci/runc.js';
 import type { RuncEngine } from './runc-engine.js';
-import { unmountLayer } from './storage/layer.js';
+import { mountPoints, unmountLayer } from './storage/layer.js';
 
 export interface GcReport {
   vps: string[];
@@ -97,15 +97,15 @@ export async function transferDir(transfersDir: string, name: string): Promise<s
 /** Transfer dirs whose owner is gone; a CRIU killed mid-restore leaves its cgroup yard mounted there. */
 async function staleTransfers(dir: string): Promise<string[]> {
   const removed: string[] = [];
-  for (const name of await fs.readdir(dir).catch(() => [] as string[])) {
+  const stale = (await fs.readdir(dir).catch(() => [] as string[])).filter((name) => {
     const [pid, start] = name.split('.').map(Number);
-    if (pid && start !== undefined && isAlive({ pid, start })) continue;
+    return !(pid && start !== undefined && isAlive({ pid, start }));
+  });
+  if (stale.length === 0) return removed;
+  const mounted = [...(await mountPoints())];
+  for (const name of stale) {
     const full = path.join(dir, name);
-    const mounts = (await fs.readFile('/proc/self/mountinfo', 'utf8'))
-      .split('\n')
-      .map((l) => l.split(' ')[4])
-      .filter((mp): mp is string => !!mp && mp.startsWith(`${full}/`))
-      .sort((a, b) => b.length - a.length); // innermost first
+    const mounts = mounted.filter((mp) => mp.startsWith(`${full}/`)).sort((a, b) => b.length - a.length); // innermost first
     for (const mp of mounts) await exec(['umount', '--lazy', mp]);
     await fs.rm(full, { recursive: true, force: true });
     removed.push(full);

@@ -13,7 +13,7 @@ import type { JobStore } from '../core/store/jobs.js';
 import type { Keys } from '../core/store/keys.js';
 import { dumpForMove, restore } from '../runtime/checkpoint/checkpoint.js';
 import { transferDir } from '../runtime/gc.js';
-import { lazyDumpForMove, startLazyPages, type LazyPages } from '../runtime/checkpoint/lazy.js';
+import { freePort, lazyDumpForMove, startLazyPages, type LazyPages } from '../runtime/checkpoint/lazy.js';
 import type { RuncEngine } from '../runtime/runc-engine.js';
 import type { RuncVps } from '../runtime/runc-vps.js';
 import { ensureTemplateVersion } from '../runtime/templates/builder.js';
@@ -264,18 +264,6 @@ async function dumpLazily(d: MigrationDeps, vps: RuncVps, dir: string): Promise<
     }),
     signalPageServer: (s) => dumped.signalPageServer(s),
   };
-}
-
-/** A port free on `address` right now (CRIU's page server binds it a moment later). */
-async function freePort(address: string): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((resolve, reject) => {
-    srv.once('error', reject);
-    srv.listen(0, address, () => resolve());
-  });
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise((r) => srv.close(r));
-  return port;
 }
 
 /**

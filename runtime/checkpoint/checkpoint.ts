@@ -92,13 +92,13 @@ export async function restore(engine: RuncEngine, vps: RuncVps, imagePath: strin
   return { durationMs: Date.now() - t0 };
 }
 
+/** Printed on every run in sandboxes without CAP_SYS_RESOURCE, with no effect (HOST-NOTES). */
+const HARMLESS_CRIU_ERRORS = /Can't setup RLIMIT_NOFILE/;
+
 /**
  * The error lines of a CRIU log (runc's own message only says "criu failed: type NOTIFY" and names
  * a log file inside the work dir, which is removed right after), as a suffix for an error message.
  */
-/** Printed on every run in sandboxes without CAP_SYS_RESOURCE, with no effect (HOST-NOTES). */
-const HARMLESS_CRIU_ERRORS = /Can't setup RLIMIT_NOFILE/;
-
 export async function criuErrors(workPath: string, logName: string): Promise<string> {
   const text = await fs.readFile(path.join(workPath, logName), 'utf8').catch(() => '');
   const errors = text

@@ -49,6 +49,18 @@ export async function postCopySupport(criu: string | undefined, fix: boolean): P
   return { ok: false, detail: `fs.pipe-max-size is ${current}; CRIU's page server needs ${PIPE_MAX_SIZE_NEEDED}` };
 }
 
+/** A port free on `address` right now, for a page server (CRIU binds it a moment later). */
+export async function freePort(address: string): Promise<number> {
+  const srv = net.createServer();
+  await new Promise<void>((resolve, reject) => {
+    srv.once('error', reject);
+    srv.listen(0, address, () => resolve());
+  });
+  const port = (srv.address() as net.AddressInfo).port;
+  await new Promise((r) => srv.close(r));
+  return port;
+}
+
 export interface LazyDump {
   /** The moment the VPS stopped executing here. */
   frozenAt: number;
@@ -66,7 +78,7 @@ export interface LazyDump {
    * here, where it goes on with its own memory. Resolves once it runs again.
    */
   cancel(): Promise<void>;
-  /** Signals the page server's process group (failure injection: SIGSTOP, then SIGKILL = the source dies). */
+  /** Signals the page server's process group (SIGKILL: a target that never finishes; failure injection). */
   signalPageServer(signal: NodeJS.Signals): void;
 }
 
@@ -123,13 +135,7 @@ export async function lazyDumpForMove(engine: RuncEngine, vps: RuncVps, outDir: 
       await stopPageServer(running, listen);
       await thawHere();
     },
-    signalPageServer: (signal) => {
-      try {
-        if (running.child.pid) process.kill(-running.child.pid, signal);
-      } catch {
-        /* gone already */
-      }
-    },
+    signalPageServer: (signal) => running.signal(signal),
   };
 }
 
@@ -160,12 +166,8 @@ async function stopPageServer(dump: ReturnType<typeof start>, listen: { address:
     sock.on('close', () => resolve());
   });
   const ended = await Promise.race([dump.result.then(() => true), new Promise<false>((r) => setTimeout(() => r(false), 10_000))]);
-  if (!ended && dump.child.pid) {
-    try {
-      process.kill(-dump.child.pid, 'SIGKILL');
-    } catch {
-      /* gone already */
-    }
+  if (!ended) {
+    dump.signal('SIGKILL');
     await dump.result;
   }
 }
@@ -190,13 +192,7 @@ export async function startLazyPages(criu: string, o: { imagesDir: string; workD
   });
   done.catch(() => undefined);
   const stop = async () => {
-    if (daemon.child.exitCode === null && daemon.child.signalCode === null && daemon.child.pid) {
-      try {
-        process.kill(-daemon.child.pid, 'SIGKILL');
-      } catch {
-        /* gone already */
-      }
-    }
+    daemon.signal('SIGKILL');
     await daemon.result.catch(() => undefined);
   };
   const socket = path.join(o.workDir, 'lazy-pages.socket');

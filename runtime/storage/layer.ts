@@ -93,7 +93,8 @@ export async function unmountLayer(p: LayerPaths): Promise<void> {
   await fs.rm(p.image, { force: true });
 }
 
-async function mountPoints(): Promise<Set<string>> {
+/** Every mount point on the host (escapes in /proc/self/mountinfo decoded). */
+export async function mountPoints(): Promise<Set<string>> {
   const mounts = await fs.readFile('/proc/self/mountinfo', 'utf8');
   return new Set(mounts.split('\n').map((l) => decodeMountPath(l.split(' ')[4] ?? '')));
 }

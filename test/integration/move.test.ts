@@ -1,10 +1,9 @@
 import fs from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dumpForMove } from '../../runtime/checkpoint/checkpoint.js';
-import { lazyDumpForMove, postCopySupport, startLazyPages, type LazyPages } from '../../runtime/checkpoint/lazy.js';
+import { freePort, lazyDumpForMove, postCopySupport, startLazyPages, type LazyPages } from '../../runtime/checkpoint/lazy.js';
 import { CRIU, testEngine, type TestEngine } from '../helpers/engine.js';
 import { waitFor } from '../helpers/net.js';
 import { execOk } from '../../runtime/exec.js';
@@ -71,14 +70,6 @@ describe('stop-and-copy move of a running VPS', () => {
   });
 });
 
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise((r) => srv.close(r));
-  return port;
-}
-
 describe('post-copy move (lazy pages) of a running VPS', () => {
   beforeAll(async () => {
     const support = await postCopySupport(CRIU, true);
@@ -106,7 +97,7 @@ describe('post-copy move (lazy pages) of a running VPS', () => {
     let pages: LazyPages | undefined;
     try {
       await waitFor(() => out.split('\n').length > 10, 'ten lines on the source', 10_000);
-      const source = { address: '127.0.0.1', port: await freePort() };
+      const source = { address: '127.0.0.1', port: await freePort('127.0.0.1') };
       const dumped = await lazyDumpForMove(a.engine, src, dir, source);
       pages = await startLazyPages(CRIU, { imagesDir: dumped.imagesDir, workDir: path.join(dir, 'lazy-work'), source });
       const dst = await b.engine.create(src.id, src.info().spec, { imagesDir: dumped.imagesDir, fsTars: [dumped.fsTar], lazyPagesWorkDir: pages.workDir });
@@ -132,7 +123,7 @@ describe('post-copy move (lazy pages) of a running VPS', () => {
     const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'runbox-lazy-'));
     try {
       await waitFor(() => out.split('\n').length > 10, 'ten lines on the source', 10_000);
-      const dumped = await lazyDumpForMove(a.engine, src, dir, { address: '127.0.0.1', port: await freePort() });
+      const dumped = await lazyDumpForMove(a.engine, src, dir, { address: '127.0.0.1', port: await freePort('127.0.0.1') });
       await dumped.cancel();
       await expect(dumped.transferred).rejects.toThrow(/page transfer/);
       const r = await run;
