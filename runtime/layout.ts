@@ -42,6 +42,10 @@ export class Layout {
   get transfersDir(): string {
     return path.join(this.stateDir, 'transfers');
   }
+  /** CRIU options for this instance's VPSs, named in their config.json (checkpoint/criu-config.ts). */
+  get criuConfig(): string {
+    return path.join(this.stateDir, 'criu.conf');
+  }
   /** cgroup parent of this instance's VPSs, relative to each hierarchy root. */
   get cgroupParent(): string {
     return `/runbox-${this.instance}`;

@@ -14,6 +14,7 @@ import { execOk } from './exec.js';
 import { buildSpec } from './oci/spec.js';
 import { RuncVps, startWithPipes, waitReady } from './runc-vps.js';
 import { mountLayer, unmountLayer } from './storage/layer.js';
+import { writeCriuConfig } from './checkpoint/criu-config.js';
 import type { VpsEngine, VpsId, VpsSpec } from './vps.js';
 
 export interface RuncEngineOptions {
@@ -98,12 +99,33 @@ export class RuncEngine implements VpsEngine {
   readonly runc: RuncGlobal;
   readonly cgroups: CgroupLayout;
   private readonly live = new Map<VpsId, RuncVps>();
+  private criuConfigWritten?: Promise<string | undefined>;
 
   constructor(readonly opts: RuncEngineOptions) {
     this.layout = new Layout(opts.stateDir, opts.templatesDir);
     this.net = new HostNetwork(this.layout.instance, opts.netCidr, this.layout.addrDir);
     this.runc = { runc: opts.runcPath, root: this.layout.runcRoot, criu: opts.criuPath };
     this.cgroups = detectCgroupLayout();
+  }
+
+  /**
+   * The CRIU configuration file VPSs name in their config.json, written once per engine (CRIU's
+   * abilities can change with an upgrade); undefined without CRIU or when it could not be written
+   * (CRIU then runs with its defaults: slower network locking, same results).
+   */
+  private criuConfig(): Promise<string | undefined> {
+    const criu = this.runc.criu;
+    if (!criu) return Promise.resolve(undefined);
+    return (this.criuConfigWritten ??= writeCriuConfig(criu, this.layout.criuConfig).then(
+      (settings) => {
+        this.opts.log.debug({ settings }, 'criu configuration written');
+        return this.layout.criuConfig;
+      },
+      (e: unknown) => {
+        this.opts.log.warn({ err: e }, 'could not write the CRIU configuration; CRIU runs with its defaults');
+        return undefined;
+      },
+    ));
   }
 
   get(id: VpsId): RuncVps | undefined {
@@ -128,10 +150,13 @@ export class RuncEngine implements VpsEngine {
     const log = this.opts.log.child({ vpsId: id });
     const record: VpsRecord = { id, spec, network: { mode: spec.network }, owner: selfRef(), createdAt: new Date().toISOString() };
     await this.writeRecord(record);
+    const t0 = performance.now();
+    const phaseMs: Record<string, number> = {};
+    const mark = (name: string, since: number) => (phaseMs[name] = Math.round(performance.now() - since));
     try {
       const [network] = await Promise.all([
-        this.net.setup(id, spec.network, restore?.address, !!restore),
-        mountLayer({ cacheDir: this.layout.cacheDir }, p, spec.template.rootfs, spec.diskMb, restore && ((upper) => replayFsChanges(upper, restore.fsTars))),
+        this.net.setup(id, spec.network, restore?.address, !!restore).finally(() => mark('network', t0)),
+        mountLayer({ cacheDir: this.layout.cacheDir }, p, spec.template.rootfs, spec.diskMb, restore && ((upper) => replayFsChanges(upper, restore.fsTars))).finally(() => mark('layer', t0)),
       ]);
       record.network = network;
       await this.writeRecord(record);
@@ -150,17 +175,20 @@ export class RuncEngine implements VpsEngine {
         cpus: spec.cpus,
         pids: spec.pids,
         nofile: VPS_NOFILE,
+        criuConfig: await this.criuConfig(),
       });
       await fs.writeFile(p.config, JSON.stringify(config));
       const workPath = restore ? restore.lazyPagesWorkDir ?? `${restore.imagesDir}.restore-work` : '';
       if (restore) await fs.mkdir(workPath, { recursive: true });
       await restore?.lazyPagesReady;
+      const tRunc = performance.now();
       const channel = await startWithPipes(
         restore
           ? restoreArgs(this.runc, id, { bundle: p.bundle, pidFile: p.pidFile, imagePath: restore.imagesDir, workPath, lazyPages: !!restore.lazyPagesWorkDir })
           : runArgs(this.runc, id, p.bundle, p.pidFile),
         log,
       ).finally(() => restore && !restore.lazyPagesWorkDir && fs.rm(workPath, { recursive: true, force: true }));
+      mark(restore ? 'runcRestore' : 'runcRun', tRunc);
       record.init = await readInitRef(p.pidFile);
       await this.writeRecord(record);
       const vps = new RuncVps(
@@ -180,7 +208,8 @@ export class RuncEngine implements VpsEngine {
         // A template may make resolv.conf a symlink (the agent refuses to write through one): then keep its own.
         if (resolv) await vps.writeFile('/etc/resolv.conf', Buffer.from(resolv)).catch((e: unknown) => log.warn({ err: e }, 'could not write resolv.conf'));
       }
-      log.debug({ template: spec.template.name, network: spec.network }, 'vps ready');
+      mark('total', t0);
+      log.debug({ template: spec.template.name, network: spec.network, restored: !!restore, phaseMs }, 'vps ready');
       return vps;
     } catch (e) {
       await this.destroy(id).catch((cleanupErr: unknown) => {

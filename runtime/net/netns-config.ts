@@ -149,6 +149,31 @@ export interface OwnNetwork {
   gateway?: string;
 }
 
+/**
+ * Drops CRIU's network lock from an `nft list ruleset` text. The configuration is read while CRIU
+ * dumps, and CRIU may have locked the netns by then: with nftables, a whole `table inet CRIU-<run
+ * id>`; with iptables (nf_tables backend), a `chain CRIU` plus `jump CRIU` rules in the filter
+ * table. Replayed on the target, that lock would clash with the restore's own and cut the network.
+ */
+export function withoutCriuLock(ruleset: string): string {
+  const out: string[] = [];
+  let skipDepth = 0; // > 0 while inside a block being dropped
+  for (const line of ruleset.split('\n')) {
+    const t = line.trim();
+    if (skipDepth > 0) {
+      skipDepth += (t.match(/\{/g)?.length ?? 0) - (t.match(/\}/g)?.length ?? 0);
+      continue;
+    }
+    if (/^table inet CRIU-\S+ \{$/.test(t) || t === 'chain CRIU {') {
+      skipDepth = 1;
+      continue;
+    }
+    if (/(^|\s)jump CRIU$/.test(t)) continue;
+    out.push(line);
+  }
+  return out.join('\n').trim();
+}
+
 /** Drops runbox's own address and default route: the new host makes those itself (same address). */
 export function withoutOwn(config: NetnsConfig, own: OwnNetwork): NetnsConfig {
   return {
@@ -169,7 +194,7 @@ export async function captureNetnsConfig(netns: string, own: OwnNetwork): Promis
   const config = {
     addresses: parseAddresses(addrs.stdout),
     routes: [...parseRoutes(r4.stdout, 'inet'), ...parseRoutes(r6.stdout, 'inet6')],
-    nftRuleset: nft.stdout.trim(),
+    nftRuleset: withoutCriuLock(nft.stdout),
   };
   return withoutOwn(config, own);
 }

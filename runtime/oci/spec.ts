@@ -35,6 +35,8 @@ export interface SpecInput {
   pids: number;
   /** RLIMIT_NOFILE; must not exceed the host's own hard limit (no CAP_SYS_RESOURCE here). */
   nofile: number;
+  /** CRIU configuration file for this VPS's dumps and restores (see checkpoint/criu-config.ts). */
+  criuConfig?: string;
 }
 
 const CFS_PERIOD_US = 100_000;
@@ -56,6 +58,7 @@ export function buildSpec(input: SpecInput): Record<string, unknown> {
     },
     root: { path: input.rootfs, readonly: false },
     hostname: input.hostname,
+    ...(input.criuConfig ? { annotations: { 'org.criu.config': input.criuConfig } } : {}),
     mounts: [
       { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
       { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },

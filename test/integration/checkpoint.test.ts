@@ -1,6 +1,8 @@
+import fs from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkpoint, restore } from '../../runtime/checkpoint/checkpoint.js';
-import { testEngine, type TestEngine } from '../helpers/engine.js';
+import { CRIU, testEngine, type TestEngine } from '../helpers/engine.js';
 import { waitFor } from '../helpers/net.js';
 
 let t: TestEngine;
@@ -12,6 +14,18 @@ afterAll(async () => {
 });
 
 describe('checkpoint and restore (CRIU) on the same host', () => {
+  it("every VPS names the engine's CRIU configuration, which locks the network with nftables where CRIU can", async () => {
+    const vps = await t.create();
+    try {
+      const config = JSON.parse(await fs.readFile(t.engine.layout.vps(vps.id).config, 'utf8')) as { annotations?: Record<string, string> };
+      expect(config.annotations?.['org.criu.config']).toBe(t.engine.layout.criuConfig);
+      const nft = spawnSync(CRIU, ['check', '--network-lock', 'nftables']).status === 0;
+      expect((await fs.readFile(t.engine.layout.criuConfig, 'utf8')).includes('network-lock nftables')).toBe(nft);
+    } finally {
+      await t.engine.destroy(vps.id);
+    }
+  });
+
   it('a counter loop continues where it stopped: no gap, no repeat', async () => {
     const vps = await t.create({ network: 'private', hostname: 'counter-box' });
     let out = '';

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseAddresses, parseRoutes, replayPlan, withoutOwn, type NetnsConfig } from '../../runtime/net/netns-config.js';
+import { parseAddresses, parseRoutes, replayPlan, withoutCriuLock, withoutOwn, type NetnsConfig } from '../../runtime/net/netns-config.js';
 
 // Shapes as printed by iproute2 6.1 (`ip -j addr show`, `ip -j route show table all`).
 const ADDRS = JSON.stringify([
@@ -88,5 +88,47 @@ describe('netns configuration: replay', () => {
 
   it('reports what belongs to links that do not exist in the new netns instead of failing on it', () => {
     expect(replayPlan(saved, new Set(['lo', 'eth0'])).skipped).toEqual(['address 192.0.2.1/24 on dummy0', 'route 198.51.100.0/24 on dummy0']);
+  });
+});
+
+describe('netns configuration: CRIU network lock', () => {
+  const job = ['table inet job {', '\tchain input {', '\t\ttype filter hook input priority filter; policy accept;', '\t\ttcp dport 8080 drop', '\t}', '}'];
+  it('drops the table CRIU makes with nftables locking, keeps the job\'s tables', () => {
+    const locked = [
+      ...job,
+      'table inet CRIU-a113d22f-ad49-46fe-a424-007e89cb7767 {',
+      '\tchain output {',
+      '\t\ttype filter hook output priority filter; policy drop;',
+      '\t\tmeta mark 0x0000c114 accept',
+      '\t}',
+      '\tchain input {',
+      '\t\ttype filter hook input priority filter; policy drop;',
+      '\t}',
+      '}',
+    ].join('\n');
+    expect(withoutCriuLock(locked)).toBe(job.join('\n'));
+  });
+
+  it("drops CRIU's chain and jumps of iptables locking (nf_tables backend), keeps the rest of the filter table", () => {
+    const locked = [
+      'table ip filter {',
+      '\tchain CRIU {',
+      '\t\tmeta mark 0xc114 counter packets 0 bytes 0 accept',
+      '\t\tcounter packets 0 bytes 0 drop',
+      '\t}',
+      '',
+      '\tchain INPUT {',
+      '\t\ttype filter hook input priority filter; policy accept;',
+      '\t\tcounter packets 0 bytes 0 jump CRIU',
+      '\t\ttcp dport 22 counter packets 0 bytes 0 drop',
+      '\t}',
+      '}',
+    ].join('\n');
+    expect(withoutCriuLock(locked)).toBe(['table ip filter {', '', '\tchain INPUT {', '\t\ttype filter hook input priority filter; policy accept;', '\t\ttcp dport 22 counter packets 0 bytes 0 drop', '\t}', '}'].join('\n'));
+  });
+
+  it('leaves a ruleset without a lock as it is, and an empty one empty', () => {
+    expect(withoutCriuLock(job.join('\n') + '\n')).toBe(job.join('\n'));
+    expect(withoutCriuLock('')).toBe('');
   });
 });

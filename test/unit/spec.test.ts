@@ -128,6 +128,12 @@ describe('buildSpec', () => {
     expect(spec().linux.readonlyPaths).toContain(p);
   });
 
+  it("names runbox's CRIU configuration in the annotation runc hands to CRIU, and nothing without one", () => {
+    const withConf = buildSpec({ ...INPUT, criuConfig: '/var/lib/runbox/criu.conf' }) as { annotations?: Record<string, string> };
+    expect(withConf.annotations).toEqual({ 'org.criu.config': '/var/lib/runbox/criu.conf' });
+    expect((buildSpec(INPUT) as { annotations?: unknown }).annotations).toBeUndefined();
+  });
+
   it('uses the exported masked/readonly path lists', () => {
     const s = spec();
     expect(s.linux.maskedPaths).toEqual(MASKED_PATHS);
