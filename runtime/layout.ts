@@ -42,6 +42,10 @@ export class Layout {
   get transfersDir(): string {
     return path.join(this.stateDir, 'transfers');
   }
+  /** Empty and read-only: what VPSs see in place of hidden /sys directories (oci/spec.ts). */
+  get emptyDir(): string {
+    return path.join(this.stateDir, 'empty');
+  }
   /** CRIU options for this instance's VPSs, named in their config.json (checkpoint/criu-config.ts). */
   get criuConfig(): string {
     return path.join(this.stateDir, 'criu.conf');

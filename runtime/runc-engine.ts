@@ -1,4 +1,5 @@
 import fs from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { RunboxError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { MiB } from '../core/units.js';
@@ -11,7 +12,7 @@ import { applyNetnsConfig } from './net/netns-config.js';
 import { hostResolvConf } from './net/dns.js';
 import { restoreArgs, runArgs, runcDelete, type RuncGlobal } from './oci/runc.js';
 import { execOk } from './exec.js';
-import { buildSpec } from './oci/spec.js';
+import { buildSpec, SYS_DIRS_HIDDEN } from './oci/spec.js';
 import { RuncVps, startWithPipes, waitReady } from './runc-vps.js';
 import { mountLayer, unmountLayer } from './storage/layer.js';
 import { writeCriuConfig } from './checkpoint/criu-config.js';
@@ -100,6 +101,7 @@ export class RuncEngine implements VpsEngine {
   readonly cgroups: CgroupLayout;
   private readonly live = new Map<VpsId, RuncVps>();
   private criuConfigWritten?: Promise<string | undefined>;
+  private readonly sysDirsHidden = SYS_DIRS_HIDDEN.filter((d) => existsSync(d));
 
   constructor(readonly opts: RuncEngineOptions) {
     this.layout = new Layout(opts.stateDir, opts.templatesDir);
@@ -126,6 +128,11 @@ export class RuncEngine implements VpsEngine {
         return undefined;
       },
     ));
+  }
+
+  private async emptyDir(): Promise<string> {
+    await fs.mkdir(this.layout.emptyDir, { recursive: true, mode: 0o555 });
+    return this.layout.emptyDir;
   }
 
   get(id: VpsId): RuncVps | undefined {
@@ -175,6 +182,8 @@ export class RuncEngine implements VpsEngine {
         cpus: spec.cpus,
         pids: spec.pids,
         nofile: VPS_NOFILE,
+        emptyDir: await this.emptyDir(),
+        sysDirsHidden: this.sysDirsHidden,
         criuConfig: await this.criuConfig(),
       });
       await fs.writeFile(p.config, JSON.stringify(config));

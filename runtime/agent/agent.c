@@ -1109,6 +1109,13 @@ static void loopback_up(void) {
     close(sk);
 }
 
+/* /dev is a directory of the VPS's own layer, not a tmpfs (runtime/oci/spec.ts): POSIX shared
+ * memory and semaphores need /dev/shm, sticky and writable by all, as a tmpfs would have been. */
+static void dev_shm(void) {
+    if (mkdir("/dev/shm", 01777) != 0 && errno != EEXIST) { logmsg("mkdir /dev/shm: %s", strerror(errno)); return; }
+    if (chmod("/dev/shm", 01777) != 0) logmsg("chmod /dev/shm: %s", strerror(errno));
+}
+
 int main(void) {
     /* fds 0-2 must be taken, or our pipes could land there and be clobbered by dup2. */
     for (int fd = 0; fd < 3; fd++)
@@ -1136,7 +1143,7 @@ int main(void) {
     int sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
     if (sfd < 0) { logmsg("signalfd: %s", strerror(errno)); return 1; }
 
-    if (pid1_mode) loopback_up();
+    if (pid1_mode) { loopback_up(); dev_shm(); }
     send_frame('R', "runbox-agent/1", 14);
 
     for (;;) {

@@ -14,12 +14,22 @@ export const VPS_CAPABILITIES = [
   'CAP_AUDIT_WRITE', 'CAP_SETFCAP',
 ];
 
-export const MASKED_PATHS = [
-  '/proc/acpi', '/proc/asound', '/proc/kcore', '/proc/keys', '/proc/latency_stats', '/proc/timer_list',
-  '/proc/timer_stats', '/proc/sched_debug', '/proc/scsi', '/sys/firmware', '/sys/devices/virtual/powercap',
-];
+/**
+ * Kernel interfaces hidden from a VPS. runc masks a file with a bind of /dev/null, but a directory
+ * with a tmpfs of its own, and CRIU archives every tmpfs with `tar | gzip` on each dump and
+ * unpacks it on each restore (~10 ms each way, all of it inside the job's pause). So directories
+ * are not masked by runc: those under /proc become read-only (runc refuses bind mounts inside
+ * /proc), those under /sys are covered by a read-only bind of an empty host directory.
+ */
+export const MASKED_PATHS = ['/proc/kcore', '/proc/keys', '/proc/latency_stats', '/proc/timer_list', '/proc/timer_stats', '/proc/sched_debug'];
 
-export const READONLY_PATHS = ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'];
+/** Directories under /proc that runc's defaults mask: read-only here (their writes reach hardware). */
+export const PROC_DIRS_READONLY = ['/proc/acpi', '/proc/asound', '/proc/scsi'];
+
+/** Directories under /sys hidden behind an empty directory (firmware tables, RAPL energy counters). */
+export const SYS_DIRS_HIDDEN = ['/sys/firmware', '/sys/devices/virtual/powercap'];
+
+export const READONLY_PATHS = [...PROC_DIRS_READONLY, '/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'];
 
 export interface SpecInput {
   /** Absolute path of the mounted root filesystem (the overlay). */
@@ -35,6 +45,10 @@ export interface SpecInput {
   pids: number;
   /** RLIMIT_NOFILE; must not exceed the host's own hard limit (no CAP_SYS_RESOURCE here). */
   nofile: number;
+  /** An empty, read-only host directory: bound over SYS_DIRS_HIDDEN. */
+  emptyDir: string;
+  /** Those of SYS_DIRS_HIDDEN that exist on this host (a bind needs its mount point). */
+  sysDirsHidden: readonly string[];
   /** CRIU configuration file for this VPS's dumps and restores (see checkpoint/criu-config.ts). */
   criuConfig?: string;
 }
@@ -61,18 +75,19 @@ export function buildSpec(input: SpecInput): Record<string, unknown> {
     ...(input.criuConfig ? { annotations: { 'org.criu.config': input.criuConfig } } : {}),
     mounts: [
       { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
-      { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
+      // No tmpfs on /dev and /dev/shm (CRIU would archive them on every dump, see MASKED_PATHS):
+      // runc then makes the device nodes in the VPS's own layer, and the agent makes /dev/shm there.
       {
         destination: '/dev/pts',
         type: 'devpts',
         source: 'devpts',
         options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'],
       },
-      { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
       { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
       { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
       // Read-only cgroupfs: a writable one allows the release_agent escape (CVE-2022-0492).
       { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', 'ro'] },
+      ...input.sysDirsHidden.map((destination) => ({ destination, type: 'bind', source: input.emptyDir, options: ['bind', 'ro', 'nosuid', 'nodev', 'noexec'] })),
       { destination: AGENT_PATH_IN_VPS, type: 'bind', source: input.agentHostPath, options: ['bind', 'ro', 'nosuid', 'nodev'] },
     ],
     linux: {

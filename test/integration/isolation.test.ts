@@ -22,6 +22,17 @@ describe('a VPS is isolated', () => {
     expect(Number(count)).toBeLessThanOrEqual(5);
   });
 
+  it('has the standard device nodes, a sticky world-writable /dev/shm and a working /dev/pts', async () => {
+    const r = await t.sh(
+      'ls /dev | sort | tr "\\n" " "; echo; stat -c %a /dev/shm; echo x > /dev/null && head -c 4 /dev/zero | wc -c; ' +
+        'head -c 8 /dev/urandom | wc -c; stat -c %t:%T /dev/null; [ -c /dev/pts/ptmx ] && echo pts',
+    );
+    expect(r.exitCode).toBe(0);
+    const [list, shmMode, zero, random, nullDev, pts] = r.stdout.trim().split('\n');
+    for (const dev of ['full', 'null', 'ptmx', 'pts', 'random', 'shm', 'tty', 'urandom', 'zero', 'mqueue']) expect(list!.split(' ')).toContain(dev);
+    expect([shmMode, zero, random, nullDev, pts]).toEqual(['1777', '4', '8', '1:3', 'pts']);
+  });
+
   it('has its own hostname (UTS namespace)', async () => {
     const r = await t.sh('hostname; cat /proc/sys/kernel/hostname', { spec: { hostname: 'box-one' } });
     expect(r.stdout.trim().split('\n')).toEqual(['box-one', 'box-one']);

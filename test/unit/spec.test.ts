@@ -47,6 +47,8 @@ const INPUT: SpecInput = {
   cpus: 1,
   pids: 256,
   nofile: 1024,
+  emptyDir: '/var/lib/runbox/empty',
+  sysDirsHidden: ['/sys/firmware'],
 };
 
 const spec = (over: Partial<SpecInput> = {}) => buildSpec({ ...INPUT, ...over }) as unknown as Spec;
@@ -109,20 +111,34 @@ describe('buildSpec', () => {
     });
   });
 
-  it('mounts /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue exactly once each', () => {
+  it('mounts /proc, /dev/pts, /dev/mqueue exactly once each, and no tmpfs (CRIU archives each one on every dump)', () => {
     const s = spec();
     expect(s.mounts.map((m) => m.destination)).toEqual([
-      '/proc', '/dev', '/dev/pts', '/dev/shm', '/dev/mqueue', '/sys', '/sys/fs/cgroup', '/.runbox/agent',
+      '/proc', '/dev/pts', '/dev/mqueue', '/sys', '/sys/fs/cgroup', '/sys/firmware', '/.runbox/agent',
     ]);
+    expect(s.mounts.filter((m) => m.type === 'tmpfs')).toEqual([]);
     expect(mount(s, '/proc').options).toEqual(expect.arrayContaining(['nosuid', 'noexec', 'nodev']));
   });
 
-  it.each(['/proc/kcore', '/proc/keys', '/proc/timer_list', '/proc/sched_debug', '/proc/acpi', '/proc/scsi', '/sys/firmware', '/proc/latency_stats'])(
+  it.each(['/proc/kcore', '/proc/keys', '/proc/timer_list', '/proc/sched_debug', '/proc/latency_stats'])(
     'masks %s',
     (p) => {
       expect(spec().linux.maskedPaths).toContain(p);
     },
   );
+
+  it.each(['/proc/acpi', '/proc/scsi', '/proc/asound'])('makes the directory %s read-only instead of a tmpfs mask', (p) => {
+    expect(spec().linux.readonlyPaths).toContain(p);
+    expect(spec().linux.maskedPaths).not.toContain(p);
+  });
+
+  it('hides the /sys directories present on the host behind a read-only bind of an empty directory', () => {
+    const s = spec({ sysDirsHidden: ['/sys/firmware', '/sys/devices/virtual/powercap'] });
+    for (const d of ['/sys/firmware', '/sys/devices/virtual/powercap']) {
+      expect(mount(s, d)).toEqual({ destination: d, type: 'bind', source: '/var/lib/runbox/empty', options: ['bind', 'ro', 'nosuid', 'nodev', 'noexec'] });
+    }
+    expect(spec({ sysDirsHidden: [] }).mounts.some((m) => m.destination.startsWith('/sys/firmware'))).toBe(false);
+  });
 
   it.each(['/proc/sys', '/proc/sysrq-trigger', '/proc/irq', '/proc/bus', '/proc/fs'])('makes %s read-only', (p) => {
     expect(spec().linux.readonlyPaths).toContain(p);
