@@ -16,22 +16,43 @@ import { next, type VpsOp, type VpsState } from './state.js';
 import type { JobRun, RunResult, Vps, VpsInfo } from './vps.js';
 
 const AGENT_READY_TIMEOUT_MS = 15_000;
+/**
+ * The longest `runc run --detach` or `runc restore --detach` may take. A restore that hangs inside
+ * CRIU (a lazy-pages source that stalls, a kernel wait) must fail the create, so that an incoming
+ * migration answers (and hands its claim back) before its source stops waiting (3 minutes).
+ */
+export const RUNC_START_TIMEOUT_MS = 120_000;
 
 /**
  * Starts a runc process (run or restore) whose stdio are fresh pipes, and returns the host side of
  * those pipes as an AgentChannel. runc passes its stdio through to the container's init in detached
  * mode, so the agent's fds 0/1/2 are these pipes.
  */
-export async function startWithPipes(argv: string[], log: Logger): Promise<AgentChannel> {
+export async function startWithPipes(argv: string[], log: Logger, timeoutMs = RUNC_START_TIMEOUT_MS): Promise<AgentChannel> {
   const ctl = pipe2();
   const out = pipe2();
   const err = pipe2();
   const channel = new AgentChannel(out.read, ctl.write, err.read);
   try {
     const code = await new Promise<number | null>((resolve, reject) => {
-      const child = spawn(argv[0]!, argv.slice(1), { stdio: [ctl.read, out.write, err.write] });
-      child.on('error', reject);
-      child.on('exit', (c) => resolve(c));
+      // Its own process group, so that past the deadline the CRIU runc started for a restore goes too.
+      const child = spawn(argv[0]!, argv.slice(1), { stdio: [ctl.read, out.write, err.write], detached: true });
+      const deadline = setTimeout(() => {
+        try {
+          process.kill(-child.pid!, 'SIGKILL');
+        } catch {
+          /* it ended just now */
+        }
+        reject(new RunboxError('unavailable', `${argv.slice(3, 5).join(' ')} did not finish within ${timeoutMs / 1000} s`));
+      }, timeoutMs);
+      child.on('error', (e) => {
+        clearTimeout(deadline);
+        reject(e);
+      });
+      child.on('exit', (c) => {
+        clearTimeout(deadline);
+        resolve(c);
+      });
     });
     if (code !== 0) {
       await new Promise((r) => setTimeout(r, 20)); // let runc's last stderr line arrive

@@ -13,7 +13,7 @@ import type { JobStore } from '../core/store/jobs.js';
 import type { Keys } from '../core/store/keys.js';
 import { dumpForMove, restore } from '../runtime/checkpoint/checkpoint.js';
 import { transferDir } from '../runtime/gc.js';
-import { freePort, lazyDumpForMove, startLazyPages, type LazyPages } from '../runtime/checkpoint/lazy.js';
+import { freePort, lazyDumpForMove, startLazyPages, type LazyDump, type LazyPages } from '../runtime/checkpoint/lazy.js';
 import type { RuncEngine } from '../runtime/runc-engine.js';
 import type { RuncVps } from '../runtime/runc-vps.js';
 import { ensureTemplateVersion } from '../runtime/templates/builder.js';
@@ -164,7 +164,7 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
   const dir = await transferDir(d.engine.layout.transfersDir, `out-${entry.jobId}`);
   let dumped: Dumped;
   try {
-    dumped = mode === 'post-copy' ? await dumpLazily(d, vps, dir) : await dumpFully(d, vps, dir);
+    dumped = mode === 'post-copy' ? await dumpLazily(d, vps, dir, target.address) : await dumpFully(d, vps, dir);
   } catch (e) {
     await fs.rm(dir, { recursive: true, force: true });
     await d.jobs.transition(entry.jobId, 'running', {}, { from: ['migrating'], host: d.hostId, note: `migration failed: ${errorMessage(e)}` }).catch(() => undefined);
@@ -246,10 +246,23 @@ async function dumpFully(d: MigrationDeps, vps: RuncVps, dir: string): Promise<D
   };
 }
 
-/** Post-copy: the pages stay here in CRIU's page server; a failed move thaws the VPS here. */
-async function dumpLazily(d: MigrationDeps, vps: RuncVps, dir: string): Promise<Dumped> {
+/**
+ * Post-copy: the pages stay here in CRIU's page server; a failed move thaws the VPS here. The page
+ * server serves the frozen job's memory to whoever connects first and has no authentication of its
+ * own (runc 1.1 exposes no TLS), so its port is closed to all but the target (and this host, which
+ * cancels through it) while it runs.
+ */
+async function dumpLazily(d: MigrationDeps, vps: RuncVps, dir: string, targetAddress: string): Promise<Dumped> {
   const pageServer = { address: d.address!, port: await freePort(d.address!) };
-  const dumped = await lazyDumpForMove(d.engine, vps, dir, pageServer);
+  const unguard = await d.engine.net.guardPort(pageServer.port, [targetAddress, d.address!], (PAGES_TIMEOUT_MS + ANSWER_TIMEOUT_MS) / 1000);
+  let dumped: LazyDump;
+  try {
+    dumped = await lazyDumpForMove(d.engine, vps, dir, pageServer);
+  } catch (e) {
+    await unguard();
+    throw e;
+  }
+  void dumped.transferred.then(unguard, unguard);
   return {
     frozenAt: dumped.frozenAt,
     header: { mode: 'post-copy', pageServer },
@@ -358,7 +371,7 @@ export class MigrationServer {
     let keepDir = false;
     try {
       const { head, rest } = await readHeader(sock);
-      const message = JSON.parse(head) as Header | PrepareHeader;
+      const message = parseMessage(head);
       if (!safeEqual(message.secret, this.secret)) throw new RunboxError('invalid_argument', 'migration refused: bad secret');
       if ('prepare' in message) {
         if ((await faultFor(this.d.jobs, message.jobId)) === 'prepare') throw new RunboxError('checkpoint_incompatible', 'injected fault: the target cannot have the template version');
@@ -446,6 +459,16 @@ export class MigrationServer {
       await fs.rm(dir, { recursive: true, force: true });
     }
   }
+}
+
+function parseMessage(head: string): Header | PrepareHeader {
+  try {
+    const m = JSON.parse(head) as unknown;
+    if (m && typeof m === 'object') return m as Header | PrepareHeader;
+  } catch {
+    /* below */
+  }
+  throw new RunboxError('invalid_argument', 'migration refused: the header is not a JSON object');
 }
 
 function safeEqual(a: unknown, b: string): boolean {

@@ -37,3 +37,40 @@ table inet ${table} {
 }
 `;
 }
+
+/**
+ * The table that closes ports to all but named peers (`nft -f` script, replaces the table). Used for
+ * CRIU's page server (post-copy), which serves a frozen VPS's memory to whoever connects first and
+ * has no authentication of its own: only the move's target (and this host) may connect. Elements
+ * carry a timeout, so a guard whose owner died expires on its own.
+ */
+export function portGuardScript(table: string): string {
+  return `table inet ${table}
+delete table inet ${table}
+table inet ${table} {
+  set ports {
+    type inet_service
+    flags timeout
+  }
+  set peers {
+    type ipv4_addr . inet_service
+    flags timeout
+  }
+  chain input {
+    type filter hook input priority -20; policy accept;
+    tcp dport @ports ip saddr . tcp dport @peers accept
+    tcp dport @ports reject with tcp reset
+  }
+}
+`;
+}
+
+/** Adds (or with `remove`, deletes) one guarded port and its peers: a single atomic `nft -f` script. */
+export function portGuardElements(table: string, port: number, peers: readonly string[], o: { remove?: boolean; timeoutSec?: number } = {}): string {
+  const timeout = o.remove ? '' : ` timeout ${o.timeoutSec ?? 900}s`;
+  const verb = o.remove ? 'delete' : 'add';
+  const pairs = [...new Set(peers)].map((p) => `${p} . ${port}${timeout}`).join(', ');
+  // Peers before the port: from the moment the port is in @ports, only they get through.
+  const lines = [`${verb} element inet ${table} peers { ${pairs} }`, `${verb} element inet ${table} ports { ${port}${timeout} }`];
+  return `${(o.remove ? lines.reverse() : lines).join('\n')}\n`;
+}

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { exec, execOk } from '../exec.js';
 import { RunboxError } from '../../core/errors.js';
 import { gateway, ipToInt, parseCidr, poolSize, vpsAddress, type Cidr } from './addr.js';
-import { firewallScript } from './firewall.js';
+import { firewallScript, portGuardElements, portGuardScript } from './firewall.js';
 
 export type NetworkMode = 'none' | 'private' | 'egress';
 
@@ -30,8 +30,11 @@ export interface VpsNetwork {
 export class HostNetwork {
   readonly bridge: string;
   readonly table: string;
+  /** The table of guarded ports (see guardPort). */
+  readonly guardTable: string;
   private readonly cidr: Cidr;
   private ensured = false;
+  private guardReady?: Promise<void>;
 
   constructor(
     readonly instance: string,
@@ -41,6 +44,24 @@ export class HostNetwork {
     this.cidr = parseCidr(cidrText);
     this.bridge = `rbb${instance}`;
     this.table = `runbox_${instance}`;
+    this.guardTable = `runbox_${instance}_guard`;
+  }
+
+  /**
+   * Until the returned undo, only `peers` may open TCP connections to `port` on this host (anyone
+   * else gets a reset). IPv4 peers; the guard expires on its own after `timeoutSec` (its owner may
+   * die). The table is made afresh by the first guard of a process (one worker per instance).
+   */
+  async guardPort(port: number, peers: readonly string[], timeoutSec = 900): Promise<() => Promise<void>> {
+    this.guardReady ??= execOk(['nft', '-f', '-'], { input: portGuardScript(this.guardTable) }).then(() => undefined);
+    await this.guardReady.catch((e: unknown) => {
+      this.guardReady = undefined;
+      throw e;
+    });
+    await execOk(['nft', '-f', '-'], { input: portGuardElements(this.guardTable, port, peers, { timeoutSec }) });
+    return async () => {
+      await exec(['nft', '-f', '-'], { input: portGuardElements(this.guardTable, port, peers, { remove: true }) });
+    };
   }
 
   netnsName(vpsId: string): string {
@@ -166,6 +187,8 @@ export class HostNetwork {
   /** Removes the bridge and the firewall table (when the instance is shut down for good). */
   async removeAll(): Promise<void> {
     await exec(['nft', 'delete', 'table', 'inet', this.table]);
+    await exec(['nft', 'delete', 'table', 'inet', this.guardTable]);
+    this.guardReady = undefined;
     await exec(['ip', 'link', 'del', this.bridge]);
     await fs.rm(this.addrDir, { recursive: true, force: true });
     this.ensured = false;

@@ -1,3 +1,6 @@
+import { execFileSync } from 'node:child_process';
+import { readdirSync } from 'node:fs';
+import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Job } from '../../core/job.js';
 import { TestCluster, TOKENS } from '../helpers/cluster-proc.js';
@@ -17,6 +20,16 @@ afterAll(async () => {
 });
 
 const other = (h: string | null) => (h === 'h1' ? 'h2' : 'h1');
+
+/** The network namespace a host of this cluster runs in (the one holding its address). */
+async function hostNetns(hostId: string): Promise<string> {
+  const { hosts } = await c.json<{ hosts: Array<{ id: string; address: string }> }>('/v1/hosts');
+  const address = hosts.find((h) => h.id === hostId)!.address;
+  const names = readdirSync('/run/netns').filter((n) => n.startsWith('rbc'));
+  const ns = names.find((n) => execFileSync('ip', ['-n', n, '-4', '-o', 'addr', 'show']).toString().includes(` ${address}/`));
+  if (!ns) throw new Error(`no netns holds ${address}`);
+  return ns;
+}
 const isRunning = (j: Job) => j.status === 'running';
 const isDone = (j: Job) => ['succeeded', 'failed', 'canceled', 'timed_out'].includes(j.status);
 
@@ -50,6 +63,15 @@ describe('live migration', () => {
     expect(lines.slice(0, 50)).toEqual(Array.from({ length: 50 }, (_, i) => `tick ${i} pid=${pid} host=mover`));
     expect(lines.slice(50)).toEqual(['buffer-intact', 'before-move']);
     expect(done.history.map((h) => h.status)).toEqual(['queued', 'starting', 'running', 'migrating', 'running', 'succeeded']);
+    if (mode === 'post-copy') {
+      // The source closed its page server's port to all but the target while it ran, and opened it again.
+      const ns = await hostNetns(running.host!);
+      const tables = execFileSync('ip', ['netns', 'exec', ns, 'nft', 'list', 'tables']).toString();
+      const guard = /table inet (\S+_guard)/.exec(tables)?.[1];
+      expect(guard).toBeDefined();
+      const ports = execFileSync('ip', ['netns', 'exec', ns, 'nft', 'list', 'set', 'inet', guard!, 'ports']).toString();
+      expect(ports).not.toMatch(/elements/);
+    }
   });
 
   it('a TCP connection between processes inside the VPS keeps exchanging messages across the move', async () => {
@@ -86,6 +108,24 @@ describe('live migration', () => {
     await c.waitStatus(created.id, isDone, 'the canceled job to end', 10_000);
     const late = await c.call(`/v1/jobs/${created.id}/migrate`, { method: 'POST' });
     expect(late.status).toBe(409);
+  });
+
+  it("a host's migration port refuses transfers without the cluster's secret", async () => {
+    const { hosts } = await c.json<{ hosts: Array<{ id: string; address: string; migrationPort: number }> }>('/v1/hosts');
+    const h = hosts.find((x) => x.id === 'h1')!;
+    const ask = (line: string) =>
+      new Promise<string>((resolve, reject) => {
+        let got = '';
+        const sock = net.connect({ host: h.address, port: h.migrationPort }, () => sock.write(line));
+        sock.setEncoding('utf8');
+        sock.on('data', (d: string) => (got += d));
+        sock.on('close', () => resolve(got));
+        sock.on('error', reject);
+      });
+    const prepare = { jobId: 'x', prepare: { template: { name: 'base', hash: 'x' } } };
+    expect(JSON.parse(await ask(`${JSON.stringify({ secret: 'guess', ...prepare })}\n`))).toMatchObject({ ok: false, code: 'invalid_argument', message: expect.stringContaining('bad secret') });
+    expect(JSON.parse(await ask(`${JSON.stringify(prepare)}\n`))).toMatchObject({ ok: false, code: 'invalid_argument' });
+    expect(JSON.parse(await ask('not json\n'))).toMatchObject({ ok: false, code: 'invalid_argument' });
   });
 
   it('drain moves every running job away and stops taking new ones; resume undoes it', async () => {

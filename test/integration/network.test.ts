@@ -1,4 +1,5 @@
 import { execFileSync, type ChildProcess } from 'node:child_process';
+import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RuncVps } from '../../runtime/runc-vps.js';
 import { hostResolvConf } from '../../runtime/net/dns.js';
@@ -147,3 +148,32 @@ async function installHostNft(vps: RuncVps): Promise<void> {
   const loader = libs.find((l) => l.includes('ld-linux'))!.split('/').pop();
   await vps.writeFile('/opt/host/run', Buffer.from(`#!/bin/sh\nexec /opt/host/${loader} --library-path /opt/host /opt/host/"$@"\n`), 0o755);
 }
+
+describe('port guard (post-copy page server)', () => {
+  /** A TCP connection to 127.0.0.1:port from `from`: 'open', or the error code it got. */
+  const tryFrom = (from: string, port: number) =>
+    new Promise<string>((resolve) => {
+      const sock = net.connect({ host: '127.0.0.1', port, localAddress: from });
+      sock.setTimeout(2000, () => (sock.destroy(), resolve('timeout')));
+      sock.on('connect', () => (sock.destroy(), resolve('open')));
+      sock.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+    });
+
+  it('closes a port to all but its peers (a reset for the others) until the undo; the table goes with the instance', async () => {
+    const server = net.createServer((s) => s.destroy());
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const port = (server.address() as net.AddressInfo).port;
+    try {
+      const unguard = await t.engine.net.guardPort(port, ['127.0.0.2'], 60);
+      expect(await tryFrom('127.0.0.2', port)).toBe('open');
+      expect(await tryFrom('127.0.0.3', port)).toBe('ECONNREFUSED');
+      expect(await tryFrom('127.0.0.1', port)).toBe('ECONNREFUSED');
+      await unguard();
+      expect(await tryFrom('127.0.0.3', port)).toBe('open');
+      const listed = execFileSync('nft', ['list', 'table', 'inet', t.engine.net.guardTable]).toString();
+      expect(listed).not.toContain(String(port));
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
+  });
+});

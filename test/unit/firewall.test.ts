@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { firewallScript } from '../../runtime/net/firewall.js';
+import { firewallScript, portGuardElements, portGuardScript } from '../../runtime/net/firewall.js';
 
 const TABLE = 'runbox_ab12cd';
 const BR = 'rbb-ab12cd';
@@ -61,5 +61,23 @@ describe('firewallScript', () => {
     expect(other).toContain('ip daddr != 172.30.0.0/20 accept');
     expect(other.match(/"rbb-ffffff"/g)).toHaveLength(8);
     expect(firewallScript(TABLE, BR, CIDR)).toBe(script);
+  });
+});
+
+describe('port guard', () => {
+  it('one table: ports and peers sets with timeouts; peers accepted, everyone else reset', () => {
+    const s = portGuardScript('runbox_ab12cd_guard');
+    expect(s.split('\n').slice(0, 3)).toEqual(['table inet runbox_ab12cd_guard', 'delete table inet runbox_ab12cd_guard', 'table inet runbox_ab12cd_guard {']);
+    expect(s).toContain('set ports {\n    type inet_service\n    flags timeout\n  }');
+    expect(s).toContain('set peers {\n    type ipv4_addr . inet_service\n    flags timeout\n  }');
+    const rules = s.split('\n').map((l) => l.trim()).filter((l) => l.startsWith('tcp '));
+    expect(rules).toEqual(['tcp dport @ports ip saddr . tcp dport @peers accept', 'tcp dport @ports reject with tcp reset']);
+  });
+
+  it('adds peers before the port and removes the port first, deduplicated, with a timeout on add', () => {
+    expect(portGuardElements('g', 4000, ['10.0.0.2', '10.0.0.1', '10.0.0.2'], { timeoutSec: 60 })).toBe(
+      'add element inet g peers { 10.0.0.2 . 4000 timeout 60s, 10.0.0.1 . 4000 timeout 60s }\nadd element inet g ports { 4000 timeout 60s }\n',
+    );
+    expect(portGuardElements('g', 4000, ['10.0.0.2'], { remove: true })).toBe('delete element inet g ports { 4000 }\ndelete element inet g peers { 10.0.0.2 . 4000 }\n');
   });
 });
