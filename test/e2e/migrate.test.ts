@@ -94,6 +94,31 @@ describe('live migration', () => {
     expect(log.trim().split('\n')).toEqual(Array.from({ length: 40 }, (_, i) => `echo ${i}`));
   });
 
+  it('a client following the log stays connected across the move and gets every line once; the remaining timeout and the limits move along', async () => {
+    const limits = 'm=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes) p=$(cat /sys/fs/cgroup/pids/pids.max)';
+    const script = `i=0; while true; do ${limits}; echo "t $i $m $p"; i=$((i+1)); sleep 0.1; done`;
+    const created = await c.json<Job>('/v1/jobs', { body: { script, limits: { timeoutSec: 6, memoryMb: 96, pids: 50 } } });
+    const running = await c.waitStatus(created.id, isRunning, 'the job to run');
+    const followed = c.call(`/v1/jobs/${created.id}/logs?follow=1`).then((r) => r.text());
+    await new Promise((r) => setTimeout(r, 2000));
+    const moved = await c.json<Job>(`/v1/jobs/${created.id}/migrate`, { body: { host: other(running.host), mode: 'post-copy' } });
+    expect(moved.host).toBe(other(running.host));
+
+    const done = await c.waitStatus(created.id, isDone, 'the job to time out', 30_000);
+    expect(done.status).toBe('timed_out');
+    expect(done.host).toBe(other(running.host));
+    // The 6 s count from the job's start, not from its arrival on the target.
+    const ranMs = Date.parse(done.finishedAt!) - Date.parse(done.startedAt!);
+    expect(ranMs).toBeGreaterThanOrEqual(5500);
+    expect(ranMs).toBeLessThan(7500);
+
+    const streamed = await followed; // the stream ended with the job, never broken by the move
+    const lines = streamed.trim().split('\n');
+    expect(lines.length).toBeGreaterThan(25);
+    expect(lines).toEqual(lines.map((_, i) => `t ${i} ${96 * 1024 * 1024} 50`));
+    expect(streamed).toBe(await (await c.call(`/v1/jobs/${created.id}/logs`)).text());
+  });
+
   it('picks the target by free capacity when none is given; refuses bad requests and other tenants', async () => {
     const created = await c.json<Job>('/v1/jobs', { body: { command: ['sleep', '30'] } });
     const running = await c.waitStatus(created.id, isRunning, 'the job to run');
