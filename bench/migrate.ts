@@ -206,7 +206,7 @@ function windowRate(out: JobOutput, t0: number, windowMs: number): number {
   return ((b.ticks - a.ticks) / (b.ms - a.ms)) * 1000;
 }
 
-async function oneMove(ctx: BenchContext, a: RuncEngine, b: RuncEngine, recv: Receiver, program: Buffer, size: number, mode: Mode): Promise<Sample> {
+async function oneMove(ctx: BenchContext, a: RuncEngine, b: RuncEngine, recv: Receiver, program: Buffer, size: number, mode: Mode, prepare: boolean): Promise<Sample> {
   const s = { mode, lazyStart: NaN, pagesIn: NaN } as Sample;
   const id = newId();
   const spec = await memJobSpec(ctx, id, size);
@@ -233,6 +233,8 @@ async function oneMove(ctx: BenchContext, a: RuncEngine, b: RuncEngine, recv: Re
 
     // The move: A → TCP → B (post-copy: the pages then from A's page server to B's lazy-pages daemon).
     const info = src.info();
+    // As the worker's prepare step: B makes the VPS's network and disk while the job still runs on A.
+    if (prepare) await b.prepareRestore(id, spec, { network: spec.network, diskMb: spec.diskMb, address: info.network.address });
     inc = { out, startedAt: new Date().toISOString() };
     recv.pending.set(id, inc);
     const pageServer = mode === 'post-copy' ? { address: '127.0.0.1', port: await freePort('127.0.0.1') } : undefined;
@@ -332,6 +334,7 @@ export const migrateBench: ListBenchmark = {
   options: {
     runs: { default: 5, min: 1, help: 'measured moves per size and mode (a fresh VPS each)' },
     warmup: { default: 1, min: 0, help: 'unmeasured moves first, per size and mode' },
+    prepare: { default: 1, min: 0, help: "1: host B makes the VPS's network and disk before the freeze, as a worker does (0: inside the restore)" },
   },
   listOptions: { sizes: SIZES_OPTION },
   nameOptions: { modes: { default: [...MODES], choices: [...MODES], help: 'migration modes to measure, comma-separated' } },
@@ -362,7 +365,7 @@ export const migrateBench: ListBenchmark = {
           const order = (i + opts.warmup!) % 2 === 0 ? modes : [...modes].reverse();
           for (const mode of order) {
             checkInterrupted();
-            const s = await oneMove(ctx, a.engine, b.engine, recv, program, size, mode);
+            const s = await oneMove(ctx, a.engine, b.engine, recv, program, size, mode, opts.prepare !== 0);
             note(
               `${size} MB ${mode} ${i < 0 ? 'warm-up' : `${i + 1}/${runs}`}: total ${s.total} ms, frozen ${s.frozen} ms (job saw ${s.jobPause}) = ` +
                 `dump ${s.dump} + transfer ${s.transfer} + restore ${s.restore}${mode === 'post-copy' ? ` (lazy-pages start ${s.lazyStart})` : ''} + first line ${s.firstOutput}; ${(s.bytes / MiB).toFixed(1)} MiB; ` +

@@ -14,7 +14,7 @@ import { restoreArgs, runArgs, runcDelete, type RuncGlobal } from './oci/runc.js
 import { execOk } from './exec.js';
 import { buildSpec, SYS_DIRS_HIDDEN } from './oci/spec.js';
 import { RuncVps, startWithPipes, waitReady } from './runc-vps.js';
-import { mountLayer, unmountLayer } from './storage/layer.js';
+import { mountLayer, mountLayerDisk, mountLayerRoot, unmountLayer } from './storage/layer.js';
 import { writeCriuConfig } from './checkpoint/criu-config.js';
 import type { VpsEngine, VpsId, VpsSpec } from './vps.js';
 
@@ -40,6 +40,18 @@ export interface VpsRecord {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** What a restore can have made before its checkpoint exists (see RuncEngine.prepareRestore). */
+export interface RestorePlan {
+  network: VpsSpec['network'];
+  diskMb: number;
+  address?: string;
+}
+
+interface PreparedRestore {
+  plan: RestorePlan;
+  record: VpsRecord;
+}
 
 /**
  * Waits for `p` at most `ms`, and clears the timer either way: a leftover timer would keep a CLI
@@ -100,6 +112,8 @@ export class RuncEngine implements VpsEngine {
   readonly runc: RuncGlobal;
   readonly cgroups: CgroupLayout;
   private readonly live = new Map<VpsId, RuncVps>();
+  /** VPSs whose network and disk were made ahead of a restore (prepareRestore), not yet created. */
+  private readonly prepared = new Map<VpsId, PreparedRestore>();
   private criuConfigWritten?: Promise<string | undefined>;
   private readonly sysDirsHidden = SYS_DIRS_HIDDEN.filter((d) => existsSync(d));
 
@@ -147,24 +161,22 @@ export class RuncEngine implements VpsEngine {
   async create(id: VpsId, spec: VpsSpec, restore?: RestoreSource): Promise<RuncVps> {
     if (!VPS_ID.test(id)) throw new RunboxError('invalid_argument', `invalid VPS id "${id}"`);
     const p = this.layout.vps(id);
-    try {
-      await fs.mkdir(p.dir, { recursive: false });
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new RunboxError('conflict', `VPS ${id} already exists`);
-      await fs.mkdir(this.layout.vpsRoot, { recursive: true });
-      await fs.mkdir(p.dir);
-    }
     const log = this.opts.log.child({ vpsId: id });
-    const record: VpsRecord = { id, spec, network: { mode: spec.network }, owner: selfRef(), createdAt: new Date().toISOString() };
+    const prepared = restore ? await this.takePrepared(id, { network: spec.network, diskMb: spec.diskMb, address: restore.address }) : undefined;
+    const record: VpsRecord = prepared ? { ...prepared.record, spec } : await this.begin(id, spec);
     await this.writeRecord(record);
     const t0 = performance.now();
     const phaseMs: Record<string, number> = {};
     const mark = (name: string, since: number) => (phaseMs[name] = Math.round(performance.now() - since));
     try {
-      const [network] = await Promise.all([
-        this.net.setup(id, spec.network, restore?.address, !!restore).finally(() => mark('network', t0)),
-        mountLayer({ cacheDir: this.layout.cacheDir }, p, spec.template.rootfs, spec.diskMb, restore && ((upper) => replayFsChanges(upper, restore.fsTars))).finally(() => mark('layer', t0)),
-      ]);
+      const fillUpper = restore && ((upper: string) => replayFsChanges(upper, restore.fsTars));
+      const [network] = prepared
+        ? // Network and disk were made while the job still ran on its source: only the layer's contents and root are left.
+          await Promise.all([prepared.record.network, mountLayerRoot(p, spec.template.rootfs, fillUpper).finally(() => mark('layer', t0))])
+        : await Promise.all([
+            this.net.setup(id, spec.network, restore?.address, !!restore).finally(() => mark('network', t0)),
+            mountLayer({ cacheDir: this.layout.cacheDir }, p, spec.template.rootfs, spec.diskMb, fillUpper).finally(() => mark('layer', t0)),
+          ]);
       record.network = network;
       await this.writeRecord(record);
       if (restore && network.netns) {
@@ -229,6 +241,58 @@ export class RuncEngine implements VpsEngine {
     }
   }
 
+  /** The VPS dir and its record (owner: this process, so gc can tell a leftover). */
+  private async begin(id: VpsId, spec: VpsSpec): Promise<VpsRecord> {
+    const p = this.layout.vps(id);
+    try {
+      await fs.mkdir(p.dir, { recursive: false });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new RunboxError('conflict', `VPS ${id} already exists`);
+      await fs.mkdir(this.layout.vpsRoot, { recursive: true });
+      await fs.mkdir(p.dir);
+    }
+    const record: VpsRecord = { id, spec, network: { mode: spec.network }, owner: selfRef(), createdAt: new Date().toISOString() };
+    await this.writeRecord(record);
+    return record;
+  }
+
+  /**
+   * Makes what a restore of `id` needs before its checkpoint exists: its network namespace (with
+   * the address it keeps) and its disk, mounted and empty. A move's target does this while the job
+   * still runs on its source, so the freeze no longer waits for it; `create(id, spec, restore)`
+   * then replays the filesystem changes, mounts the root and restores. Idempotent for the same
+   * plan; `destroy(id)` releases a prepared VPS that will not be restored.
+   */
+  async prepareRestore(id: VpsId, spec: VpsSpec, plan: RestorePlan): Promise<void> {
+    if (!VPS_ID.test(id)) throw new RunboxError('invalid_argument', `invalid VPS id "${id}"`);
+    const had = this.prepared.get(id);
+    if (had && samePlan(had.plan, plan)) return;
+    if (had) await this.destroy(id);
+    const record = await this.begin(id, spec);
+    try {
+      const [network] = await Promise.all([
+        this.net.setup(id, plan.network, plan.address, true),
+        mountLayerDisk({ cacheDir: this.layout.cacheDir }, this.layout.vps(id), plan.diskMb),
+      ]);
+      record.network = network;
+      await this.writeRecord(record);
+      this.prepared.set(id, { plan, record });
+    } catch (e) {
+      await this.destroy(id).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /** A prepared VPS for this plan, taken out of the map; one for another plan is destroyed first. */
+  private async takePrepared(id: VpsId, plan: RestorePlan): Promise<PreparedRestore | undefined> {
+    const had = this.prepared.get(id);
+    if (!had) return undefined;
+    this.prepared.delete(id);
+    if (samePlan(had.plan, plan)) return had;
+    await this.destroy(id);
+    return undefined;
+  }
+
   private readonly destroying = new Map<VpsId, Promise<void>>();
 
   /** Idempotent, also when called concurrently: kills, unmounts, frees the network, removes files. */
@@ -243,6 +307,7 @@ export class RuncEngine implements VpsEngine {
   }
 
   private async destroyNow(id: VpsId): Promise<void> {
+    this.prepared.delete(id);
     const p = this.layout.vps(id);
     const vps = this.live.get(id);
     if (vps && vps.state !== 'destroyed' && vps.state !== 'destroying') vps.transition('destroy');
@@ -308,4 +373,8 @@ export class RuncEngine implements VpsEngine {
     vps.endSwap(channel);
   }
 
+}
+
+function samePlan(a: RestorePlan, b: RestorePlan): boolean {
+  return a.network === b.network && a.diskMb === b.diskMb && (a.address ?? null) === (b.address ?? null);
 }

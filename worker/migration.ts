@@ -56,11 +56,14 @@ export interface Header {
   pageServer?: { address: string; port: number };
 }
 
-/** The first message of a migration: make sure the target can restore it, before the job freezes. */
+/**
+ * The first message of a migration: make sure the target can restore it, before the job freezes.
+ * With `vps`, the target also makes the VPS's network (same address) and disk ahead of the restore.
+ */
 export interface PrepareHeader {
   secret: string;
   jobId: string;
-  prepare: { template: { name: string; hash: string } };
+  prepare: { template: { name: string; hash: string }; vps?: Pick<Header, 'vpsId' | 'spec' | 'network'> };
 }
 
 export interface MigrationResult {
@@ -97,6 +100,8 @@ const ANSWER_TIMEOUT_MS = 180_000;
 const PAGES_TIMEOUT_MS = 600_000;
 /** A target may have to build a template version first (a minute or two for a Debian one). */
 const PREPARE_TIMEOUT_MS = 600_000;
+/** How long a target keeps a VPS it prepared for a move that has not arrived (the source's dump and tar may take minutes). */
+const PREPARED_TTL_MS = 600_000;
 
 type Answer = { ok: boolean; resumedAt?: number; code?: string; message?: string; postCopy?: boolean };
 
@@ -144,10 +149,21 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
   const t0 = Date.now();
   const startedAt = new Date(t0).toISOString();
   const migrationId = newId(8);
-  const template = { name: vps.info().spec.template.name, hash: vps.info().spec.template.hash };
+  const info = vps.info();
+  const template = { name: info.spec.template.name, hash: info.spec.template.hash };
   const fault = await faultFor(d.jobs, entry.jobId);
-  // The job keeps running while the target gets ready (it may build the template version first).
-  const prepared = await exchange(target.address, target.migrationPort, { secret, jobId: entry.jobId, prepare: { template } } satisfies PrepareHeader, { timeoutMs: PREPARE_TIMEOUT_MS }).catch(
+  // A pooled VPS was created with generous limits and given the job's own in its cgroup: the
+  // target must recreate the job's limits, not the pool's.
+  const limits = (await d.jobs.get(entry.jobId))?.job.limits;
+  const moving: Pick<Header, 'vpsId' | 'spec' | 'network'> = {
+    vpsId: vps.id,
+    spec: { ...info.spec, ...(limits ? { memoryMb: limits.memoryMb, cpus: limits.cpus, pids: limits.pids } : {}), template },
+    network: { mode: info.network.mode, address: info.network.address },
+  };
+  // The job keeps running while the target gets ready (it may build the template version first,
+  // and makes the VPS's network and disk).
+  const prepare: PrepareHeader = { secret, jobId: entry.jobId, prepare: { template, vps: moving } };
+  const prepared = await exchange(target.address, target.migrationPort, prepare, { timeoutMs: PREPARE_TIMEOUT_MS }).catch(
     (e: unknown): Answer => ({ ok: false, code: 'unavailable', message: errorMessage(e) }),
   );
   if (!prepared.ok) {
@@ -171,22 +187,12 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
     throw e;
   }
   try {
-    const info = vps.info();
-    // A pooled VPS was created with generous limits and given the job's own in its cgroup: the
-    // target must recreate the job's limits, not the pool's.
-    const limits = (await d.jobs.get(entry.jobId))?.job.limits;
     const header: Header = {
       secret,
       migrationId,
       jobId: entry.jobId,
-      vpsId: vps.id,
       from: d.hostId,
-      spec: {
-        ...info.spec,
-        ...(limits ? { memoryMb: limits.memoryMb, cpus: limits.cpus, pids: limits.pids } : {}),
-        template,
-      },
-      network: { mode: info.network.mode, address: info.network.address },
+      ...moving,
       frozenAt: dumped.frozenAt,
       ...dumped.header,
     };
@@ -332,6 +338,8 @@ export function exchange(host: string, port: number, header: object, o: { dir?: 
 export class MigrationServer {
   private server?: net.Server;
   port = 0;
+  /** VPSs prepared for moves that have not arrived yet, with their expiry. */
+  private readonly preparedVps = new Map<string, NodeJS.Timeout>();
 
   constructor(
     private readonly d: MigrationDeps,
@@ -350,6 +358,25 @@ export class MigrationServer {
 
   async close(): Promise<void> {
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+    await Promise.all([...this.preparedVps.keys()].map((id) => this.release(id)));
+  }
+
+  /** Makes the network and disk of an incoming VPS while its job still runs on the source (see RuncEngine.prepareRestore). */
+  private async prepareVps(vps: NonNullable<PrepareHeader['prepare']['vps']>, template: Awaited<ReturnType<MigrationServer['templateVersion']>>): Promise<void> {
+    if (typeof vps?.vpsId !== 'string' || typeof vps.spec?.diskMb !== 'number') throw new RunboxError('invalid_argument', 'migration prepare header with a malformed VPS');
+    clearTimeout(this.preparedVps.get(vps.vpsId));
+    await this.d.engine.prepareRestore(vps.vpsId, { ...vps.spec, template }, { network: vps.network.mode, diskMb: vps.spec.diskMb, address: vps.network.address });
+    this.preparedVps.set(
+      vps.vpsId,
+      setTimeout(() => void this.release(vps.vpsId), PREPARED_TTL_MS),
+    );
+  }
+
+  /** Destroys a prepared VPS whose move did not come. */
+  private async release(vpsId: string): Promise<void> {
+    clearTimeout(this.preparedVps.get(vpsId));
+    this.preparedVps.delete(vpsId);
+    if (!this.d.engine.get(vpsId)) await this.d.engine.destroy(vpsId).catch((e: unknown) => this.d.log.warn({ err: e, vpsId }, 'releasing a prepared VPS failed'));
   }
 
   private templateVersion(t: { name: string; hash: string }, build: boolean) {
@@ -375,11 +402,15 @@ export class MigrationServer {
       if (!safeEqual(message.secret, this.secret)) throw new RunboxError('invalid_argument', 'migration refused: bad secret');
       if ('prepare' in message) {
         if ((await faultFor(this.d.jobs, message.jobId)) === 'prepare') throw new RunboxError('checkpoint_incompatible', 'injected fault: the target cannot have the template version');
-        await this.templateVersion(message.prepare.template, true);
+        const template = await this.templateVersion(message.prepare.template, true);
+        if (message.prepare.vps) await this.prepareVps(message.prepare.vps, template);
         answer({ ok: true, postCopy: this.d.postCopy });
         return;
       }
       header = message;
+      // The move came: its prepared VPS (if any) is create()'s now, or destroyed below on failure.
+      clearTimeout(this.preparedVps.get(header.vpsId));
+      this.preparedVps.delete(header.vpsId);
       const log = this.d.log.child({ jobId: header.jobId, vpsId: header.vpsId, migration: header.migrationId });
       // The same template content, or no restore at all (hashes name contents). Prepared already.
       const template = await this.templateVersion(header.spec.template, false);

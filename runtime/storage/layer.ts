@@ -59,6 +59,15 @@ export async function mountLayer(
   /** Runs with the disk mounted and upper/ made, before the overlay: fills upper/ for a restore. */
   fillUpper?: (upperDir: string) => Promise<void>,
 ): Promise<void> {
+  await mountLayerDisk(store, p, sizeMb);
+  await mountLayerRoot(p, lowerdir, fillUpper);
+}
+
+/**
+ * The first half of mountLayer: the image, mounted, with empty upper/ and work/ dirs. A move's
+ * target makes it before the checkpoint exists; mountLayerRoot finishes it. Undoes itself on failure.
+ */
+export async function mountLayerDisk(store: LayerStore, p: LayerPaths, sizeMb: number): Promise<void> {
   const golden = await goldenImage(store, sizeMb);
   await fs.mkdir(p.layerMount, { recursive: true });
   await fs.mkdir(p.rootfs, { recursive: true });
@@ -66,6 +75,15 @@ export async function mountLayer(
   try {
     await execOk(['mount', '-t', 'ext4', '-o', 'loop,nosuid,nodev', p.image, p.layerMount], { timeoutMs: 30_000 });
     await Promise.all([fs.mkdir(path.join(p.layerMount, 'upper')), fs.mkdir(path.join(p.layerMount, 'work'))]);
+  } catch (e) {
+    await unmountLayer(p).catch(() => undefined);
+    throw e;
+  }
+}
+
+/** The second half: fills upper/ (a restore), then mounts the overlay root. Undoes the layer on failure. */
+export async function mountLayerRoot(p: LayerPaths, lowerdir: string, fillUpper?: (upperDir: string) => Promise<void>): Promise<void> {
+  try {
     await fillUpper?.(path.join(p.layerMount, 'upper'));
     await execOk(['mount', '-t', 'overlay', 'overlay', '-o', overlayOptions(lowerdir, p.layerMount), p.rootfs], {
       timeoutMs: 30_000,

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dumpForMove } from '../../runtime/checkpoint/checkpoint.js';
 import { freePort, lazyDumpForMove, postCopySupport, startLazyPages, type LazyPages } from '../../runtime/checkpoint/lazy.js';
 import { CRIU, testEngine, type TestEngine } from '../helpers/engine.js';
+import { hostSnapshot } from '../helpers/host.js';
 import { waitFor } from '../helpers/net.js';
 import { execOk } from '../../runtime/exec.js';
 
@@ -70,6 +71,26 @@ describe('stop-and-copy move of a running VPS', () => {
   });
 });
 
+describe('a restore prepared ahead (network and disk made before the checkpoint exists)', () => {
+  it('is idempotent, made afresh for another plan, and released by destroy without leftovers', async () => {
+    const before = await hostSnapshot(b.engine);
+    const spec = { template: await b.base(), hostname: 'prep', network: 'private' as const, memoryMb: 128, cpus: 1, pids: 64, diskMb: 64 };
+    const id = 'prep0000aaaa';
+    await b.engine.prepareRestore(id, spec, { network: 'private', diskMb: 64 });
+    const first = JSON.parse(await fs.readFile(path.join(b.engine.layout.vps(id).dir, 'vps.json'), 'utf8')) as { network: { address: string } };
+    await b.engine.prepareRestore(id, spec, { network: 'private', diskMb: 64 }); // the same plan: kept as it is
+    const again = JSON.parse(await fs.readFile(path.join(b.engine.layout.vps(id).dir, 'vps.json'), 'utf8')) as { network: { address: string } };
+    expect(again.network.address).toBe(first.network.address);
+    expect((await hostSnapshot(b.engine)).netns).toBe(before.netns + 1);
+    await b.engine.prepareRestore(id, { ...spec, diskMb: 128 }, { network: 'none', diskMb: 128 }); // another plan: replaced
+    expect((await hostSnapshot(b.engine)).links).toBe(before.links); // no veth for "none"
+    expect((await hostSnapshot(b.engine)).netns).toBe(before.netns + 1);
+    await expect(b.engine.create(id, spec)).rejects.toMatchObject({ code: 'conflict' }); // only a restore takes it
+    await b.engine.destroy(id);
+    expect(await hostSnapshot(b.engine)).toEqual(before);
+  });
+});
+
 describe('post-copy move (lazy pages) of a running VPS', () => {
   beforeAll(async () => {
     const support = await postCopySupport(CRIU, true);
@@ -97,6 +118,10 @@ describe('post-copy move (lazy pages) of a running VPS', () => {
     let pages: LazyPages | undefined;
     try {
       await waitFor(() => out.split('\n').length > 10, 'ten lines on the source', 10_000);
+      // As a move's target does before the freeze: the VPS's network and disk, made ahead (create
+      // below would fail with "already exists" if it did not take them).
+      await b.engine.prepareRestore(src.id, src.info().spec, { network: 'none', diskMb: src.info().spec.diskMb });
+      expect(await fs.readdir('/run/netns')).toContain(b.engine.net.netnsName(src.id));
       const source = { address: '127.0.0.1', port: await freePort('127.0.0.1') };
       const dumped = await lazyDumpForMove(a.engine, src, dir, source);
       pages = await startLazyPages(CRIU, { imagesDir: dumped.imagesDir, workDir: path.join(dir, 'lazy-work'), source });
