@@ -139,8 +139,11 @@ async function criuChecks(criu: string): Promise<DoctorCheck[]> {
     name: 'criu memory dirty tracking',
     ok: dirtyOk,
     optional: true,
-    detail: dirtyOk ? 'supported: incremental (pre-dump) checkpoints possible' : 'not available: every checkpoint is a full one (no pre-dump)',
-    fix: dirtyOk ? undefined : 'a kernel with CONFIG_MEM_SOFT_DIRTY=y enables it',
+    // runbox has no pre-dump path yet (this development kernel lacks the feature, so it could not be tested).
+    detail: dirtyOk
+      ? 'supported by the kernel, not used by runbox yet: memory checkpoints are full ones, live migration uses post-copy or stop-and-copy'
+      : 'not available: every memory checkpoint is a full one and live migration cannot pre-copy (post-copy or stop-and-copy instead); filesystem changes are incremental either way',
+    fix: dirtyOk ? undefined : 'a kernel with CONFIG_MEM_SOFT_DIRTY=y has it (runbox does not use it yet)',
   });
   // Post-copy also needs room for CRIU's 4 MiB page-server pipe (runtime/checkpoint/lazy.ts); the
   // worker raises fs.pipe-max-size at start, so a low value here is only a note.
