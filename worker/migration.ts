@@ -96,6 +96,8 @@ export interface MigrationDeps {
 }
 
 const ANSWER_TIMEOUT_MS = 180_000;
+/** Post-copy: dumps tried when the page server's port was taken before CRIU bound it. */
+const PAGE_SERVER_ATTEMPTS = 3;
 /** Post-copy: the longest a source keeps serving pages after the target took the job. */
 const PAGES_TIMEOUT_MS = 600_000;
 /** A target may have to build a template version first (a minute or two for a Debian one). */
@@ -110,7 +112,8 @@ type Answer = { ok: boolean; resumedAt?: number; code?: string; message?: string
  * label `runbox.fault` names a step of its migration that fails: `prepare` (the target cannot get
  * the template version), `send` (the source breaks the connection mid-transfer), `restore` (the
  * target fails before restoring) or, with post-copy, `pages` (the source's page server is killed as
- * soon as the target runs the job, as if the source died). Ignored otherwise.
+ * soon as the target runs the job, as if the source died) and `port` (another process takes the
+ * page server's port before CRIU binds it, once). Ignored otherwise.
  */
 async function faultFor(jobs: JobStore, jobId: string): Promise<string | undefined> {
   if (process.env.RUNBOX_FAULT_INJECTION !== '1') return undefined;
@@ -180,7 +183,7 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
   const dir = await transferDir(d.engine.layout.transfersDir, `out-${entry.jobId}`);
   let dumped: Dumped;
   try {
-    dumped = mode === 'post-copy' ? await dumpLazily(d, vps, dir, target.address) : await dumpFully(d, vps, dir);
+    dumped = mode === 'post-copy' ? await dumpLazily(d, vps, dir, target.address, fault === 'port') : await dumpFully(d, vps, dir);
   } catch (e) {
     await fs.rm(dir, { recursive: true, force: true });
     await d.jobs.transition(entry.jobId, 'running', {}, { from: ['migrating'], host: d.hostId, note: `migration failed: ${errorMessage(e)}` }).catch(() => undefined);
@@ -258,15 +261,28 @@ async function dumpFully(d: MigrationDeps, vps: RuncVps, dir: string): Promise<D
  * own (runc 1.1 exposes no TLS), so its port is closed to all but the target (and this host, which
  * cancels through it) while it runs.
  */
-async function dumpLazily(d: MigrationDeps, vps: RuncVps, dir: string, targetAddress: string): Promise<Dumped> {
-  const pageServer = { address: d.address!, port: await freePort(d.address!) };
-  const unguard = await d.engine.net.guardPort(pageServer.port, [targetAddress, d.address!], (PAGES_TIMEOUT_MS + ANSWER_TIMEOUT_MS) / 1000);
+async function dumpLazily(d: MigrationDeps, vps: RuncVps, dir: string, targetAddress: string, takePort = false): Promise<Dumped> {
+  let pageServer: { address: string; port: number };
+  let unguard: () => Promise<void>;
   let dumped: LazyDump;
-  try {
-    dumped = await lazyDumpForMove(d.engine, vps, dir, pageServer);
-  } catch (e) {
-    await unguard();
-    throw e;
+  // The port is free when picked and CRIU binds it a moment later: another process may take it in
+  // between. Then the dump fails cleanly (the VPS thaws) and is tried again on another port.
+  for (let attempt = 1; ; attempt++) {
+    pageServer = { address: d.address!, port: await freePort(d.address!) };
+    unguard = await d.engine.net.guardPort(pageServer.port, [targetAddress, d.address!], (PAGES_TIMEOUT_MS + ANSWER_TIMEOUT_MS) / 1000);
+    const squatter = takePort && attempt === 1 ? await occupy(pageServer) : undefined; // failure injection
+    try {
+      dumped = await lazyDumpForMove(d.engine, vps, dir, pageServer);
+      break;
+    } catch (e) {
+      await unguard();
+      if (attempt >= PAGE_SERVER_ATTEMPTS || !/Can't bind page server|Address already in use/.test(causeChain(e))) throw e;
+      d.log.warn({ port: pageServer.port, attempt }, 'the page server port was taken before CRIU bound it; dumping again on another port');
+      await fs.rm(dir, { recursive: true, force: true });
+      await fs.mkdir(dir, { recursive: true });
+    } finally {
+      squatter?.close();
+    }
   }
   void dumped.transferred.then(unguard, unguard);
   return {
@@ -500,6 +516,23 @@ function parseMessage(head: string): Header | PrepareHeader {
     /* below */
   }
   throw new RunboxError('invalid_argument', 'migration refused: the header is not a JSON object');
+}
+
+/** The messages of an error and its causes, one per line (CRIU's own lines are in the causes). */
+function causeChain(e: unknown): string {
+  const lines: string[] = [];
+  for (let c: unknown = e; c !== undefined && lines.length < 10; c = c instanceof Error ? c.cause : undefined) lines.push(errorMessage(c));
+  return lines.join('\n');
+}
+
+/** Failure injection: a listener on the page server's port, as another process that took it first. */
+async function occupy(at: { address: string; port: number }): Promise<net.Server> {
+  const server = net.createServer((s) => s.destroy());
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(at.port, at.address, () => resolve());
+  });
+  return server;
 }
 
 function safeEqual(a: unknown, b: string): boolean {

@@ -187,6 +187,19 @@ describe('live migration', () => {
     expect(log.trim().split('\n')).toEqual(Array.from({ length: 40 }, (_, i) => `s ${i}`));
   });
 
+  it('post-copy: a page server port taken by another process before CRIU binds it: dumped again on another port, the move goes through', async () => {
+    const script = 'i=0; while [ $i -lt 40 ]; do echo "q $i"; i=$((i+1)); sleep 0.1; done';
+    const created = await c.json<Job>('/v1/jobs', { body: { script, labels: { 'runbox.fault': 'port' } } });
+    const running = await c.waitStatus(created.id, isRunning, 'the job to run');
+    await new Promise((r) => setTimeout(r, 1000));
+    const moved = await c.json<Job>(`/v1/jobs/${created.id}/migrate`, { body: { host: other(running.host), mode: 'post-copy' } });
+    expect(moved.migrations).toEqual([expect.objectContaining({ from: running.host, to: other(running.host), mode: 'post-copy' })]);
+    const done = await c.waitStatus(created.id, isDone, 'the job to end');
+    expect(done).toMatchObject({ status: 'succeeded', host: other(running.host) });
+    const log = await (await c.call(`/v1/jobs/${created.id}/logs`)).text();
+    expect(log.trim().split('\n')).toEqual(Array.from({ length: 40 }, (_, i) => `q ${i}`));
+  });
+
   it('a target that cannot have the template version refuses before the job is frozen (409); the job never stops', async () => {
     const script = 'i=0; while [ $i -lt 30 ]; do echo "p $i"; i=$((i+1)); sleep 0.1; done';
     const created = await c.json<Job>('/v1/jobs', { body: { script, labels: { 'runbox.fault': 'prepare' } } });
