@@ -1,6 +1,6 @@
 import { errorMessage, isRunboxError, RunboxError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
-import type { Job } from '../core/job.js';
+import { isTerminal, type Job } from '../core/job.js';
 import type { Logger } from '../core/log.js';
 import type { JobStore } from '../core/store/jobs.js';
 import { snapshot } from '../runtime/checkpoint/checkpoint.js';
@@ -68,6 +68,9 @@ export class JobCheckpointer {
       return entry;
     } catch (e) {
       await this.backToRunning(job.jobId, {}, `checkpoint failed: ${errorMessage(e)}`);
+      // The job ended while it was checkpointed (its end removes its checkpoints, staged ones too).
+      const now = await jobs.get(job.jobId).catch(() => undefined);
+      if (!now || isTerminal(now.job.status)) throw new RunboxError('conflict', `job ${job.jobId} ended during its checkpoint`, { cause: e });
       throw e;
     }
   }

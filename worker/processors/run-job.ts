@@ -163,7 +163,7 @@ export async function superviseJob(
       ? setInterval(() => {
           void deps.checkpointer
             .checkpoint(entry, req.checkpoint?.everySec ? 'checkpoint.everySec' : 'host policy: long-running job')
-            .catch((e) => log.warn({ err: e }, 'automatic checkpoint failed'));
+            .catch((e) => (isRunboxError(e, 'conflict') ? log.debug({ err: e }, 'automatic checkpoint skipped') : log.warn({ err: e }, 'automatic checkpoint failed')));
         }, everySec * 1000)
       : undefined;
   let migrated = false;
