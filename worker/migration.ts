@@ -66,6 +66,13 @@ export interface PrepareHeader {
   prepare: { template: { name: string; hash: string }; vps?: Pick<Header, 'vpsId' | 'spec' | 'network'> };
 }
 
+/** A move that will not come after all: the target destroys the VPS it prepared for it. */
+export interface ReleaseHeader {
+  secret: string;
+  jobId: string;
+  release: string;
+}
+
 export interface MigrationResult {
   from: string;
   to: string;
@@ -96,6 +103,8 @@ export interface MigrationDeps {
 }
 
 const ANSWER_TIMEOUT_MS = 180_000;
+/** A failed move's note to the target that its prepared VPS is not needed (best effort). */
+const RELEASE_TIMEOUT_MS = 10_000;
 /** Post-copy: dumps tried when the page server's port was taken before CRIU bound it. */
 const PAGE_SERVER_ATTEMPTS = 3;
 /** Post-copy: the longest a source keeps serving pages after the target took the job. */
@@ -111,9 +120,10 @@ type Answer = { ok: boolean; resumedAt?: number; code?: string; message?: string
  * Failure injection for tests: with RUNBOX_FAULT_INJECTION=1 in a worker's environment, a job
  * label `runbox.fault` names a step of its migration that fails: `prepare` (the target cannot get
  * the template version), `send` (the source breaks the connection mid-transfer), `restore` (the
- * target fails before restoring) or, with post-copy, `pages` (the source's page server is killed as
- * soon as the target runs the job, as if the source died) and `port` (another process takes the
- * page server's port before CRIU binds it, once). Ignored otherwise.
+ * target fails before restoring), `dump` (the source's dump fails, after the target prepared) or,
+ * with post-copy, `pages` (the source's page server is killed as soon as the target runs the job,
+ * as if the source died) and `port` (another process takes the page server's port before CRIU
+ * binds it, once). Ignored otherwise.
  */
 async function faultFor(jobs: JobStore, jobId: string): Promise<string | undefined> {
   if (process.env.RUNBOX_FAULT_INJECTION !== '1') return undefined;
@@ -173,22 +183,16 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
     const code = prepared.code === 'checkpoint_incompatible' ? 'checkpoint_incompatible' : 'unavailable';
     throw new RunboxError(code, `host ${target.id} cannot take job ${entry.jobId}: ${prepared.message}; the job keeps running on ${d.hostId}`);
   }
-  const canPostCopy = d.postCopy && prepared.postCopy && !!d.address;
-  if (preference === 'post-copy' && !canPostCopy) {
-    const who = !d.postCopy || !d.address ? d.hostId : target.id;
-    throw new RunboxError('host_unsupported', `host ${who} cannot migrate with post-copy; the job keeps running on ${d.hostId}`);
-  }
-  const mode: MigrationMode = preference !== 'stop-and-copy' && canPostCopy ? 'post-copy' : 'stop-and-copy';
-  await d.jobs.transition(entry.jobId, 'migrating', {}, { from: ['running'], host: d.hostId, note: `to ${target.id} (${mode})` });
-  const dir = await transferDir(d.engine.layout.transfersDir, `out-${entry.jobId}`);
-  let dumped: Dumped;
+  let moveStarted: { mode: MigrationMode; dir: string; dumped: Dumped };
   try {
-    dumped = mode === 'post-copy' ? await dumpLazily(d, vps, dir, target.address, fault === 'port') : await dumpFully(d, vps, dir);
+    moveStarted = await freezeAndDump(d, entry, vps, target, preference, prepared, fault);
   } catch (e) {
-    await fs.rm(dir, { recursive: true, force: true });
-    await d.jobs.transition(entry.jobId, 'running', {}, { from: ['migrating'], host: d.hostId, note: `migration failed: ${errorMessage(e)}` }).catch(() => undefined);
+    // The target made the VPS's network and disk for a move that will not come: let it go at once.
+    const release: ReleaseHeader = { secret, jobId: entry.jobId, release: vps.id };
+    await exchange(target.address, target.migrationPort, release, { timeoutMs: RELEASE_TIMEOUT_MS }).catch(() => undefined);
     throw e;
   }
+  const { mode, dir, dumped } = moveStarted;
   try {
     const header: Header = {
       secret,
@@ -242,6 +246,36 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
   } finally {
     await fs.rm(dir, { recursive: true, force: true });
   }
+}
+
+/** Picks the mode, marks the job migrating, freezes and dumps it (a failure leaves it running here). */
+async function freezeAndDump(
+  d: MigrationDeps,
+  entry: RunningJob,
+  vps: RuncVps,
+  target: Host,
+  preference: MigrationPreference,
+  prepared: Answer,
+  fault: string | undefined,
+): Promise<{ mode: MigrationMode; dir: string; dumped: Dumped }> {
+  const canPostCopy = d.postCopy && prepared.postCopy && !!d.address;
+  if (preference === 'post-copy' && !canPostCopy) {
+    const who = !d.postCopy || !d.address ? d.hostId : target.id;
+    throw new RunboxError('host_unsupported', `host ${who} cannot migrate with post-copy; the job keeps running on ${d.hostId}`);
+  }
+  const mode: MigrationMode = preference !== 'stop-and-copy' && canPostCopy ? 'post-copy' : 'stop-and-copy';
+  await d.jobs.transition(entry.jobId, 'migrating', {}, { from: ['running'], host: d.hostId, note: `to ${target.id} (${mode})` });
+  const dir = await transferDir(d.engine.layout.transfersDir, `out-${entry.jobId}`);
+  let dumped: Dumped;
+  try {
+    if (fault === 'dump') throw new RunboxError('unavailable', `injected fault: the dump failed; the job keeps running on ${d.hostId}`);
+    dumped = mode === 'post-copy' ? await dumpLazily(d, vps, dir, target.address!, fault === 'port') : await dumpFully(d, vps, dir);
+  } catch (e) {
+    await fs.rm(dir, { recursive: true, force: true });
+    await d.jobs.transition(entry.jobId, 'running', {}, { from: ['migrating'], host: d.hostId, note: `migration failed: ${errorMessage(e)}` }).catch(() => undefined);
+    throw e;
+  }
+  return { mode, dir, dumped };
 }
 
 /** Stop-and-copy: every page in the images; a failed move restores them here. */
@@ -416,6 +450,12 @@ export class MigrationServer {
       const { head, rest } = await readHeader(sock);
       const message = parseMessage(head);
       if (!safeEqual(message.secret, this.secret)) throw new RunboxError('invalid_argument', 'migration refused: bad secret');
+      if ('release' in message) {
+        // Only a VPS prepared for a move (never one that runs).
+        if (this.preparedVps.has(String(message.release))) await this.release(String(message.release));
+        answer({ ok: true });
+        return;
+      }
       if ('prepare' in message) {
         if ((await faultFor(this.d.jobs, message.jobId)) === 'prepare') throw new RunboxError('checkpoint_incompatible', 'injected fault: the target cannot have the template version');
         const template = await this.templateVersion(message.prepare.template, true);
@@ -508,10 +548,10 @@ export class MigrationServer {
   }
 }
 
-function parseMessage(head: string): Header | PrepareHeader {
+function parseMessage(head: string): Header | PrepareHeader | ReleaseHeader {
   try {
     const m = JSON.parse(head) as unknown;
-    if (m && typeof m === 'object') return m as Header | PrepareHeader;
+    if (m && typeof m === 'object') return m as Header | PrepareHeader | ReleaseHeader;
   } catch {
     /* below */
   }

@@ -1,5 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
+import fs from 'node:fs/promises';
+import path from 'node:path';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Job } from '../../core/job.js';
@@ -20,6 +22,11 @@ afterAll(async () => {
 });
 
 const other = (h: string | null) => (h === 'h1' ? 'h2' : 'h1');
+
+/** VPS ids with a dir on a host of this cluster (a VPS keeps its id when it moves). */
+async function vpsIds(hostId: string): Promise<string[]> {
+  return fs.readdir(path.join(c.stateDir, 'cluster', 'hosts', hostId, 'vps')).catch(() => [] as string[]);
+}
 
 /** The network namespace a host of this cluster runs in (the one holding its address). */
 async function hostNetns(hostId: string): Promise<string> {
@@ -173,7 +180,7 @@ describe('live migration', () => {
     expect(hosts.hosts.find((h) => h.id === 'h1')?.draining).toBe(false);
   });
 
-  it.each(['send', 'restore'])('a failure at step "%s" of a move leaves the job running on its source, output intact', async (step) => {
+  it.each(['dump', 'send', 'restore'])('a failure at step "%s" of a move leaves the job running on its source, output intact, nothing left on the target', async (step) => {
     const script = 'i=0; while [ $i -lt 40 ]; do echo "s $i"; i=$((i+1)); sleep 0.1; done';
     const created = await c.json<Job>('/v1/jobs', { body: { script, labels: { 'runbox.fault': step } } });
     const running = await c.waitStatus(created.id, isRunning, 'the job to run');
@@ -181,6 +188,12 @@ describe('live migration', () => {
     const res = await c.call(`/v1/jobs/${created.id}/migrate`, { body: { host: other(running.host) } });
     expect(res.status).toBe(503);
     expect(((await res.json()) as { detail: string }).detail).toMatch(/keeps running on/);
+    // The VPS the target prepared for the move (network, disk; same id as on the source) is gone
+    // again (after a broken transfer the target notices on its own, a moment later).
+    const here = await vpsIds(running.host!);
+    const leftOnTarget = async () => (await vpsIds(other(running.host))).filter((id) => here.includes(id));
+    for (let i = 0; i < 50 && (await leftOnTarget()).length > 0; i++) await new Promise((r) => setTimeout(r, 100));
+    expect(await leftOnTarget()).toEqual([]);
     const done = await c.waitStatus(created.id, isDone, 'the job to end');
     expect(done).toMatchObject({ status: 'succeeded', host: running.host, migrations: [] });
     const log = await (await c.call(`/v1/jobs/${created.id}/logs`)).text();
