@@ -2,7 +2,6 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { exec } from './exec.js';
 import { isAlive, selfRef } from './host/proc.js';
-import { HostNetwork } from './net/network.js';
 import { runcDelete, runcList } from './oci/runc.js';
 import type { RuncEngine } from './runc-engine.js';
 import { mountPoints, unmountLayer } from './storage/layer.js';
@@ -48,7 +47,7 @@ export async function gc(engine: RuncEngine, opts: { all?: boolean } = {}): Prom
   for (const ns of await engine.net.listNetns()) {
     const id = ns.slice(prefix.length);
     if (kept.has(id)) continue;
-    await exec(['ip', 'link', 'del', HostNetwork.vethName(id)]);
+    await exec(['ip', 'link', 'del', engine.net.vethName(id)]);
     await exec(['ip', 'netns', 'del', ns]);
     report.netns.push(ns);
   }

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { exec, execOk } from '../exec.js';
@@ -68,8 +69,12 @@ export class HostNetwork {
     return `rb${this.instance}-${vpsId}`;
   }
 
-  static vethName(vpsId: string): string {
-    return `rbv${vpsId}`.slice(0, 15);
+  /**
+   * The host end of a VPS's veth pair (15 characters at most). Hashed with the instance: two
+   * instances in one network namespace (a move between them keeps the VPS id) never clash.
+   */
+  vethName(vpsId: string): string {
+    return `rbv${createHash('sha256').update(`${this.instance}:${vpsId}`).digest('hex').slice(0, 12)}`;
   }
 
   /** Bridge, forwarding and firewall: created once, idempotent, safe to race. */
@@ -143,7 +148,7 @@ export class HostNetwork {
     await this.ensure();
     const address = await this.allocate(vpsId, wantedAddress);
     const netns = this.netnsName(vpsId);
-    const hostVeth = HostNetwork.vethName(vpsId);
+    const hostVeth = this.vethName(vpsId);
     const gw = gateway(this.cidr);
     const net: VpsNetwork = { mode, netns, hostVeth, address, gateway: gw, prefix: this.cidr.prefix };
     try {
@@ -179,7 +184,7 @@ export class HostNetwork {
     if (net.mode === 'egress' && net.address) {
       await exec(['nft', 'delete', 'element', 'inet', this.table, 'egress', `{ ${net.address} }`]);
     }
-    await exec(['ip', 'link', 'del', net.hostVeth ?? HostNetwork.vethName(vpsId)]);
+    await exec(['ip', 'link', 'del', net.hostVeth ?? this.vethName(vpsId)]);
     await exec(['ip', 'netns', 'del', net.netns ?? this.netnsName(vpsId)]);
     if (net.address) await fs.rm(path.join(this.addrDir, net.address), { force: true });
   }

@@ -41,6 +41,10 @@ describe('stop-and-copy move of a running VPS', () => {
       // A firewall rule in the VPS's netns (the base template has no nft binary: set from outside).
       const srcNs = `/run/netns/${src.info().network.netns}`;
       await execOk(['nsenter', `--net=${srcNs}`, 'nft', '-f', '-'], { input: 'table inet jobfw {\n chain input {\n type filter hook input priority 0;\n tcp dport 7777 drop\n }\n}\n' });
+      // As a move's target does before the freeze: the VPS's network and disk, made ahead, while
+      // the source still has its own (same VPS id, same network namespace of this test: the veth
+      // names must not clash).
+      await b.engine.prepareRestore(src.id, src.info().spec, { network: 'private', diskMb: src.info().spec.diskMb });
       const dumped = await dumpForMove(a.engine, src, dir);
       const offset = Buffer.byteLength(out); // everything the source produced before the freeze
       src.handOver();
