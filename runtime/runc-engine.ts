@@ -115,6 +115,7 @@ export class RuncEngine implements VpsEngine {
   /** VPSs whose network and disk were made ahead of a restore (prepareRestore), not yet created. */
   private readonly prepared = new Map<VpsId, PreparedRestore>();
   private criuConfigWritten?: Promise<string | undefined>;
+  private emptyDirMade?: Promise<string>;
   private readonly sysDirsHidden = SYS_DIRS_HIDDEN.filter((d) => existsSync(d));
 
   constructor(readonly opts: RuncEngineOptions) {
@@ -144,9 +145,15 @@ export class RuncEngine implements VpsEngine {
     ));
   }
 
-  private async emptyDir(): Promise<string> {
-    await fs.mkdir(this.layout.emptyDir, { recursive: true, mode: 0o555 });
-    return this.layout.emptyDir;
+  /** Made once per engine (every create names it). */
+  private emptyDir(): Promise<string> {
+    return (this.emptyDirMade ??= fs.mkdir(this.layout.emptyDir, { recursive: true, mode: 0o555 }).then(
+      () => this.layout.emptyDir,
+      (e: unknown) => {
+        this.emptyDirMade = undefined;
+        throw e;
+      },
+    ));
   }
 
   get(id: VpsId): RuncVps | undefined {
@@ -163,8 +170,8 @@ export class RuncEngine implements VpsEngine {
     const p = this.layout.vps(id);
     const log = this.opts.log.child({ vpsId: id });
     const prepared = restore ? await this.takePrepared(id, { network: spec.network, diskMb: spec.diskMb, address: restore.address }) : undefined;
+    // Written once more below, with its network (begin() wrote the first version).
     const record: VpsRecord = prepared ? { ...prepared.record, spec } : await this.begin(id, spec);
-    await this.writeRecord(record);
     const t0 = performance.now();
     const phaseMs: Record<string, number> = {};
     const mark = (name: string, since: number) => (phaseMs[name] = Math.round(performance.now() - since));

@@ -33,6 +33,7 @@ export async function startWithPipes(argv: string[], log: Logger, timeoutMs = RU
   const out = pipe2();
   const err = pipe2();
   const channel = new AgentChannel(out.read, ctl.write, err.read);
+  const what = argv.slice(3, 5).join(' ');
   try {
     const code = await new Promise<number | null>((resolve, reject) => {
       // Its own process group, so that past the deadline the CRIU runc started for a restore goes too.
@@ -43,7 +44,7 @@ export async function startWithPipes(argv: string[], log: Logger, timeoutMs = RU
         } catch {
           /* it ended just now */
         }
-        reject(new RunboxError('unavailable', `${argv.slice(3, 5).join(' ')} did not finish within ${timeoutMs / 1000} s`));
+        reject(new RunboxError('unavailable', `${what} did not finish within ${timeoutMs / 1000} s`));
       }, timeoutMs);
       child.on('error', (e) => {
         clearTimeout(deadline);
@@ -56,7 +57,7 @@ export async function startWithPipes(argv: string[], log: Logger, timeoutMs = RU
     });
     if (code !== 0) {
       await new Promise((r) => setTimeout(r, 20)); // let runc's last stderr line arrive
-      throw new RunboxError('unavailable', `${argv.slice(3, 5).join(' ')} failed (exit ${code}): ${channel.diagnostics}`);
+      throw new RunboxError('unavailable', `${what} failed (exit ${code}): ${channel.diagnostics}`);
     }
   } catch (e) {
     channel.close();

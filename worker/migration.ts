@@ -414,7 +414,7 @@ export class MigrationServer {
   /** Makes the network and disk of an incoming VPS while its job still runs on the source (see RuncEngine.prepareRestore). */
   private async prepareVps(vps: NonNullable<PrepareHeader['prepare']['vps']>, template: Awaited<ReturnType<MigrationServer['templateVersion']>>): Promise<void> {
     if (typeof vps?.vpsId !== 'string' || typeof vps.spec?.diskMb !== 'number') throw new RunboxError('invalid_argument', 'migration prepare header with a malformed VPS');
-    clearTimeout(this.preparedVps.get(vps.vpsId));
+    this.forgetPrepared(vps.vpsId);
     await this.d.engine.prepareRestore(vps.vpsId, { ...vps.spec, template }, { network: vps.network.mode, diskMb: vps.spec.diskMb, address: vps.network.address });
     this.preparedVps.set(
       vps.vpsId,
@@ -422,10 +422,15 @@ export class MigrationServer {
     );
   }
 
-  /** Destroys a prepared VPS whose move did not come. */
-  private async release(vpsId: string): Promise<void> {
+  /** Stops tracking a prepared VPS (its expiry included); the VPS itself stays. */
+  private forgetPrepared(vpsId: string): void {
     clearTimeout(this.preparedVps.get(vpsId));
     this.preparedVps.delete(vpsId);
+  }
+
+  /** Destroys a prepared VPS whose move did not come. */
+  private async release(vpsId: string): Promise<void> {
+    this.forgetPrepared(vpsId);
     if (!this.d.engine.get(vpsId)) await this.d.engine.destroy(vpsId).catch((e: unknown) => this.d.log.warn({ err: e, vpsId }, 'releasing a prepared VPS failed'));
   }
 
@@ -465,8 +470,7 @@ export class MigrationServer {
       }
       header = message;
       // The move came: its prepared VPS (if any) is create()'s now, or destroyed below on failure.
-      clearTimeout(this.preparedVps.get(header.vpsId));
-      this.preparedVps.delete(header.vpsId);
+      this.forgetPrepared(header.vpsId);
       const log = this.d.log.child({ jobId: header.jobId, vpsId: header.vpsId, migration: header.migrationId });
       // The same template content, or no restore at all (hashes name contents). Prepared already.
       const template = await this.templateVersion(header.spec.template, false);
