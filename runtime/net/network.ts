@@ -153,12 +153,13 @@ export class HostNetwork {
     const net: VpsNetwork = { mode, netns, hostVeth, address, gateway: gw, prefix: this.cidr.prefix };
     try {
       await execOk(['ip', 'netns', 'add', netns]);
-      // The VPS end is created inside the netns and the host end moved to the host ("netns 1"):
-      // one ip process per side instead of one per command.
+      // The VPS end is created inside the netns and the host end moved to the network namespace
+      // this process runs in (by pid: a worker of `runbox cluster` runs in a namespace of its own,
+      // not in PID 1's): one ip process per side instead of one per command.
       await execOk(['ip', '-n', netns, '-batch', '-'], {
         input: [
           'link set lo up',
-          `link add eth0 type veth peer name ${hostVeth} netns 1`,
+          `link add eth0 type veth peer name ${hostVeth} netns ${process.pid}`,
           `addr add ${address}/${this.cidr.prefix} dev eth0`,
           'link set eth0 up',
           `route add default via ${gw}`,

@@ -60,6 +60,14 @@ describe('runbox cluster', () => {
     expect(new Set(jobs.map((j) => j.host))).toEqual(new Set(['h1', 'h2']));
   });
 
+  it('runs private and egress jobs on every host (the host end of each veth lands in its host namespace)', async () => {
+    for (const network of ['private', 'egress'] as const) {
+      const jobs = await Promise.all(Array.from({ length: 8 }, () => api<Job>('/v1/jobs?wait=60', { network, script: 'ip -4 -o addr show eth0 | grep -q inet && sleep 0.4' })));
+      expect(jobs.map((j) => [j.status, j.error])).toEqual(jobs.map(() => ['succeeded', null]));
+      expect(new Set(jobs.map((j) => j.host))).toEqual(new Set(['h1', 'h2']));
+    }
+  });
+
   it('cluster down stops everything and removes the namespaces', async () => {
     expect(await runbox(['cluster', 'down'])).toBe(0);
     await new Promise<void>((r) => (cluster!.exitCode !== null ? r() : cluster!.once('exit', () => r())));
