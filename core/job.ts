@@ -91,7 +91,17 @@ export const JobSchema = z.object({
 export type Job = z.infer<typeof JobSchema>;
 
 /** What the queue carries: ids only; the request lives in Redis next to the record. */
-export const QueuePayloadSchema = z.object({ jobId: z.string().regex(/^[a-z0-9]{8,40}$/), tenant: z.string().min(1) }).strict();
+export const QueuePayloadSchema = z
+  .object({
+    jobId: z.string().regex(/^[a-z0-9]{8,40}$/),
+    tenant: z.string().min(1),
+    /**
+     * Recovery entries (worker/job/reaper.ts): the lease holder the reaper found gone (or alive but
+     * not running the job); the recovering worker takes the lease only from exactly this holder.
+     */
+    orphanOf: z.string().max(200).optional(),
+  })
+  .strict();
 export type QueuePayload = z.infer<typeof QueuePayloadSchema>;
 
 /** Output chunk as stored and as sent over SSE. `offset` is the byte offset of `data` in the combined output. */

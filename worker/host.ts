@@ -2,6 +2,7 @@ import os from 'node:os';
 import type { Host } from '../core/store/hosts.js';
 import type { HostRegistry } from '../core/store/hosts.js';
 import type { VpsPool } from '../runtime/pool.js';
+import type { RunningJobs } from './running.js';
 import { cachedTemplateInfo, listTemplates, resolveTemplate } from '../runtime/templates/store.js';
 
 export const HEARTBEAT_MS = 2000;
@@ -15,9 +16,9 @@ export class Heartbeat {
 
   constructor(
     private readonly registry: HostRegistry,
-    private readonly info: { id: string; address: string | null; capacity: number; templatesDir: string; version: string; migrationPort?: number },
+    private readonly info: { id: string; instance: string; address: string | null; capacity: number; templatesDir: string; version: string; migrationPort?: number },
     private readonly pools: VpsPool[],
-    private readonly running: () => number,
+    private readonly running: RunningJobs,
   ) {}
 
   async beat(): Promise<void> {
@@ -35,12 +36,14 @@ export class Heartbeat {
       startedAt: this.startedAt,
       heartbeatAt: new Date().toISOString(),
       draining: this.draining,
-      running: this.running(),
+      running: this.running.byId.size,
       capacity: this.info.capacity,
       pools: this.pools.map((p) => p.state()),
       templates,
       version: this.info.version,
       migrationPort: this.info.migrationPort,
+      instance: this.info.instance,
+      jobs: this.running.held(),
     };
     await this.registry.heartbeat(host, HEARTBEAT_TTL_SEC);
   }

@@ -18,9 +18,16 @@ import { Heartbeat, primaryAddress } from './host.js';
 import { JobCheckpointer } from './checkpoints.js';
 import { HostCommands } from './commands.js';
 import { DirectoryCheckpointStore } from '../runtime/checkpoint/store.js';
-import { adoptJob, createProcessor, RunningJobs, type RunJobDeps } from './processors/run-job.js';
+import { createProcessor } from './processors/run-job.js';
+import { RunningJobs } from './running.js';
+import type { JobDeps } from './job/deps.js';
+import { adoptJob } from './job/adopt.js';
+import { recoverJob } from './job/recover.js';
+import { Reaper } from './job/reaper.js';
+import { Reconciler } from './job/reconcile.js';
+import { LeaseStore } from '../core/store/leases.js';
+import { newId } from '../core/ids.js';
 import { MigrationServer, migrationSecret, type MigrationDeps } from './migration.js';
-import { Reaper, recoverJob } from './recovery.js';
 import { postCopySupport } from '../runtime/checkpoint/lazy.js';
 import { RunboxError } from '../core/errors.js';
 import { JobQueue } from '../core/queue.js';
@@ -53,6 +60,8 @@ export interface WorkerHandle {
 export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
   const { config, log } = o;
   const hostId = config.hostId;
+  // This process's name as a holder of job leases: a restart of the host is a new instance.
+  const instance = `${hostId}~${newId(8)}`;
   const hlog = log.child({ hostId });
   const redis = connectRedis(o.redisUrl);
   const sub = connectSubscriber(o.redisUrl);
@@ -101,9 +110,11 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
   const running = new RunningJobs();
   const checkpoints = new DirectoryCheckpointStore(config.checkpointDir);
   const checkpointer = new JobCheckpointer({ engine, store: checkpoints, jobs, hostId, keep: config.checkpointKeep, log: hlog });
-  const runDeps: RunJobDeps = {
+  const runDeps: JobDeps = {
       hostId,
+      instance,
       engine,
+      leases: new LeaseStore(redis, config.redisPrefix),
       pools,
       jobs,
       logs: new LogStore(redis, config.redisPrefix),
@@ -159,8 +170,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
       for (const deadline = Date.now() + 10_000; running.byId.has(jobId) && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 20));
       const stored = await jobs.get(jobId);
       if (!stored) return;
-      await runDeps.slots.acquire(stored.tenant, jobId, Number.MAX_SAFE_INTEGER);
-      await recoverJob(runDeps, running, stored.job, stored.tenant, hlog.child({ jobId, tenant: stored.tenant }), why);
+      await recoverJob(runDeps, running, stored.job, stored.tenant, hlog.child({ jobId, tenant: stored.tenant }), { why, orphanOf: instance, code: 'restore_failed' });
     },
   };
   const migrationServer = new MigrationServer(migrationDeps, secret);
@@ -199,14 +209,18 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
 
   const heartbeat = new Heartbeat(
     registry,
-    { id: hostId, address: primaryAddress(), capacity: config.workerConcurrency, templatesDir: engine.layout.templatesDir, version: '0.1.0', migrationPort },
+    { id: hostId, instance, address: primaryAddress(), capacity: config.workerConcurrency, templatesDir: engine.layout.templatesDir, version: '0.1.0', migrationPort },
     pools,
-    () => running.byId.size,
+    running,
   );
   heartbeatRef = heartbeat;
   const recoveryQueue = new JobQueue(redis, config.redisPrefix);
-  const reaper = new Reaper(runDeps, keys, recoveryQueue, 3000);
+  const reaper = new Reaper(runDeps, recoveryQueue);
   reaper.start();
+  // What Redis says this host holds against what it runs (orphans recovered, fenced copies killed).
+  const reconciler = new Reconciler(runDeps, running);
+  const reconcileTimer = setInterval(() => void reconciler.tick().catch((e) => hlog.warn({ err: e }, 'reconciling held jobs failed')), 2000);
+  reconcileTimer.unref();
   // A host drained before a restart stays drained.
   if (await redis.get(keys.draining(hostId))) await drain.setDraining(true);
   heartbeat.start((e) => hlog.warn({ err: e }, 'heartbeat failed'));
@@ -229,6 +243,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
           await graceful;
         }
         clearInterval(cancelPoll);
+        clearInterval(reconcileTimer);
         reaper.stop();
         await recoveryQueue.close();
         await migrationServer.close();

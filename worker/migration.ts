@@ -183,13 +183,34 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
     const code = prepared.code === 'checkpoint_incompatible' ? 'checkpoint_incompatible' : 'unavailable';
     throw new RunboxError(code, `host ${target.id} cannot take job ${entry.jobId}: ${prepared.message}; the job keeps running on ${d.hostId}`);
   }
+  // From the freeze on, the job's lease may pass to the target before this host lets go of it:
+  // the reconciler must not take that for another holder's (worker/job/reconcile.ts).
+  entry.leaving = true;
+  try {
+    return await moveOut(d, entry, vps, target, secret, preference, { migrationId, t0, startedAt, fault, moving, prepared });
+  } finally {
+    entry.leaving = false;
+  }
+}
+
+async function moveOut(
+  d: MigrationDeps,
+  entry: RunningJob,
+  vps: RuncVps,
+  target: Host,
+  secret: string,
+  preference: MigrationPreference,
+  m: { migrationId: string; t0: number; startedAt: string; fault: string | undefined; moving: Pick<Header, 'vpsId' | 'spec' | 'network'>; prepared: Answer },
+): Promise<MigrationResult> {
+  const { migrationId, t0, startedAt, fault, moving, prepared } = m;
+  const to = { address: target.address!, port: target.migrationPort! };
   let moveStarted: { mode: MigrationMode; dir: string; dumped: Dumped };
   try {
     moveStarted = await freezeAndDump(d, entry, vps, target, preference, prepared, fault);
   } catch (e) {
     // The target made the VPS's network and disk for a move that will not come: let it go at once.
     const release: ReleaseHeader = { secret, jobId: entry.jobId, release: vps.id };
-    await exchange(target.address, target.migrationPort, release, { timeoutMs: RELEASE_TIMEOUT_MS }).catch(() => undefined);
+    await exchange(to.address, to.port, release, { timeoutMs: RELEASE_TIMEOUT_MS }).catch(() => undefined);
     throw e;
   }
   const { mode, dir, dumped } = moveStarted;
@@ -205,7 +226,7 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
     };
     let answer: Answer;
     try {
-      answer = await exchange(target.address, target.migrationPort, header, { dir, breakMidway: fault === 'send' });
+      answer = await exchange(to.address, to.port, header, { dir, breakMidway: fault === 'send' });
     } catch (e) {
       answer = { ok: false, code: 'unavailable', message: errorMessage(e) };
     }

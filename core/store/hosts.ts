@@ -30,6 +30,10 @@ export const HostSchema = z.object({
   version: z.string(),
   /** TCP port of the host's migration receiver (on `address`). */
   migrationPort: z.number().int().optional(),
+  /** The worker process behind this heartbeat (`<id>~<random>`): holder name of its job leases (core/store/leases.ts). */
+  instance: z.string().optional(),
+  /** Ids of the jobs this host runs right now (what reconciliation compares records with). */
+  jobs: z.array(z.string()).optional(),
 });
 export type Host = z.infer<typeof HostSchema>;
 

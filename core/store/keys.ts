@@ -15,6 +15,10 @@ export class Keys {
   /** Set while a host is drained (survives its restarts). */
   draining = (id: string) => `${this.prefix}host:${id}:draining`;
   tenantActive = (tenant: string) => `${this.prefix}active:${tenant}`;
+  /** Which worker process (instance) holds a live job: the fence against two live copies. */
+  lease = (jobId: string) => `${this.prefix}lease:${jobId}`;
+  /** Ids of the jobs one worker instance holds leases on. */
+  leasesOf = (instance: string) => `${this.prefix}leases:${instance}`;
   statusCounts = () => `${this.prefix}stats:status`;
   histogram = (name: string) => `${this.prefix}stats:hist:${name}`;
   rate = (tenant: string, window: number) => `${this.prefix}rate:${tenant}:${window}`;

@@ -272,7 +272,7 @@ describe('live migration', () => {
     const done = await c.waitStatus(created.id, isDone, 'the job to end on another host', 90_000);
     expect(done.status).toBe('succeeded');
     expect(done.host).toBe(other(victim));
-    expect(done.history.some((h) => h.status === 'migrating' && /lost: restoring checkpoint/.test(h.note ?? ''))).toBe(true);
+    expect(done.history.some((h) => h.status === 'migrating' && /stopped before it finished; restoring checkpoint/.test(h.note ?? ''))).toBe(true);
     const log = await (await c.call(`/v1/jobs/${created.id}/logs`)).text();
     expect(log.trim().split('\n')).toEqual([...Array.from({ length: 100 }, (_, i) => `n ${i}`), 'start']);
   }, 150_000);
