@@ -12,7 +12,7 @@ export interface ReaperOptions {
   orphanGraceMs: number;
 }
 
-export const REAPER_DEFAULTS: ReaperOptions = { intervalMs: 3000, deadlineGraceMs: 15_000, orphanGraceMs: 10_000 };
+export const REAPER_DEFAULTS: ReaperOptions = { intervalMs: 3000, deadlineGraceMs: 10_000, orphanGraceMs: 10_000 };
 
 /**
  * The cluster's view of live jobs, one sweep at a time across all hosts (a Redis lock):
@@ -58,11 +58,13 @@ export class Reaper {
       if (!stored || isTerminal(stored.job.status)) continue;
       const { job, tenant } = stored;
       const lease = await this.deps.leases.get(id);
-      if (pastDeadline(job, now, this.o.deadlineGraceMs)) {
+      const orphanOf = this.orphanOf(job, lease, hosts, now);
+      // Past its deadline: its holder gets a grace to end it itself; a job without a live holder
+      // is not brought back only to be killed.
+      if (pastDeadline(job, now, orphanOf === undefined ? this.o.deadlineGraceMs : 0)) {
         if (await this.endTimedOut(job, tenant, lease)) done.timedOut.push(id);
         continue;
       }
-      const orphanOf = this.orphanOf(job, lease, hosts, now);
       if (orphanOf === undefined) continue;
       this.missing.delete(id);
       this.deps.log.warn({ jobId: id, holder: orphanOf || null, status: job.status }, 'live job without a live holder: queued for recovery');
