@@ -130,7 +130,7 @@ class Receiver {
         });
         started.catch(() => undefined);
       }
-      const vps = await this.engine.create(header.vpsId, { ...header.spec, template }, { imagesDir, fsTars: [path.join(dir, 'fs.tar')], lazyPagesWorkDir: started && workDir, lazyPagesReady: started });
+      const vps = await this.engine.create(header.vpsId, { ...header.spec, template }, { imagesDir, disk: { path: path.join(dir, 'disk.img'), move: true }, lazyPagesWorkDir: started && workDir, lazyPagesReady: started });
       const pages = await started;
       inc.restoredAt = Date.now();
       inc.vps = vps;
@@ -170,7 +170,7 @@ interface Sample {
   lazyStart: number;
   firstOutput: number;
   bytes: number;
-  /** Parts of dump, from file mtimes: frozenAt → last CRIU image written (drain + CRIU), → fs.tar written (CRIU and runc exiting, full tar of the layer). */
+  /** Parts of dump: frozenAt → last CRIU image written (drain + CRIU, from file mtimes), → dump returned (CRIU and runc exiting, disk synced and linked). */
   dumpCriu: number;
   dumpFs: number;
   /** Post-copy: the job's first line on B → every page arrived on B and the source's page server ended. */
@@ -233,13 +233,13 @@ async function oneMove(ctx: BenchContext, a: RuncEngine, b: RuncEngine, recv: Re
 
     // The move: A → TCP → B (post-copy: the pages then from A's page server to B's lazy-pages daemon).
     const info = src.info();
-    // As the worker's prepare step: B makes the VPS's network and disk while the job still runs on A.
+    // As the worker's prepare step: B makes the VPS's network while the job still runs on A.
     if (prepare) await b.prepareRestore(id, spec, { network: spec.network, diskMb: spec.diskMb, address: info.network.address });
     inc = { out, startedAt: new Date().toISOString() };
     recv.pending.set(id, inc);
     const pageServer = mode === 'post-copy' ? { address: '127.0.0.1', port: await freePort('127.0.0.1') } : undefined;
     const t0 = Date.now();
-    let dumped: { frozenAt: number; imagesDir: string; fsTar: string };
+    let dumped: { frozenAt: number; imagesDir: string; diskImage: string };
     let transferredAt: Promise<number> | undefined;
     if (pageServer) {
       lazy = await lazyDumpForMove(a, src, moveDir, pageServer);
@@ -269,7 +269,6 @@ async function oneMove(ctx: BenchContext, a: RuncEngine, b: RuncEngine, recv: Re
     const first = await out.until(() => out.firstTickAfter(tDumped), 'counter line on B', 10_000);
     // The dump functions remove CRIU's work dir (and its stats) or keep it busy; split their time by file mtimes instead.
     const criuEnd = await lastWrite(dumped.imagesDir);
-    const fsEnd = (await fs.stat(dumped.fsTar)).mtimeMs;
     // Post-copy: the page server's work dir is in there until it ended.
     if (!lazy) await fs.rm(moveDir, { recursive: true, force: true });
 
@@ -283,7 +282,7 @@ async function oneMove(ctx: BenchContext, a: RuncEngine, b: RuncEngine, recv: Re
     s.firstOutput = first.at - inc.restoredAt!;
     s.bytes = inc.bytes!;
     s.dumpCriu = criuEnd - dumped.frozenAt;
-    s.dumpFs = fsEnd - criuEnd;
+    s.dumpFs = tDumped - criuEnd;
     const gap = out.longestGap(t0);
     s.jobPause = gap?.pausedMs ?? NaN;
     // Rates on the job's own clock: before the freeze, and from its first tick on B.

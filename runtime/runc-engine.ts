@@ -14,7 +14,7 @@ import { restoreArgs, runArgs, runcDelete, type RuncGlobal } from './oci/runc.js
 import { execOk } from './exec.js';
 import { buildSpec, SYS_DIRS_HIDDEN } from './oci/spec.js';
 import { RuncVps, startWithPipes, waitReady } from './runc-vps.js';
-import { mountLayer, mountLayerDisk, mountLayerRoot, unmountLayer } from './storage/layer.js';
+import { mountLayer, mountLayerImage, unmountLayer } from './storage/layer.js';
 import { writeCriuConfig } from './checkpoint/criu-config.js';
 import type { VpsEngine, VpsId, VpsSpec } from './vps.js';
 
@@ -80,24 +80,17 @@ async function waitGone(ref: ProcessRef, ms: number): Promise<void> {
 export interface RestoreSource {
   /** CRIU images. */
   imagesDir: string;
-  /** Filesystem changes: incremental tars of the upper dir, oldest first. */
-  fsTars: string[];
+  /**
+   * The VPS's disk image of the same instant (runtime/storage/layer.ts): `move` renames it into
+   * the VPS (a received transfer), else it is copied (a checkpoint that must stay).
+   */
+  disk: { path: string; move: boolean };
   /** The VPS's address on its previous host (kept: its processes and sockets know it). */
   address?: string;
   /** Post-copy: the images have no memory pages; the `criu lazy-pages` daemon with this work dir serves them. */
   lazyPagesWorkDir?: string;
   /** Settles once the lazy-pages daemon is listening (it starts while the layer and netns are made). */
   lazyPagesReady?: Promise<unknown>;
-}
-
-/** Replays the incremental fs archives in order (deletions included: --listed-incremental). */
-async function replayFsChanges(upper: string, tars: string[]): Promise<void> {
-  for (const t of tars) {
-    await execOk(
-      ['tar', '--extract', '--file', t, '--listed-incremental=/dev/null', '--numeric-owner', '--xattrs', '--xattrs-include=trusted.overlay.*', '-C', upper],
-      { timeoutMs: 300_000 },
-    );
-  }
 }
 
 /**
@@ -176,14 +169,14 @@ export class RuncEngine implements VpsEngine {
     const phaseMs: Record<string, number> = {};
     const mark = (name: string, since: number) => (phaseMs[name] = Math.round(performance.now() - since));
     try {
-      const fillUpper = restore && ((upper: string) => replayFsChanges(upper, restore.fsTars));
-      const [network] = prepared
-        ? // Network and disk were made while the job still ran on its source: only the layer's contents and root are left.
-          await Promise.all([prepared.record.network, mountLayerRoot(p, spec.template.rootfs, fillUpper).finally(() => mark('layer', t0))])
-        : await Promise.all([
-            this.net.setup(id, spec.network, restore?.address, !!restore).finally(() => mark('network', t0)),
-            mountLayer({ cacheDir: this.layout.cacheDir }, p, spec.template.rootfs, spec.diskMb, fillUpper).finally(() => mark('layer', t0)),
-          ]);
+      const layer = restore
+        ? mountLayerImage(p, spec.template.rootfs, { ...restore.disk, sizeMb: spec.diskMb })
+        : mountLayer({ cacheDir: this.layout.cacheDir }, p, spec.template.rootfs, spec.diskMb);
+      const [network] = await Promise.all([
+        // A move's target made the network while the job still ran on its source (prepareRestore).
+        prepared ? prepared.record.network : this.net.setup(id, spec.network, restore?.address, !!restore).finally(() => mark('network', t0)),
+        layer.finally(() => mark('layer', t0)),
+      ]);
       record.network = network;
       await this.writeRecord(record);
       if (restore && network.netns) {
@@ -265,10 +258,10 @@ export class RuncEngine implements VpsEngine {
 
   /**
    * Makes what a restore of `id` needs before its checkpoint exists: its network namespace (with
-   * the address it keeps) and its disk, mounted and empty. A move's target does this while the job
-   * still runs on its source, so the freeze no longer waits for it; `create(id, spec, restore)`
-   * then replays the filesystem changes, mounts the root and restores. Idempotent for the same
-   * plan; `destroy(id)` releases a prepared VPS that will not be restored.
+   * the address it keeps). A move's target does this while the job still runs on its source, so
+   * the freeze no longer waits for it; `create(id, spec, restore)` then mounts the disk image that
+   * came with the checkpoint and restores. Idempotent for the same plan; `destroy(id)` releases a
+   * prepared VPS that will not be restored.
    */
   async prepareRestore(id: VpsId, spec: VpsSpec, plan: RestorePlan): Promise<void> {
     if (!VPS_ID.test(id)) throw new RunboxError('invalid_argument', `invalid VPS id "${id}"`);
@@ -277,11 +270,7 @@ export class RuncEngine implements VpsEngine {
     if (had) await this.destroy(id);
     const record = await this.begin(id, spec);
     try {
-      const [network] = await Promise.all([
-        this.net.setup(id, plan.network, plan.address, true),
-        mountLayerDisk({ cacheDir: this.layout.cacheDir }, this.layout.vps(id), plan.diskMb),
-      ]);
-      record.network = network;
+      record.network = await this.net.setup(id, plan.network, plan.address, true);
       await this.writeRecord(record);
       this.prepared.set(id, { plan, record });
     } catch (e) {

@@ -43,7 +43,7 @@ export class JobCheckpointer {
       const staged = await store.stage(job.jobId, seq);
       const r = await snapshot(engine, vps, staged);
       const spec = vps.info().spec;
-      const entry: CheckpointEntry = { id, createdAt: new Date().toISOString(), sizeBytes: r.imagesBytes + r.fsBytes, outputOffset: job.outputBytes };
+      const entry: CheckpointEntry = { id, createdAt: new Date().toISOString(), sizeBytes: r.imagesBytes + r.diskBytes, outputOffset: job.outputBytes };
       await store.commit(
         job.jobId,
         {
@@ -58,7 +58,7 @@ export class JobCheckpointer {
           outputOffset: entry.outputOffset,
           frozenMs: r.frozenMs,
           imagesBytes: r.imagesBytes,
-          fsBytes: r.fsBytes,
+          diskBytes: r.diskBytes,
         },
         staged.dir,
       );

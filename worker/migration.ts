@@ -26,11 +26,11 @@ import type { RunningJob, RunningJobs } from './running.js';
  * Live migration, stop-and-copy, directly from host to host over TCP:
  *
  *   source: ask the target to prepare (while the job keeps running) → freeze → drain output
- *           → CRIU dump → archive the layer → connect to the target → header line (JSON) + tar
- *           of {images, fs.tar} → wait for the answer line
+ *           → CRIU dump → sync and link the disk image → connect to the target → header line (JSON) + tar
+ *           of {images, disk.img} → wait for the answer line
  *   target: prepare: have the checkpoint's template version (build it from the recipe if that
  *           makes exactly this version) → answer
- *           move: replay the layer → restore (same address, same hostname, the job's own network
+ *           move: mount the disk image that came → restore (same address, same hostname, the job's own network
  *           configuration) → claim the job → answer → supervise the job to its end
  *
  * Never two live copies: both sides claim the migration with SET NX on one Redis key before a
@@ -386,7 +386,8 @@ export function exchange(host: string, port: number, header: object, o: { dir?: 
         sock.end();
         return;
       }
-      const tar = spawn('tar', ['--create', '--file', '-', '-C', o.dir, 'images', 'fs.tar'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      // --sparse: the disk image is mostly holes (only what the job wrote and the file system's metadata travel).
+      const tar = spawn('tar', ['--create', '--sparse', '--file', '-', '-C', o.dir, 'images', 'disk.img'], { stdio: ['ignore', 'pipe', 'pipe'] });
       let tarErr = '';
       tar.stderr.on('data', (d: Buffer) => (tarErr = (tarErr + d.toString()).slice(-2000)));
       if (o.breakMidway) {
@@ -512,7 +513,7 @@ export class MigrationServer {
       }
       const vps = await this.d.engine.create(header.vpsId, { ...header.spec, template }, {
         imagesDir,
-        fsTars: [path.join(dir, 'fs.tar')],
+        disk: { path: path.join(dir, 'disk.img'), move: true },
         address: header.network.address,
         lazyPagesWorkDir: pagesStarted && workDir,
         lazyPagesReady: pagesStarted,
@@ -628,7 +629,7 @@ export function readHeader(sock: net.Socket): Promise<{ head: string; rest: Buff
 /** Extracts the rest of the stream into `dir` (only the two expected entries). */
 export function untar(sock: net.Socket, first: Buffer, dir: string): Promise<void> {
   return new Promise((resolve, reject) => {
-    const tar = spawn('tar', ['--extract', '--file', '-', '-C', dir, '--no-same-owner', 'images', 'fs.tar'], { stdio: ['pipe', 'ignore', 'pipe'] });
+    const tar = spawn('tar', ['--extract', '--file', '-', '-C', dir, '--no-same-owner', 'images', 'disk.img'], { stdio: ['pipe', 'ignore', 'pipe'] });
     let err = '';
     tar.stderr.on('data', (d) => (err += d));
     tar.on('exit', (code) => (code === 0 ? resolve() : reject(new RunboxError('invalid_argument', `receiving the checkpoint failed: ${err.trim()}`))));

@@ -7,6 +7,7 @@ import { readInitRef, within, type RuncEngine } from '../runc-engine.js';
 import type { RuncVps } from '../runc-vps.js';
 import { next } from '../state.js';
 import { saveNetnsConfig } from '../net/netns-config.js';
+import { allocatedBytes, syncLayer } from '../storage/layer.js';
 
 export interface CheckpointInfo {
   imagePath: string;
@@ -128,30 +129,16 @@ export interface SnapshotResult {
   frozenMs: number;
   durationMs: number;
   imagesBytes: number;
-  fsBytes: number;
+  /** Bytes the disk image copy takes (sparse: what the job wrote plus the file system's metadata). */
+  diskBytes: number;
 }
 
 /**
- * tar of the overlay upper dir: whiteouts are 0/0 character devices and opaque directories carry
- * trusted.overlay.* xattrs, so devices, numeric owners and those xattrs must be kept. With
- * --listed-incremental, each archive holds only what changed since the previous one (GNU tar's
- * snapshot file records the state), and extracting the chain in order also replays deletions.
- */
-export const fsTarArgs = (upperDir: string, tarFile: string, snapshotFile: string): string[] => [
-  'tar', '--create', '--file', tarFile, `--listed-incremental=${snapshotFile}`, '--numeric-owner',
-  '--xattrs', '--xattrs-include=trusted.overlay.*', '--sparse', '-C', upperDir, '.',
-];
-
-/**
  * A consistent checkpoint of a running VPS that keeps running: the VPS is paused (cgroup freezer),
- * CRIU dumps it with --leave-running, its filesystem changes are archived while still paused (so
- * memory and files are of the same instant), then it resumes.
+ * CRIU dumps it with --leave-running, its disk is synced and copied (sparse) while still paused
+ * (so memory and files are of the same instant), then it resumes.
  */
-export async function snapshot(
-  engine: RuncEngine,
-  vps: RuncVps,
-  out: { imagesDir: string; fsTar: string; snapshot: string },
-): Promise<SnapshotResult> {
+export async function snapshot(engine: RuncEngine, vps: RuncVps, out: { imagesDir: string; diskImage: string }): Promise<SnapshotResult> {
   next('checkpoint', vps.state);
   if (!engine.runc.criu) throw new RunboxError('host_unsupported', 'no criu configured (RUNBOX_CRIU)');
   const p = engine.layout.vps(vps.id);
@@ -165,8 +152,9 @@ export async function snapshot(
     await Promise.all([
       execOk(checkpointArgs(engine.runc, vps.id, { imagePath: out.imagesDir, workPath, leaveRunning: true }), { timeoutMs: 120_000 }),
       saveNetwork(vps, out.imagesDir),
+      syncLayer(p),
     ]);
-    await execOk(fsTarArgs(path.join(p.layerMount, 'upper'), out.fsTar, out.snapshot), { timeoutMs: 120_000 });
+    await execOk(['cp', '--sparse=always', p.image, out.diskImage], { timeoutMs: 300_000 });
   } catch (e) {
     throw new RunboxError('internal', `checkpoint of VPS ${vps.id} failed${await criuErrors(workPath, 'dump.log')}`, { cause: e });
   } finally {
@@ -182,20 +170,20 @@ export async function snapshot(
     frozenMs: resumedAt - frozenAt,
     durationMs: Date.now() - t0,
     imagesBytes: await dirSize(out.imagesDir),
-    fsBytes: (await fs.stat(out.fsTar)).size,
+    diskBytes: await allocatedBytes(out.diskImage),
   };
 }
 
 /**
  * Stop-and-copy, source side: freezes the VPS, dumps it with CRIU (its processes end after the
- * dump) and archives its whole filesystem layer, into `outDir`/{images,fs.tar}. The VPS's channel
- * is read to its end first, so every byte of output the job wrote before the freeze has been
- * delivered to the caller's run() listener. Returns the moment the VPS stopped executing.
+ * dump) and puts its disk image beside the CRIU images, into `outDir`/{images,disk.img}. The VPS's
+ * channel is read to its end first, so every byte of output the job wrote before the freeze has
+ * been delivered to the caller's run() listener. Returns the moment the VPS stopped executing.
  *
  * If a later step of the move fails, `restore(engine, vps, imagesDir)` brings the job back here.
  */
-export async function dumpForMove(engine: RuncEngine, vps: RuncVps, outDir: string): Promise<{ frozenAt: number; imagesDir: string; fsTar: string }> {
-  const { upperDir, imagesDir, fsTar, workPath, old, frozenAt } = await freezeForMove(engine, vps, outDir);
+export async function dumpForMove(engine: RuncEngine, vps: RuncVps, outDir: string): Promise<{ frozenAt: number; imagesDir: string; diskImage: string }> {
+  const { imagesDir, workPath, old, frozenAt } = await freezeForMove(engine, vps, outDir);
   try {
     // CRIU would take output still in the pipe into its images and not hand it back: read it first.
     await old.drained();
@@ -211,9 +199,21 @@ export async function dumpForMove(engine: RuncEngine, vps: RuncVps, outDir: stri
     await fs.rm(workPath, { recursive: true, force: true });
   }
   await within(old.whenClosed(), 5000);
-  // A full archive of the layer (a fresh snapshot file: level 0).
-  await execOk(fsTarArgs(upperDir, fsTar, path.join(outDir, 'fs.snar')), { timeoutMs: 300_000 });
-  return { frozenAt, imagesDir, fsTar };
+  const diskImage = await linkDisk(engine, vps, outDir);
+  return { frozenAt, imagesDir, diskImage };
+}
+
+/**
+ * The VPS's disk image as `outDir`/disk.img, once nothing in the VPS can write any more (its
+ * processes dumped, or frozen until their pages are fetched): synced, then hard-linked (no copy:
+ * nothing changes it until it was sent, and a move that fails goes on with the very same disk).
+ */
+export async function linkDisk(engine: RuncEngine, vps: RuncVps, outDir: string): Promise<string> {
+  const p = engine.layout.vps(vps.id);
+  const diskImage = path.join(outDir, 'disk.img');
+  await syncLayer(p);
+  await fs.link(p.image, diskImage);
+  return diskImage;
 }
 
 /**
@@ -224,9 +224,7 @@ export async function dumpForMove(engine: RuncEngine, vps: RuncVps, outDir: stri
 export async function freezeForMove(engine: RuncEngine, vps: RuncVps, outDir: string) {
   next('checkpoint', vps.state);
   if (!engine.runc.criu) throw new RunboxError('host_unsupported', 'no criu configured (RUNBOX_CRIU)');
-  const upperDir = path.join(engine.layout.vps(vps.id).layerMount, 'upper');
   const imagesDir = path.join(outDir, 'images');
-  const fsTar = path.join(outDir, 'fs.tar');
   const workPath = path.join(outDir, 'dump-work');
   await fs.mkdir(imagesDir, { recursive: true });
   await fs.mkdir(workPath, { recursive: true });
@@ -234,5 +232,5 @@ export async function freezeForMove(engine: RuncEngine, vps: RuncVps, outDir: st
   await execOk(pauseArgs(engine.runc, vps.id), { timeoutMs: 30_000 });
   const frozenAt = Date.now();
   vps.beginSwap();
-  return { upperDir, imagesDir, fsTar, workPath, old, frozenAt };
+  return { imagesDir, workPath, old, frozenAt };
 }

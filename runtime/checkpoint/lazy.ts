@@ -9,7 +9,7 @@ import { checkpointArgs, lazyPagesArgs, resumeArgs } from '../oci/runc.js';
 import { pipe2 } from '../native/pipe.js';
 import { within, type RuncEngine } from '../runc-engine.js';
 import type { RuncVps } from '../runc-vps.js';
-import { criuErrors, freezeForMove, fsTarArgs, saveNetwork } from './checkpoint.js';
+import { criuErrors, freezeForMove, linkDisk, saveNetwork } from './checkpoint.js';
 
 /**
  * Post-copy (lazy pages) with CRIU: the source dumps everything but the memory pages and keeps
@@ -66,8 +66,8 @@ export interface LazyDump {
   frozenAt: number;
   /** CRIU images without the memory pages, plus the VPS's network configuration. */
   imagesDir: string;
-  /** The whole layer (level-0 archive). */
-  fsTar: string;
+  /** The VPS's disk image (a hard link: see linkDisk). */
+  diskImage: string;
   /**
    * Settles when the page server stops: resolves once the target has every page (the processes
    * here have ended then), rejects when the transfer failed (the target lost its source).
@@ -84,18 +84,19 @@ export interface LazyDump {
 
 /**
  * Post-copy, source side: freezes the VPS, reads its output pipe empty (as dumpForMove does), dumps
- * it with `--lazy-pages` and a page server on `listen`, archives its layer, and returns while the
+ * it with `--lazy-pages` and a page server on `listen`, links its disk image, and returns while the
  * page server waits for the target. Its processes stay frozen here until the target has fetched
  * every page (then they end) or `cancel()` thaws them.
  */
 export async function lazyDumpForMove(engine: RuncEngine, vps: RuncVps, outDir: string, listen: { address: string; port: number }): Promise<LazyDump> {
-  const { upperDir, imagesDir, fsTar, workPath, old, frozenAt } = await freezeForMove(engine, vps, outDir);
+  const { imagesDir, workPath, old, frozenAt } = await freezeForMove(engine, vps, outDir);
   const thawHere = async () => {
     vps.endSwap(undefined);
     const r = await exec(resumeArgs(engine.runc, vps.id), { timeoutMs: 30_000 });
     if (r.code !== 0) throw new RunboxError('internal', `VPS ${vps.id} could not be resumed: ${r.stderr.trim()}`);
   };
   let dump: ReturnType<typeof start> | undefined;
+  let diskImage = '';
   try {
     await old.drained();
     // A real pipe for CRIU's status byte: runc refuses the socket Node would make ("not writable").
@@ -114,7 +115,7 @@ export async function lazyDumpForMove(engine: RuncEngine, vps: RuncVps, outDir: 
     } finally {
       statusPipe.destroy();
     }
-    await execOk(fsTarArgs(upperDir, fsTar, path.join(outDir, 'fs.snar')), { timeoutMs: 300_000 });
+    diskImage = await linkDisk(engine, vps, outDir);
   } catch (e) {
     if (dump) await stopPageServer(dump, listen);
     await thawHere();
@@ -129,7 +130,7 @@ export async function lazyDumpForMove(engine: RuncEngine, vps: RuncVps, outDir: 
   return {
     frozenAt,
     imagesDir,
-    fsTar,
+    diskImage,
     transferred,
     cancel: async () => {
       await stopPageServer(running, listen);

@@ -5,11 +5,12 @@ import { RunboxError } from '../../core/errors.js';
 /**
  * Where checkpoints live. A checkpoint of a job is a directory with:
  *   images/     CRIU images (process tree, memory, files, the agent's state)
- *   fs.tar      the VPS's filesystem changes since the previous checkpoint (GNU tar incremental,
- *               level n of the job's chain; restoring replays fs.tar of every checkpoint in order)
+ *   disk.img    the VPS's disk (its writable layer) at the same instant, a sparse copy: restoring
+ *               it keeps the inode numbers of the job's files (runtime/storage/layer.ts)
  *   meta.json   CheckpointMeta
- * The directory driver keeps them under one root, which in production is a shared mount (NFS…)
- * so any host can restore; an object-store driver would implement the same interface.
+ * Each checkpoint is complete on its own: older ones are removed whole (prune). The directory
+ * driver keeps them under one root, which in production is a shared mount (NFS…) so any host can
+ * restore; an object-store driver would implement the same interface.
  */
 export interface CheckpointMeta {
   id: string;
@@ -24,19 +25,20 @@ export interface CheckpointMeta {
   outputOffset: number;
   frozenMs: number;
   imagesBytes: number;
-  fsBytes: number;
+  /** Allocated bytes of disk.img (sparse). */
+  diskBytes: number;
 }
 
 export interface CheckpointStore {
   /** A new, empty directory for checkpoint `seq` of `jobId` (images/ inside); commit() makes it visible. */
-  stage(jobId: string, seq: number): Promise<{ dir: string; imagesDir: string; fsTar: string; snapshot: string }>;
+  stage(jobId: string, seq: number): Promise<{ dir: string; imagesDir: string; diskImage: string }>;
   commit(jobId: string, meta: CheckpointMeta, stagedDir: string): Promise<void>;
   list(jobId: string): Promise<CheckpointMeta[]>;
-  /** Drops the CRIU images of all but the newest `keep` checkpoints (fs increments stay: the chain needs them). */
+  /** Removes all but the newest `keep` checkpoints. */
   prune(jobId: string, keep: number): Promise<void>;
   removeAll(jobId: string): Promise<void>;
-  /** The newest checkpoint that can still be restored (its images kept), with its fs chain. */
-  restorable(jobId: string): Promise<{ meta: CheckpointMeta; imagesDir: string; fsTars: string[] } | undefined>;
+  /** The newest checkpoint (complete: committed ones always are). */
+  restorable(jobId: string): Promise<{ meta: CheckpointMeta; imagesDir: string; diskImage: string } | undefined>;
 }
 
 const JOB_ID = /^[a-z0-9]{8,40}$/;
@@ -53,8 +55,7 @@ export class DirectoryCheckpointStore implements CheckpointStore {
     const dir = path.join(this.jobDir(jobId), `.staging-${seq}-${process.pid}`);
     await fs.rm(dir, { recursive: true, force: true });
     await fs.mkdir(path.join(dir, 'images'), { recursive: true, mode: 0o700 });
-    // The incremental-tar state of the job's chain: shared by all its checkpoints, updated by each.
-    return { dir, imagesDir: path.join(dir, 'images'), fsTar: path.join(dir, 'fs.tar'), snapshot: path.join(this.jobDir(jobId), 'fs.snar') };
+    return { dir, imagesDir: path.join(dir, 'images'), diskImage: path.join(dir, 'disk.img') };
   }
 
   async commit(jobId: string, meta: CheckpointMeta, stagedDir: string): Promise<void> {
@@ -72,19 +73,16 @@ export class DirectoryCheckpointStore implements CheckpointStore {
   async prune(jobId: string, keep: number): Promise<void> {
     const dir = this.jobDir(jobId);
     const names = (await fs.readdir(dir).catch(() => [] as string[])).filter((n) => /^\d{6}-/.test(n)).sort();
-    for (const n of names.slice(0, Math.max(0, names.length - keep))) await fs.rm(path.join(dir, n, 'images'), { recursive: true, force: true });
+    for (const n of names.slice(0, Math.max(0, names.length - keep))) await fs.rm(path.join(dir, n), { recursive: true, force: true });
   }
 
   async restorable(jobId: string) {
     const dir = this.jobDir(jobId);
     const names = (await fs.readdir(dir).catch(() => [] as string[])).filter((n) => /^\d{6}-/.test(n)).sort();
-    for (let i = names.length - 1; i >= 0; i--) {
-      const imagesDir = path.join(dir, names[i]!, 'images');
-      if (!(await fs.stat(imagesDir).then(() => true, () => false))) continue;
-      const meta = JSON.parse(await fs.readFile(path.join(dir, names[i]!, 'meta.json'), 'utf8')) as CheckpointMeta;
-      return { meta, imagesDir, fsTars: names.slice(0, i + 1).map((n) => path.join(dir, n, 'fs.tar')) };
-    }
-    return undefined;
+    const newest = names.at(-1);
+    if (!newest) return undefined;
+    const meta = JSON.parse(await fs.readFile(path.join(dir, newest, 'meta.json'), 'utf8')) as CheckpointMeta;
+    return { meta, imagesDir: path.join(dir, newest, 'images'), diskImage: path.join(dir, newest, 'disk.img') };
   }
 
   async removeAll(jobId: string): Promise<void> {

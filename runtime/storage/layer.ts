@@ -1,6 +1,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { exec, execOk } from '../exec.js';
+import { RunboxError } from '../../core/errors.js';
 import { newId } from '../../core/ids.js';
 
 /**
@@ -10,8 +11,15 @@ import { newId } from '../../core/ids.js';
  * Why an image per VPS: it gives a hard per-VPS disk limit with a real ENOSPC inside (this kernel
  * has no quota formats for project quotas, and a tmpfs would charge disk writes to the VPS's memory).
  * It is cheap: the image is a sparse copy (~400 KB of metadata) of a pre-formatted "golden" image
- * per size, made once; copy + loop mount cost ~15 ms. The image is also the unit that moves with a
- * checkpoint: its filesystem changes are the upper dir.
+ * per size, made once; copy + loop mount cost ~15 ms.
+ *
+ * The image is also the unit that moves (live migration) and that checkpoints keep: a copy of the
+ * image keeps every inode number of the files the job made. A tar of the upper dir would give
+ * them new numbers on the other side, and programs that remember inode numbers take that for a
+ * file replaced under them: SQLite then refuses every write ("attempt to write a readonly
+ * database", SQLITE_READONLY_DBMOVED), CRIU's inotify restore (by file handle) fails.
+ * (Template files a job changed were copied up: overlayfs reports their lower inode number
+ * until the first move, the upper one after it; templates are built per host anyway.)
  */
 export interface LayerPaths {
   image: string;
@@ -92,6 +100,43 @@ export async function mountLayerRoot(p: LayerPaths, lowerdir: string, fillUpper?
     await unmountLayer(p).catch(() => undefined);
     throw e;
   }
+}
+
+/**
+ * Mounts a VPS's layer from an existing image (received from another host, or a checkpoint's):
+ * `move` renames it into place (same file system), otherwise it is copied (sparse). The image
+ * must have exactly the size the VPS's spec says: anything else is not this VPS's disk.
+ */
+export async function mountLayerImage(p: LayerPaths, lowerdir: string, image: { path: string; move: boolean; sizeMb: number }): Promise<void> {
+  const st = await fs.lstat(image.path).catch(() => undefined);
+  if (!st?.isFile() || st.size !== image.sizeMb * 1024 * 1024) {
+    throw new RunboxError('checkpoint_incompatible', `the VPS's disk image is ${st?.isFile() ? `${st.size} bytes` : 'missing or not a file'}, not the ${image.sizeMb} MiB its spec says`);
+  }
+  await fs.mkdir(p.layerMount, { recursive: true });
+  await fs.mkdir(p.rootfs, { recursive: true });
+  if (image.move) await fs.rename(image.path, p.image);
+  else await execOk(['cp', '--sparse=always', image.path, p.image], { timeoutMs: 300_000 });
+  try {
+    await execOk(['mount', '-t', 'ext4', '-o', 'loop,nosuid,nodev', p.image, p.layerMount], { timeoutMs: 30_000 });
+  } catch (e) {
+    await unmountLayer(p).catch(() => undefined);
+    throw e;
+  }
+  await mountLayerRoot(p, lowerdir);
+}
+
+/**
+ * Everything the VPS wrote is in its image file, and stays so while its processes cannot write
+ * (frozen, or dumped): syncfs of the layer's file system. The image can then be copied, sent or
+ * linked as a crash-consistent disk (no journal: mounting it warns "unchecked fs", harmlessly).
+ */
+export async function syncLayer(p: LayerPaths): Promise<void> {
+  await execOk(['sync', '--file-system', p.layerMount], { timeoutMs: 60_000 });
+}
+
+/** Bytes the sparse image really takes (what copying or sending it costs). */
+export async function allocatedBytes(file: string): Promise<number> {
+  return (await fs.stat(file)).blocks * 512;
 }
 
 /** Idempotent: unmounts whatever of the layer is still mounted and removes the image. */

@@ -40,11 +40,14 @@ describe('POST /v1/jobs/:id/checkpoint', () => {
     expect(cp.sizeBytes).toBeGreaterThan(0);
     expect(cp.outputOffset).toBeGreaterThan(0);
 
-    // While the job runs, the store holds CRIU images and the filesystem changes.
+    // While the job runs, the store holds CRIU images and a sparse copy of the VPS's disk.
     const dir = path.join(cfg.checkpointDir, id);
     const [entry] = (await fs.readdir(dir)).filter((n) => /^\d{6}-/.test(n));
-    expect(await fs.readdir(path.join(dir, entry!))).toEqual(expect.arrayContaining(['images', 'fs.tar', 'meta.json']));
-    expect(execFileSync('tar', ['-tf', path.join(dir, entry!, 'fs.tar')]).toString()).toMatch(/data\.txt/);
+    expect(await fs.readdir(path.join(dir, entry!))).toEqual(expect.arrayContaining(['images', 'disk.img', 'meta.json']));
+    const disk = path.join(dir, entry!, 'disk.img');
+    expect(execFileSync('debugfs', ['-R', 'cat /upper/data.txt', disk], { stdio: ['ignore', 'pipe', 'ignore'] }).toString()).toBe('before\n');
+    const st = await fs.stat(disk);
+    expect(st.blocks * 512).toBeLessThan(st.size / 8); // sparse: holes are not stored
 
     const job = await done(id);
     expect(job.status).toBe('succeeded');

@@ -38,7 +38,7 @@ export async function restoreFromCheckpoint(deps: JobDeps, job: Job, why: string
   const vps = await deps.engine.create(
     newId(),
     { template, hostname: cp.meta.hostname, network: req.network, memoryMb: job.limits.memoryMb, cpus: job.limits.cpus, pids: job.limits.pids, diskMb: job.limits.diskMb },
-    { imagesDir: cp.imagesDir, fsTars: cp.fsTars, address: cp.meta.network.address },
+    { imagesDir: cp.imagesDir, disk: { path: cp.diskImage, move: false }, address: cp.meta.network.address },
   );
   return { vps, checkpointId: cp.meta.id };
 }
