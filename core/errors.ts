@@ -10,6 +10,8 @@ export const ERROR_CODES = [
   'host_lost',
   'checkpoint_incompatible',
   'host_unsupported',
+  /** The job's processes cannot be checkpointed (or moved) by the hosts involved. */
+  'checkpoint_unsupported',
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
 

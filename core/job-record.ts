@@ -27,6 +27,7 @@ export function newJobRecord(id: string, req: JobRequest, limits: Limits, now = 
     artifacts: [],
     artifactsTruncated: false,
     cancelRequested: false,
+    runAs: null,
     checkpoints: [],
     migrations: [],
     history: [{ status: 'queued', at }],

@@ -84,6 +84,11 @@ export const JobSchema = z.object({
   artifacts: z.array(ArtifactSchema),
   artifactsTruncated: z.boolean(),
   cancelRequested: z.boolean(),
+  /**
+   * The user the job's process runs as (its `user`, else its template's default), set when it
+   * starts; null before. Hosts whose root lacks CAP_SYS_RESOURCE cannot checkpoint non-root jobs.
+   */
+  runAs: z.string().nullable().default(null),
   checkpoints: z.array(z.object({ id: z.string(), createdAt: z.string(), sizeBytes: z.number(), outputOffset: z.number() })),
   migrations: z.array(z.object({ from: z.string(), to: z.string(), startedAt: z.string(), totalMs: z.number(), frozenMs: z.number(), mode: z.string() })),
   history: z.array(z.object({ status: JobStatusSchema, at: z.string(), host: z.string().nullable().optional(), note: z.string().optional() })),

@@ -1,3 +1,4 @@
+import { canCheckpoint, nonRootMessage } from '../core/checkpointable.js';
 import { errorMessage, isRunboxError, RunboxError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { isTerminal, type Job } from '../core/job.js';
@@ -19,7 +20,7 @@ export class JobCheckpointer {
   private readonly busy = new Map<string, Promise<CheckpointEntry>>();
 
   constructor(
-    private readonly deps: { engine: RuncEngine; store: CheckpointStore; jobs: JobStore; hostId: string; keep: number; log: Logger },
+    private readonly deps: { engine: RuncEngine; store: CheckpointStore; jobs: JobStore; hostId: string; keep: number; log: Logger; checkpointNonRoot: boolean },
   ) {}
 
   checkpoint(job: RunningJob, reason: string): Promise<CheckpointEntry> {
@@ -36,6 +37,9 @@ export class JobCheckpointer {
     if (!vps) throw new RunboxError('conflict', `job ${job.jobId} has not started yet`);
     const stored = await jobs.get(job.jobId);
     if (!stored) throw new RunboxError('not_found', `job ${job.jobId} not found`);
+    if (!canCheckpoint(stored.job.runAs, { checkpointNonRoot: this.deps.checkpointNonRoot })) {
+      throw new RunboxError('checkpoint_unsupported', nonRootMessage(job.jobId, stored.job.runAs!, [hostId]));
+    }
     await jobs.transition(job.jobId, 'checkpointing', {}, { from: ['running'], host: hostId, note: reason });
     const seq = stored.job.checkpoints.length + 1;
     const id = newId(6);

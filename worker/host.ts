@@ -16,7 +16,7 @@ export class Heartbeat {
 
   constructor(
     private readonly registry: HostRegistry,
-    private readonly info: { id: string; instance: string; address: string | null; capacity: number; templatesDir: string; version: string; migrationPort?: number },
+    private readonly info: { id: string; instance: string; checkpointNonRoot: boolean; address: string | null; capacity: number; templatesDir: string; version: string; migrationPort?: number },
     private readonly pools: VpsPool[],
     private readonly running: RunningJobs,
   ) {}
@@ -43,6 +43,7 @@ export class Heartbeat {
       version: this.info.version,
       migrationPort: this.info.migrationPort,
       instance: this.info.instance,
+      checkpointNonRoot: this.info.checkpointNonRoot,
       jobs: this.running.held(),
     };
     await this.registry.heartbeat(host, HEARTBEAT_TTL_SEC);

@@ -26,6 +26,7 @@ import { recoverJob } from './job/recover.js';
 import { Reaper } from './job/reaper.js';
 import { Reconciler } from './job/reconcile.js';
 import { LeaseStore } from '../core/store/leases.js';
+import { CAP_SYS_RESOURCE, hasCapability } from '../runtime/host/caps.js';
 import { newId } from '../core/ids.js';
 import { MigrationServer, migrationSecret, type MigrationDeps } from './migration.js';
 import { postCopySupport } from '../runtime/checkpoint/lazy.js';
@@ -109,7 +110,9 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
 
   const running = new RunningJobs();
   const checkpoints = new DirectoryCheckpointStore(config.checkpointDir);
-  const checkpointer = new JobCheckpointer({ engine, store: checkpoints, jobs, hostId, keep: config.checkpointKeep, log: hlog });
+  // CRIU can dump non-root processes only where root has CAP_SYS_RESOURCE (core/checkpointable.ts).
+  const checkpointNonRoot = hasCapability(CAP_SYS_RESOURCE);
+  const checkpointer = new JobCheckpointer({ engine, store: checkpoints, jobs, hostId, keep: config.checkpointKeep, log: hlog, checkpointNonRoot });
   const runDeps: JobDeps = {
       hostId,
       instance,
@@ -163,6 +166,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     log: hlog,
     recipesDir: config.recipesDir,
     postCopy: postCopy.ok,
+    checkpointNonRoot,
     address: primaryAddress(),
     adopt: (jobId, vps, note, gate) => adoptJob(runDeps, running, jobId, vps, note, gate).catch((e) => hlog.error({ err: e, jobId }, 'adopted job failed')),
     recover: async (jobId, why) => {
@@ -209,7 +213,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
 
   const heartbeat = new Heartbeat(
     registry,
-    { id: hostId, instance, address: primaryAddress(), capacity: config.workerConcurrency, templatesDir: engine.layout.templatesDir, version: '0.1.0', migrationPort },
+    { id: hostId, instance, checkpointNonRoot, address: primaryAddress(), capacity: config.workerConcurrency, templatesDir: engine.layout.templatesDir, version: '0.1.0', migrationPort },
     pools,
     running,
   );

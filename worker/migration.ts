@@ -4,6 +4,7 @@ import fs from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
+import { canCheckpoint, nonRootMessage } from '../core/checkpointable.js';
 import { errorMessage, isRunboxError, RunboxError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import type { Job } from '../core/job.js';
@@ -94,6 +95,8 @@ export interface MigrationDeps {
   recipesDir?: string;
   /** This host can migrate with post-copy (criu lazy-pages, see runtime/checkpoint/lazy.ts). */
   postCopy: boolean;
+  /** Whether this host can checkpoint processes of non-root users (core/checkpointable.ts). */
+  checkpointNonRoot: boolean;
   /** This host's address, where a post-copy source's page server listens. */
   address: string | null;
   /** Runs a job that arrived here already running, to its end (the processor's supervision). */
@@ -165,9 +168,14 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
   const info = vps.info();
   const template = { name: info.spec.template.name, hash: info.spec.template.hash };
   const fault = await faultFor(d.jobs, entry.jobId);
+  const record = (await d.jobs.get(entry.jobId))?.job;
+  if (record && !(canCheckpoint(record.runAs, { checkpointNonRoot: d.checkpointNonRoot }) && canCheckpoint(record.runAs, target))) {
+    const unable = [...(d.checkpointNonRoot ? [] : [d.hostId]), ...(target.checkpointNonRoot ? [] : [target.id])];
+    throw new RunboxError('checkpoint_unsupported', nonRootMessage(entry.jobId, record.runAs!, unable));
+  }
   // A pooled VPS was created with generous limits and given the job's own in its cgroup: the
   // target must recreate the job's limits, not the pool's.
-  const limits = (await d.jobs.get(entry.jobId))?.job.limits;
+  const limits = record?.limits;
   const moving: Pick<Header, 'vpsId' | 'spec' | 'network'> = {
     vpsId: vps.id,
     spec: { ...info.spec, ...(limits ? { memoryMb: limits.memoryMb, cpus: limits.cpus, pids: limits.pids } : {}), template },

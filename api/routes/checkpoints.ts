@@ -1,5 +1,6 @@
 import { Hono } from 'hono';
 import { z } from 'zod';
+import { canCheckpoint, nonRootMessage } from '../../core/checkpointable.js';
 import { RunboxError } from '../../core/errors.js';
 import type { ApiEnv, RouteDeps } from '../deps.js';
 import { hostCommand } from '../host-command.js';
@@ -34,6 +35,8 @@ export function checkpointRoutes(deps: RouteDeps): Hono<ApiEnv> {
     }
     const host = job.host ? await deps.hosts.get(job.host) : null;
     if (!host) throw new RunboxError('unavailable', `the host running job ${id} (${job.host}) is not reachable`);
+    // Refused up front (the job keeps running): a dump would fail on this host anyway.
+    if (!canCheckpoint(job.runAs, host)) throw new RunboxError('checkpoint_unsupported', nonRootMessage(id, job.runAs!, [host.id]));
     return { job, host };
   };
 
@@ -50,12 +53,13 @@ export function checkpointRoutes(deps: RouteDeps): Hono<ApiEnv> {
     // The body is optional: no body (or {}) lets runbox pick the target.
     const raw = (await c.req.text()).trim() ? await readJson(c) : {};
     const body = parseOr400(MigrateRequestSchema, raw, 'migrate request');
-    const { host } = await runningJob(c.get('tenant'), id, 'migrated');
+    const { job, host } = await runningJob(c.get('tenant'), id, 'migrated');
     if (body.host) {
       const target = await deps.hosts.get(body.host);
       if (!target) throw new RunboxError('invalid_argument', `host ${body.host} is not a live host`);
       if (target.id === host.id) throw new RunboxError('invalid_argument', `job ${id} already runs on ${host.id}`);
       if (target.draining) throw new RunboxError('conflict', `host ${target.id} is draining`);
+      if (!canCheckpoint(job.runAs, target)) throw new RunboxError('checkpoint_unsupported', nonRootMessage(id, job.runAs!, [target.id]));
     }
     await hostCommand(deps, host.id, { op: 'migrate', jobId: id, target: body.host, mode: body.mode }, COMMAND_TIMEOUT_SEC);
     return c.json(await ownJob(deps.jobs, c.get('tenant'), id), 200);

@@ -34,6 +34,8 @@ export const HostSchema = z.object({
   instance: z.string().optional(),
   /** Ids of the jobs this host runs right now (what reconciliation compares records with). */
   jobs: z.array(z.string()).optional(),
+  /** Whether CRIU here can checkpoint processes of non-root users (root has CAP_SYS_RESOURCE). */
+  checkpointNonRoot: z.boolean().optional(),
 });
 export type Host = z.infer<typeof HostSchema>;
 

@@ -53,7 +53,7 @@ export async function checkpoint(engine: RuncEngine, vps: RuncVps, opts: { leave
       await exec(resumeArgs(engine.runc, vps.id), { timeoutMs: 30_000 });
     }
     await fs.rm(imagePath, { recursive: true, force: true });
-    throw new RunboxError('internal', `checkpoint of VPS ${vps.id} failed${await criuErrors(workPath, 'dump.log')}`, { cause: e });
+    throw await dumpError(`checkpoint of VPS ${vps.id} failed`, workPath, e);
   } finally {
     await fs.rm(workPath, { recursive: true, force: true });
   }
@@ -109,6 +109,19 @@ export async function criuErrors(workPath: string, logName: string): Promise<str
   return errors.length ? `: ${errors.slice(0, 5).join('; ')}` : '';
 }
 
+/**
+ * A failed dump as the error it is, with CRIU's own lines. A process of a non-root user on a host
+ * whose root lacks CAP_SYS_RESOURCE (CRIU: "Can't get rlimit 0: Operation not permitted") is no
+ * infrastructure failure: this host cannot checkpoint that job (core/checkpointable.ts).
+ */
+export async function dumpError(what: string, workPath: string, cause: unknown): Promise<RunboxError> {
+  const lines = await criuErrors(workPath, 'dump.log');
+  if (/Can't get rlimit/.test(lines)) {
+    return new RunboxError('checkpoint_unsupported', `${what}: a process of the VPS runs as a non-root user, and this host cannot checkpoint those (its root lacks CAP_SYS_RESOURCE)${lines}`, { cause });
+  }
+  return new RunboxError('internal', `${what}${lines}`, { cause });
+}
+
 /** The VPS's own network configuration, read while it is frozen (alongside the dump: no extra pause). */
 export async function saveNetwork(vps: RuncVps, imagesDir: string): Promise<void> {
   const { netns, address, gateway } = vps.info().network;
@@ -156,7 +169,7 @@ export async function snapshot(engine: RuncEngine, vps: RuncVps, out: { imagesDi
     ]);
     await execOk(['cp', '--sparse=always', p.image, out.diskImage], { timeoutMs: 300_000 });
   } catch (e) {
-    throw new RunboxError('internal', `checkpoint of VPS ${vps.id} failed${await criuErrors(workPath, 'dump.log')}`, { cause: e });
+    throw await dumpError(`checkpoint of VPS ${vps.id} failed`, workPath, e);
   } finally {
     const resumed = await exec(resumeArgs(engine.runc, vps.id), { timeoutMs: 30_000 });
     resumedAt = Date.now();
@@ -194,7 +207,7 @@ export async function dumpForMove(engine: RuncEngine, vps: RuncVps, outDir: stri
   } catch (e) {
     vps.endSwap(undefined);
     await exec(resumeArgs(engine.runc, vps.id), { timeoutMs: 30_000 });
-    throw new RunboxError('internal', `dump of VPS ${vps.id} failed; it keeps running here${await criuErrors(workPath, 'dump.log')}`, { cause: e });
+    throw await dumpError(`dump of VPS ${vps.id} failed; it keeps running here`, workPath, e);
   } finally {
     await fs.rm(workPath, { recursive: true, force: true });
   }

@@ -3,13 +3,13 @@ import fs from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { RunboxError } from '../../core/errors.js';
+import { isRunboxError, RunboxError } from '../../core/errors.js';
 import { exec, execOk, start, type ExecResult } from '../exec.js';
 import { checkpointArgs, lazyPagesArgs, resumeArgs } from '../oci/runc.js';
 import { pipe2 } from '../native/pipe.js';
 import { within, type RuncEngine } from '../runc-engine.js';
 import type { RuncVps } from '../runc-vps.js';
-import { criuErrors, freezeForMove, linkDisk, saveNetwork } from './checkpoint.js';
+import { criuErrors, dumpError, freezeForMove, linkDisk, saveNetwork } from './checkpoint.js';
 
 /**
  * Post-copy (lazy pages) with CRIU: the source dumps everything but the memory pages and keeps
@@ -119,6 +119,7 @@ export async function lazyDumpForMove(engine: RuncEngine, vps: RuncVps, outDir: 
   } catch (e) {
     if (dump) await stopPageServer(dump, listen);
     await thawHere();
+    if (isRunboxError(e, 'checkpoint_unsupported')) throw e;
     throw new RunboxError('internal', `lazy dump of VPS ${vps.id} failed; it keeps running here`, { cause: e });
   }
   const running = dump;
@@ -146,7 +147,7 @@ async function pageServerReady(status: Readable, exited: Promise<ExecResult>, wo
   const outcome = await Promise.race([ready, exited]);
   if (outcome !== 'ready') {
     const runc = outcome.stderr.trim().split('\n').at(-1) ?? '';
-    throw new RunboxError('internal', `runc checkpoint --lazy-pages ended before its page server was ready (${runc})${await criuErrors(workPath, 'dump.log')}`);
+    throw await dumpError(`runc checkpoint --lazy-pages ended before its page server was ready (${runc})`, workPath, undefined);
   }
 }
 

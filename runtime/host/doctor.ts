@@ -5,6 +5,7 @@ import { access, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { release } from 'node:os';
 import { join } from 'node:path';
 import { PIPE_MAX_SIZE_NEEDED } from '../checkpoint/lazy.js';
+import { CAP_SYS_RESOURCE, hasCapability } from './caps.js';
 
 /**
  * `runbox doctor`: probes what this host offers a runbox worker (namespaces, cgroups, overlayfs,
@@ -255,12 +256,26 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
     { name: 'loop devices', ok: loop, detail: loop ? '/dev/loop-control present' : '/dev/loop-control missing', fix: loop ? undefined : 'modprobe loop' },
     runc,
     ...criu,
+    nonRootCheckpointCheck(),
     nft,
     ip,
     agent,
     state,
     nofile,
   ];
+}
+
+/** CRIU reads a dumped process's rlimits with prlimit(2): for another user's process that needs CAP_SYS_RESOURCE. */
+export function nonRootCheckpointCheck(capable = hasCapability(CAP_SYS_RESOURCE)): DoctorCheck {
+  return {
+    name: 'checkpoints of non-root jobs',
+    ok: capable,
+    optional: true,
+    detail: capable
+      ? 'root has CAP_SYS_RESOURCE: jobs that run as any user can be checkpointed and moved'
+      : 'root lacks CAP_SYS_RESOURCE: jobs running as a non-root user (e.g. templates python, node) cannot be checkpointed or moved here; the API refuses that with checkpoint_unsupported (409) and they keep running',
+    fix: capable ? undefined : 'run the worker with CAP_SYS_RESOURCE (not possible inside some sandboxes), or run such jobs with "user": "root"',
+  };
 }
 
 /** One line per check: "✓ name: detail", or "✗ name: detail (fix: ...)"; optional ones are marked. */

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ServiceConfig } from '../../core/config.js';
 import type { Job } from '../../core/job.js';
+import { CAP_SYS_RESOURCE, hasCapability } from '../../runtime/host/caps.js';
 import { waitFor } from '../helpers/net.js';
 import { startStack, type Stack } from '../helpers/stack.js';
 
@@ -64,6 +65,32 @@ describe('POST /v1/jobs/:id/checkpoint', () => {
     expect(job.status).toBe('succeeded');
     expect(job.checkpoints.length).toBeGreaterThanOrEqual(1);
     expect(job.history.find((h) => h.status === 'checkpointing')?.note).toBe('checkpoint.everySec');
+  });
+
+  it('a job running as a non-root user on a host whose root lacks CAP_SYS_RESOURCE: refused up front (409 checkpoint_unsupported), it keeps running, automatic checkpoints stay off', async () => {
+    if (hasCapability(CAP_SYS_RESOURCE)) return; // such a host checkpoints it: the test below
+    const id = await submit({ script: 'i=0; while [ $i -lt 30 ]; do echo $i; i=$((i+1)); sleep 0.1; done', user: 'nobody', checkpoint: { everySec: 5 } });
+    await running(id);
+    expect((await getJob(id)).runAs).toBe('nobody');
+    const res = await call(`/v1/jobs/${id}/checkpoint`, { method: 'POST' });
+    expect(res.status).toBe(409);
+    const problem = (await res.json()) as { code: string; detail: string };
+    expect(problem.code).toBe('checkpoint_unsupported');
+    expect(problem.detail).toMatch(/runs as user "nobody".*CAP_SYS_RESOURCE.*keeps running/);
+    const move = await call(`/v1/jobs/${id}/migrate`, { method: 'POST' });
+    expect([move.status, ((await move.json()) as { code: string }).code]).toEqual([409, 'checkpoint_unsupported']);
+    const job = await done(id);
+    expect(job).toMatchObject({ status: 'succeeded', checkpoints: [] });
+    expect(job.history.map((h) => h.status)).toEqual(['queued', 'starting', 'running', 'succeeded']);
+    expect((await (await call(`/v1/jobs/${id}/logs`)).text()).trim().split('\n')).toHaveLength(30);
+  });
+
+  it.skipIf(!hasCapability(CAP_SYS_RESOURCE))('where root has CAP_SYS_RESOURCE, a job running as a non-root user is checkpointed like a root one', async () => {
+    const id = await submit({ script: 'i=0; while [ $i -lt 30 ]; do echo $i; i=$((i+1)); sleep 0.1; done', user: 'nobody' });
+    await running(id);
+    await new Promise((r) => setTimeout(r, 500));
+    expect((await call(`/v1/jobs/${id}/checkpoint`, { method: 'POST' })).status).toBe(201);
+    expect(await done(id)).toMatchObject({ status: 'succeeded', checkpoints: [expect.anything()] });
   });
 
   it('refuses what cannot be checkpointed, and other tenants', async () => {

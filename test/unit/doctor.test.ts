@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { formatDoctor, parseCriuMajor, runDoctor, type DoctorCheck } from '../../runtime/host/doctor.js';
+import { formatDoctor, nonRootCheckpointCheck, parseCriuMajor, runDoctor, type DoctorCheck } from '../../runtime/host/doctor.js';
 
 describe('formatDoctor', () => {
   it('prints one line per check with marks and fix hints, then a summary', () => {
@@ -27,6 +27,15 @@ describe('formatDoctor', () => {
     ]);
     expect(out).not.toContain('never shown');
     expect(out.split('\n').at(-1)).toBe('All required checks passed (1 optional feature missing).');
+  });
+});
+
+describe('nonRootCheckpointCheck', () => {
+  it('says what a host without CAP_SYS_RESOURCE cannot checkpoint, and what happens to such jobs', () => {
+    expect(nonRootCheckpointCheck(true)).toMatchObject({ ok: true, optional: true });
+    const off = nonRootCheckpointCheck(false);
+    expect(off).toMatchObject({ ok: false, optional: true });
+    expect(off.detail).toMatch(/non-root user .* cannot be checkpointed or moved here.*checkpoint_unsupported/);
   });
 });
 

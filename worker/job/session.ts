@@ -7,7 +7,7 @@ import type { RuncVps } from '../../runtime/runc-vps.js';
 import type { RunningJob, RunningJobs } from '../running.js';
 import { MAX_RESTORES, RESTORE_NOTE, type JobDeps } from './deps.js';
 import { restoreFromCheckpoint } from './restore.js';
-import { supervise, type Outcome, type SuperviseMode } from './supervise.js';
+import { supervise, templateDefaults, type Outcome, type SuperviseMode } from './supervise.js';
 
 /** Gives a VPS back once the job is done with it (a pool's release, or a destroy). */
 export type Dispose = (vps: RuncVps) => Promise<void>;
@@ -46,8 +46,10 @@ export class JobSession {
    */
   async drive(job: Job, req: JobRequest, vps: RuncVps, mode: SuperviseMode, dispose: Dispose): Promise<void> {
     const startedAt = mode.kind === 'adopt' ? mode.startedAt : new Date().toISOString();
+    // Who the job runs as (its request's user, else its template's default): what decides whether it can be checkpointed.
+    const runAs = mode.kind === 'run' ? { runAs: req.user ?? (await templateDefaults(this.deps, vps))?.user ?? 'root' } : {};
     const toRunning = this.deps.jobs
-      .transition(job.id, 'running', { startedAt, host: this.deps.hostId }, { host: this.deps.hostId, note: mode.kind === 'adopt' ? mode.note : undefined })
+      .transition(job.id, 'running', { startedAt, host: this.deps.hostId, ...runAs }, { host: this.deps.hostId, note: mode.kind === 'adopt' ? mode.note : undefined })
       .catch((e: unknown) => {
         // Canceled (or ended by the cluster) meanwhile: the record says so; the VPS goes on until the cancel reaches it.
         if (!isRunboxError(e, 'conflict')) this.log.warn({ err: e }, 'recording the job as running failed');

@@ -51,9 +51,14 @@ export async function supervise(deps: JobDeps, ctx: SuperviseContext, vps: RuncV
   const autoCheckpoint =
     everySec > 0
       ? setInterval(() => {
-          void deps.checkpointer
-            .checkpoint(entry, req.checkpoint?.everySec ? 'checkpoint.everySec' : 'host policy: long-running job')
-            .catch((e) => (isRunboxError(e, 'conflict') ? log.debug({ err: e }, 'automatic checkpoint skipped') : log.warn({ err: e }, 'automatic checkpoint failed')));
+          void deps.checkpointer.checkpoint(entry, req.checkpoint?.everySec ? 'checkpoint.everySec' : 'host policy: long-running job').catch((e) => {
+            if (isRunboxError(e, 'checkpoint_unsupported')) {
+              // Not for this job on this host (a non-root user, core/checkpointable.ts): stop asking.
+              log.info({ err: e }, 'automatic checkpoints are off for this job');
+              clearInterval(autoCheckpoint);
+            } else if (isRunboxError(e, 'conflict')) log.debug({ err: e }, 'automatic checkpoint skipped');
+            else log.warn({ err: e }, 'automatic checkpoint failed');
+          });
         }, everySec * 1000)
       : undefined;
   try {
@@ -70,8 +75,7 @@ export async function supervise(deps: JobDeps, ctx: SuperviseContext, vps: RuncV
     try {
       if (mode.kind === 'run') {
         // The template's defaults (from its manifest or image config) fill what the job leaves open.
-        const tpl = vps.info().spec.template;
-        const defaults = (await cachedTemplateInfo(deps.engine.layout.templatesDir, tpl.name, tpl.hash))?.defaults;
+        const defaults = await templateDefaults(deps, vps);
         result = await vps.run({
           ...common,
           argv: req.command ?? ['/bin/sh', '-c', req.script!],
@@ -122,6 +126,12 @@ export async function supervise(deps: JobDeps, ctx: SuperviseContext, vps: RuncV
   } finally {
     clearInterval(autoCheckpoint);
   }
+}
+
+/** The defaults of the VPS's template (user, env, workdir), from its manifest or image config. */
+export async function templateDefaults(deps: Pick<JobDeps, 'engine'>, vps: RuncVps) {
+  const tpl = vps.info().spec.template;
+  return (await cachedTemplateInfo(deps.engine.layout.templatesDir, tpl.name, tpl.hash))?.defaults;
 }
 
 async function collectArtifacts(deps: JobDeps, vps: RuncVps, req: JobRequest, jobId: string, log: Logger): Promise<Artifacts> {
