@@ -126,6 +126,10 @@ export async function streamLogs(client: ApiClient, id: string, follow: boolean)
       const event = /^event: (.*)$/m.exec(block)?.[1] ?? 'message';
       const data = block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trimStart()).join('\n');
       if (event === 'end') return;
+      if (event === 'status' && data) {
+        const e = JSON.parse(data) as { status: string; progress: string | null };
+        if (e.progress) process.stderr.write(`runbox: ${e.progress}\n`);
+      }
       if (event === 'output' && data) {
         const e = JSON.parse(data) as { stream: string; data: string };
         (e.stream === 'stderr' ? process.stderr : process.stdout).write(e.data);

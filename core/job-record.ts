@@ -28,6 +28,7 @@ export function newJobRecord(id: string, req: JobRequest, limits: Limits, now = 
     artifactsTruncated: false,
     cancelRequested: false,
     runAs: null,
+    progress: null,
     checkpoints: [],
     migrations: [],
     history: [{ status: 'queued', at }],

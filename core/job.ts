@@ -89,6 +89,8 @@ export const JobSchema = z.object({
    * starts; null before. Hosts whose root lacks CAP_SYS_RESOURCE cannot checkpoint non-root jobs.
    */
   runAs: z.string().nullable().default(null),
+  /** What the job waits for before it runs, while it does (e.g. its template being built, with the build's progress); null otherwise. */
+  progress: z.string().nullable().default(null),
   checkpoints: z.array(z.object({ id: z.string(), createdAt: z.string(), sizeBytes: z.number(), outputOffset: z.number() })),
   migrations: z.array(z.object({ from: z.string(), to: z.string(), startedAt: z.string(), totalMs: z.number(), frozenMs: z.number(), mode: z.string() })),
   history: z.array(z.object({ status: JobStatusSchema, at: z.string(), host: z.string().nullable().optional(), note: z.string().optional() })),

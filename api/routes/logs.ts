@@ -16,7 +16,9 @@ export const SSE_HEARTBEAT_MS = 15_000;
  *   id: <end offset>   (byte offset just past this chunk: resume with Last-Event-ID = it)
  *   event: output      data: {"stream":"stdout","data":"...","offset":<start offset>}
  * and a final `event: end` with the job's status. `?offset=N` / Last-Event-ID: N start at the
- * first chunk whose offset is >= N. `?follow=1` keeps streaming until the job ends.
+ * first chunk whose offset is >= N. `?follow=1` keeps streaming until the job ends, and adds
+ *   event: status      data: {"status":"starting","progress":"building template python: …"}
+ * whenever the job's status or progress changes (what it waits for before it has output).
  */
 export function logRoutes(deps: RouteDeps): Hono<ApiEnv> {
   const app = new Hono<ApiEnv>();
@@ -32,7 +34,7 @@ export function logRoutes(deps: RouteDeps): Hono<ApiEnv> {
     const follow = parseFollow(c.req.query('follow'));
     const signal = anySignal([deps.shutdown, c.req.raw.signal]);
     const status = async () => (await deps.jobs.get(id))?.job.status ?? null;
-    const chunks = () => tailLogs(deps.logs, id, from, { follow, pollMs, signal: signal.signal, status });
+    const chunks = (statusOf: () => Promise<Job['status'] | null> = status) => tailLogs(deps.logs, id, from, { follow, pollMs, signal: signal.signal, status: statusOf });
     if (!sse) {
       // Streamed chunk by chunk even without follow: output may be up to maxLimits.outputBytes.
       c.header('Content-Type', 'text/plain; charset=utf-8');
@@ -50,8 +52,20 @@ export function logRoutes(deps: RouteDeps): Hono<ApiEnv> {
     return streamSSE(c, async (s) => {
       s.onAbort(signal.abort);
       const beat = setInterval(() => void s.write(': keepalive\n\n'), heartbeatMs);
+      // Following: what the job is doing before it has output (its template being built, …) as
+      // `event: status`, whenever its status or progress changes.
+      let said = '';
+      const statusWithEvents = async () => {
+        const job = (await deps.jobs.get(id))?.job ?? null;
+        const now = JSON.stringify({ status: job?.status ?? null, progress: job?.progress ?? null });
+        if (job && now !== said) {
+          said = now;
+          await s.writeSSE({ event: 'status', data: now });
+        }
+        return job?.status ?? null;
+      };
       try {
-        for await (const ch of chunks()) {
+        for await (const ch of chunks(follow ? statusWithEvents : status)) {
           await s.writeSSE({ id: String(ch.offset + ch.data.length), event: 'output', data: JSON.stringify(toEvent(ch)) });
         }
         if (!signal.signal.aborted) {

@@ -53,7 +53,7 @@ return {'created', ARGV[4]}
 const JSON_FIELDS = [
   'template', 'network', 'priority', 'labels', 'limits', 'host', 'attempt', 'exitCode', 'signal', 'oomKilled', 'error', 'createdAt',
   'startedAt', 'finishedAt', 'usage', 'outputBytes', 'outputTruncated', 'artifacts', 'artifactsTruncated', 'cancelRequested',
-  'runAs', 'checkpoints', 'migrations',
+  'runAs', 'progress', 'checkpoints', 'migrations',
 ] as const;
 type JsonField = (typeof JSON_FIELDS)[number];
 export type JobPatch = Partial<Pick<Job, JsonField>>;

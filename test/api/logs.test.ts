@@ -151,6 +151,7 @@ describe('GET /v1/jobs/:id/logs', () => {
     let offset = await worker.output(h.deps, job.id, [['stdout', 'a\n']]);
 
     const { sse } = await openSse(`/v1/jobs/${job.id}/logs?follow=1`);
+    expect((await sse.next())!).toMatchObject({ event: 'status', data: JSON.stringify({ status: 'running', progress: null }) });
     expect(output((await sse.next())!)).toMatchObject({ data: 'a\n', offset: 0 });
     await new Promise((r) => setTimeout(r, 250)); // > heartbeat (100 ms): at least one comment
     offset = await worker.output(h.deps, job.id, [['stderr', 'b\n']], offset);
@@ -158,11 +159,27 @@ describe('GET /v1/jobs/:id/logs', () => {
     expect([b.id, output(b).data]).toEqual(['4', 'b\n']);
     await worker.output(h.deps, job.id, [['stdout', 'c\n']], offset);
     await worker.finish(h.deps, job.id, 0);
-    const rest = await sse.untilEnd();
+    const rest = (await sse.untilEnd()).filter((e) => e.event !== 'status');
     expect(rest.map((e) => e.event)).toEqual(['output', 'end']);
     expect(output(rest[0]!).data).toBe('c\n');
     expect(JSON.parse(rest[1]!.data)).toMatchObject({ status: 'succeeded', exitCode: 0 });
     expect(sse.comments).toBeGreaterThan(0);
+  });
+
+  it('following, says what the job waits for before it has output (status and progress, e.g. its template being built)', async () => {
+    api = await startApi(h.deps, { host: '127.0.0.1', port: 0 });
+    const job = await h.create({ command: ['sh'] });
+    await h.deps.jobs.transition(job.id, 'starting', { host: 'host-1', attempt: 1 }, { host: 'host-1', note: 'building template python' });
+    await h.deps.jobs.update(job.id, { progress: 'building template python: debootstrap, rootfs 12 MB' });
+    const { sse } = await openSse(`/v1/jobs/${job.id}/logs?follow=1`);
+    expect(JSON.parse((await sse.next())!.data)).toEqual({ status: 'starting', progress: 'building template python: debootstrap, rootfs 12 MB' });
+    await h.deps.jobs.update(job.id, { progress: 'building template python: apt-get install, 3/40 packages' });
+    expect(JSON.parse((await sse.next())!.data)).toEqual({ status: 'starting', progress: 'building template python: apt-get install, 3/40 packages' });
+    await h.deps.jobs.transition(job.id, 'running', { startedAt: new Date().toISOString(), progress: null });
+    expect(JSON.parse((await sse.next())!.data)).toEqual({ status: 'running', progress: null });
+    await worker.finish(h.deps, job.id, 0);
+    const rest = await sse.untilEnd();
+    expect(rest.map((e) => e.event)).toEqual(['status', 'end']);
   });
 
   it('follows as plain text too', async () => {
@@ -182,6 +199,7 @@ describe('GET /v1/jobs/:id/logs', () => {
     await worker.start(h.deps, job.id);
     const { sse } = await openSse(`/v1/jobs/${job.id}/logs?follow=1`);
     const t0 = Date.now();
+    expect((await sse.next())?.event).toBe('status');
     const closing = api.close();
     expect(await sse.next()).toBeNull(); // closed without an end event: the client resumes elsewhere
     await closing;

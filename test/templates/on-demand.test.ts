@@ -28,7 +28,7 @@ beforeAll(async () => {
   await copyRecipe(recipes, 'base', 'lazy');
   // Slow enough to watch the job wait for it.
   const build = path.join(recipes, 'lazy', 'build.sh');
-  await fs.writeFile(build, (await fs.readFile(build, 'utf8')).replace('set -euo pipefail', 'set -euo pipefail\nsleep 1'));
+  await fs.writeFile(build, (await fs.readFile(build, 'utf8')).replace('set -euo pipefail', 'set -euo pipefail\nsleep 2'));
   cfg = await testServiceConfig(redis, { recipesDir: recipes, templatesDir: templates, pools: [] });
   worker = await startWorker({ config: cfg, redisUrl: redis.url, log: createLogger(process.env.RUNBOX_TEST_LOG ?? 'silent'), templatesDir: templates });
   s = new Submitter(cfg, redis.url);
@@ -44,16 +44,20 @@ afterAll(async () => {
 describe('on-demand template builds', () => {
   it('builds a missing template once while its jobs wait in starting, then runs them', async () => {
     const ids = await Promise.all([1, 2, 3].map((i) => s.submit({ template: 'lazy', command: ['sh', '-c', `echo job ${i}`] })));
-    // While the build runs, the jobs say why they wait.
+    // While the build runs, the jobs say why they wait, and how far the build is (every job waiting for it).
     let seen = false;
+    const progress = new Set<string>();
     const deadline = Date.now() + 20_000;
-    while (!seen && Date.now() < deadline) {
-      const j = (await s.jobs.get(ids[0]!))!.job;
-      seen = j.status === 'starting' && j.history.some((h) => h.note === 'building template lazy');
-      if (!seen) await new Promise((r) => setTimeout(r, 50));
+    while (!(seen && progress.size === ids.length) && Date.now() < deadline) {
+      const js = await Promise.all(ids.map(async (id) => (await s.jobs.get(id))!.job));
+      seen ||= js[0]!.status === 'starting' && js[0]!.history.some((h) => h.note === 'building template lazy');
+      for (const j of js) if (j.status === 'starting' && /^building template lazy/.test(j.progress ?? '')) progress.add(j.id);
+      await new Promise((r) => setTimeout(r, 50));
     }
     expect(seen).toBe(true);
+    expect([...progress].sort()).toEqual([...ids].sort());
     const jobs = await Promise.all(ids.map((id) => s.wait(id, 60_000)));
+    expect(jobs.map((j) => j.progress)).toEqual([null, null, null]);
     for (const [i, j] of jobs.entries()) {
       expect(j.status).toBe('succeeded');
       expect(await s.output(j.id)).toBe(`job ${i + 1}\n`);

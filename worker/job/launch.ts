@@ -4,6 +4,7 @@ import { MiB } from '../../core/units.js';
 import type { VpsPool } from '../../runtime/pool.js';
 import type { RuncVps } from '../../runtime/runc-vps.js';
 import { ensureTemplate } from '../../runtime/templates/builder.js';
+import { formatProgress } from '../../runtime/templates/progress.js';
 import { DEFAULT_RECIPES_DIR } from '../../runtime/templates/recipes.js';
 import type { JobDeps } from './deps.js';
 
@@ -38,19 +39,46 @@ export async function acquireVps(deps: JobDeps, req: JobRequest, job: Job): Prom
  * jobs asking for the same template wait for the one build of this host (and for a build another
  * process of this host runs, through the builder's lock). No recipe and not built: template_missing.
  */
-function templateForJob(deps: JobDeps, name: string, job: Job) {
-  return ensureTemplate(name, {
-    recipesDir: deps.recipesDir ?? DEFAULT_RECIPES_DIR,
-    templatesDir: deps.engine.layout.templatesDir,
-    stateDirs: [deps.engine.layout.stateDir],
-    log: deps.log.child({ jobId: job.id }),
-    onBuild: async () => {
-      await deps.jobs
-        .transition(job.id, 'starting', {}, { from: ['starting'], host: deps.hostId, note: `building template ${name}` })
-        .catch((e: unknown) => deps.log.warn({ err: e, jobId: job.id }, 'could not record the template build note'));
-    },
-  });
+async function templateForJob(deps: JobDeps, name: string, job: Job) {
+  // The build's progress, on every job waiting for it (GET /v1/jobs/:id, and `event: status` of a
+  // followed log), at most one Redis write a second per job. Jobs asking for a template another
+  // job's call is building share that build (builder.ts), so its progress is fanned out to them.
+  const key = `${deps.engine.layout.templatesDir}\0${name}`;
+  let shownAt = 0;
+  let written: Promise<unknown> = Promise.resolve();
+  const show = (line: string, final: boolean) => {
+    if (Date.now() - shownAt < 1000 && !final) return;
+    shownAt = Date.now();
+    written = written.then(() => deps.jobs.update(job.id, { progress: `building template ${name}: ${line}` })).catch(() => undefined);
+  };
+  let waiting = buildWatchers.get(key);
+  if (!waiting) buildWatchers.set(key, (waiting = new Set()));
+  waiting.add(show);
+  try {
+    return await ensureTemplate(name, {
+      recipesDir: deps.recipesDir ?? DEFAULT_RECIPES_DIR,
+      templatesDir: deps.engine.layout.templatesDir,
+      stateDirs: [deps.engine.layout.stateDir],
+      log: deps.log.child({ jobId: job.id }),
+      onProgress: (p) => {
+        const line = formatProgress(p).replace(/^\[[^\]]*\] /, ''); // without its "[name hash]" prefix
+        for (const w of buildWatchers.get(key) ?? []) w(line, p.step === 'done');
+      },
+      onBuild: async () => {
+        await deps.jobs
+          .transition(job.id, 'starting', {}, { from: ['starting'], host: deps.hostId, note: `building template ${name}` })
+          .catch((e: unknown) => deps.log.warn({ err: e, jobId: job.id }, 'could not record the template build note'));
+      },
+    });
+  } finally {
+    waiting.delete(show);
+    if (waiting.size === 0) buildWatchers.delete(key);
+    await written; // before the job's next step clears it
+  }
 }
+
+/** Per template being built on this host: the progress callbacks of the jobs waiting for it. */
+const buildWatchers = new Map<string, Set<(line: string, final: boolean) => void>>();
 
 /** Job-specific setup of a (possibly pooled) VPS: limits, hostname, files. */
 export async function prepareVps(vps: RuncVps, req: JobRequest, job: Job): Promise<void> {

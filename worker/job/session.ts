@@ -47,7 +47,7 @@ export class JobSession {
   async drive(job: Job, req: JobRequest, vps: RuncVps, mode: SuperviseMode, dispose: Dispose): Promise<void> {
     const startedAt = mode.kind === 'adopt' ? mode.startedAt : new Date().toISOString();
     // Who the job runs as (its request's user, else its template's default): what decides whether it can be checkpointed.
-    const runAs = mode.kind === 'run' ? { runAs: req.user ?? (await templateDefaults(this.deps, vps))?.user ?? 'root' } : {};
+    const runAs = mode.kind === 'run' ? { runAs: req.user ?? (await templateDefaults(this.deps, vps))?.user ?? 'root', progress: null } : {};
     const toRunning = this.deps.jobs
       .transition(job.id, 'running', { startedAt, host: this.deps.hostId, ...runAs }, { host: this.deps.hostId, note: mode.kind === 'adopt' ? mode.note : undefined })
       .catch((e: unknown) => {
