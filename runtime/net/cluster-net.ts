@@ -1,3 +1,4 @@
+import fs from 'node:fs/promises';
 import { exec, execOk } from '../exec.js';
 import { parseCidr, vpsAddress, gateway } from './addr.js';
 
@@ -5,7 +6,7 @@ import { parseCidr, vpsAddress, gateway } from './addr.js';
  * The network of a development cluster on one machine (`runbox cluster up`): a bridge on the host
  * and, per simulated host, a network namespace with a veth to that bridge and its own address.
  * Workers run inside those namespaces, so traffic between "hosts" is real TCP between addresses.
- * Only addresses of namespaces made here are ever used.
+ * Their traffic to anything else is masqueraded behind this machine (clusterNatScript).
  */
 export interface ClusterHostNet {
   index: number;
@@ -16,9 +17,33 @@ export interface ClusterHostNet {
 export function clusterNames(instance: string) {
   return {
     bridge: `rbc${instance}`,
+    table: `runbox_cluster_${instance}`,
     netns: (i: number) => `rbc${instance}-h${i}`,
     veth: (i: number) => `rbc${instance}h${i}`.slice(0, 15),
   };
+}
+
+/**
+ * The cluster's way out (`nft -f` script, replaces the table): its hosts reach beyond this machine
+ * as real hosts would (a host builds a template from the Debian mirror of this machine's apt
+ * configuration), masqueraded behind this machine's own address; nothing comes in unasked.
+ */
+export function clusterNatScript(table: string, bridge: string, cidr: string): string {
+  return `table ip ${table}
+delete table ip ${table}
+table ip ${table} {
+  chain forward {
+    type filter hook forward priority -5; policy accept;
+    iifname "${bridge}" oifname != "${bridge}" accept
+    oifname "${bridge}" iifname != "${bridge}" ct state established,related accept
+    oifname "${bridge}" iifname != "${bridge}" drop
+  }
+  chain postrouting {
+    type nat hook postrouting priority 100; policy accept;
+    ip saddr ${cidr} oifname != "${bridge}" masquerade
+  }
+}
+`;
 }
 
 export async function createClusterNet(instance: string, cidrText: string, hosts: number): Promise<ClusterHostNet[]> {
@@ -29,6 +54,8 @@ export async function createClusterNet(instance: string, cidrText: string, hosts
     await execOk(['ip', 'addr', 'add', `${gateway(cidr)}/${cidr.prefix}`, 'dev', n.bridge]);
     await execOk(['ip', 'link', 'set', n.bridge, 'up']);
   }
+  await fs.writeFile('/proc/sys/net/ipv4/ip_forward', '1');
+  await execOk(['nft', '-f', '-'], { input: clusterNatScript(n.table, n.bridge, cidrText) });
   const out: ClusterHostNet[] = [];
   for (let i = 1; i <= hosts; i++) {
     const netns = n.netns(i);
@@ -58,4 +85,5 @@ export async function removeClusterNet(instance: string, hosts: number): Promise
     await exec(['ip', 'netns', 'del', n.netns(i)]);
   }
   await exec(['ip', 'link', 'del', n.bridge]);
+  await exec(['nft', 'delete', 'table', 'ip', n.table]);
 }

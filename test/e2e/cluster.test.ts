@@ -1,4 +1,4 @@
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -7,7 +7,7 @@ import { REPO_ROOT } from '../../core/config.js';
 import type { Job } from '../../core/job.js';
 import { Layout } from '../../runtime/layout.js';
 import { TEMPLATES_DIR } from '../helpers/engine.js';
-import { freePort, waitFor } from '../helpers/net.js';
+import { createUplink, freePort, listenInNetns, waitFor } from '../helpers/net.js';
 
 /** `runbox cluster up --hosts 2`: two worker hosts in their own network namespaces, one API. */
 let stateDir: string;
@@ -68,11 +68,30 @@ describe('runbox cluster', () => {
     }
   });
 
+  it("hosts reach beyond this machine through its NAT (as real hosts reach their package mirrors), nothing reaches them unasked", async () => {
+    const uplink = createUplink('clnat', '203.0.113');
+    const listener = listenInNetns(uplink.ns, 8001, 'from-outside');
+    try {
+      const ns = /h1: \S+\s+\(netns (\S+)\)/.exec(out)![1]!;
+      await waitFor(() => {
+        const r = spawnSync('ip', ['netns', 'exec', ns, 'busybox', 'nc', '-w', '2', uplink.address, '8001'], { input: '' });
+        return r.stdout.toString().trim() === 'from-outside';
+      }, 'an answer from outside to cluster host h1', 10_000);
+      // The outside has no route to the cluster's addresses (it only saw this machine's).
+      const h1 = /h1: (\S+)/.exec(out)![1]!;
+      expect(spawnSync('ip', ['netns', 'exec', uplink.ns, 'busybox', 'nc', '-w', '1', h1, '22'], { input: '' }).status).not.toBe(0);
+    } finally {
+      listener.kill();
+      uplink.remove();
+    }
+  });
+
   it('cluster down stops everything and removes the namespaces', async () => {
     expect(await runbox(['cluster', 'down'])).toBe(0);
     await new Promise<void>((r) => (cluster!.exitCode !== null ? r() : cluster!.once('exit', () => r())));
     const netns = execFileSync('ip', ['netns', 'list']).toString();
     const instance = new Layout(path.join(stateDir, 'cluster')).instance; // other clusters may run in parallel
     expect(netns).not.toContain(`rbc${instance}-h`);
+    expect(spawnSync('nft', ['list', 'table', 'ip', `runbox_cluster_${instance}`]).status).not.toBe(0); // its NAT is gone too
   });
 });

@@ -63,22 +63,23 @@ export function hostAddresses(): string[] {
 /**
  * A stand-in for "the internet": a network namespace of the test's own, reached from the host
  * through a veth pair, with no route back to the VPS range. A VPS that gets an answer from it
- * must have been masqueraded. Uses TEST-NET-2 (198.51.100.0/24), never a real address.
+ * must have been masqueraded. Uses TEST-NET-2 (198.51.100.0/24) unless told another /24 (TEST-NET-3,
+ * 203.0.113.0/24, for tests that may run beside it), never a real address.
  */
-export function createUplink(name: string): { ns: string; address: string; remove: () => void } {
+export function createUplink(name: string, net = '198.51.100'): { ns: string; address: string; remove: () => void } {
   const ns = `rbtest-${name}`;
   const hostIf = `rbt${name}`.slice(0, 15);
   const run = (args: string[]) => execFileSync('ip', args);
   run(['netns', 'add', ns]);
   run(['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
-  run(['addr', 'add', '198.51.100.1/24', 'dev', hostIf]);
+  run(['addr', 'add', `${net}.1/24`, 'dev', hostIf]);
   run(['link', 'set', hostIf, 'up']);
-  run(['-n', ns, 'addr', 'add', '198.51.100.2/24', 'dev', 'eth0']);
+  run(['-n', ns, 'addr', 'add', `${net}.2/24`, 'dev', 'eth0']);
   run(['-n', ns, 'link', 'set', 'eth0', 'up']);
   run(['-n', ns, 'link', 'set', 'lo', 'up']);
   return {
     ns,
-    address: '198.51.100.2',
+    address: `${net}.2`,
     remove: () => {
       try {
         run(['link', 'del', hostIf]);
