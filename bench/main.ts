@@ -10,6 +10,7 @@ import { e2eLatency } from './e2e-latency.js';
 import { idleDensity } from './idle-density.js';
 import { migrateBench } from './migrate.js';
 import { pool } from './pool.js';
+import { soak } from './soak.js';
 import { templateCreate } from './template-create.js';
 import { throughput } from './throughput.js';
 import { BenchContext, installSignalHandlers, Interrupted, interrupted, note, type Benchmark } from './lib.js';
@@ -24,6 +25,7 @@ const BENCHMARKS: Array<{ bench: Benchmark | ListBenchmark; netCidr: string }> =
   { bench: templateCreate, netCidr: '10.250.6.0/24' },
   { bench: checkpointBench, netCidr: '10.250.7.0/24' },
   { bench: migrateBench, netCidr: '10.250.8.0/24' },
+  { bench: soak, netCidr: '10.250.9.0/24' },
 ];
 
 /** Comma-separated integer lists (`--sizes 64,256`) of the benchmarks that take them. */

@@ -239,7 +239,7 @@ async function oneMove(ctx: BenchContext, a: RuncEngine, b: RuncEngine, recv: Re
     recv.pending.set(id, inc);
     const pageServer = mode === 'post-copy' ? { address: '127.0.0.1', port: await freePort('127.0.0.1') } : undefined;
     const t0 = Date.now();
-    let dumped: { frozenAt: number; imagesDir: string; diskImage: string };
+    let dumped: { frozenAt: number; imagesDir: string; diskImage: string; releaseDisk: () => Promise<void> };
     let transferredAt: Promise<number> | undefined;
     if (pageServer) {
       lazy = await lazyDumpForMove(a, src, moveDir, pageServer);
@@ -262,6 +262,7 @@ async function oneMove(ctx: BenchContext, a: RuncEngine, b: RuncEngine, recv: Re
       ...(pageServer ? { pageServer } : {}),
     };
     const answer = await exchange('127.0.0.1', recv.port, header, { dir: moveDir });
+    await dumped.releaseDisk();
     if (!answer.ok) throw new Error(`the target refused the move: ${answer.message}`);
     src.handOver();
     const handed = await running;

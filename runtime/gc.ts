@@ -16,6 +16,10 @@ export interface GcReport {
   cgroups: string[];
   mounts: string[];
   network: boolean;
+  /** Helper processes (runc, criu, tar) of a dead runbox process, killed. */
+  orphans: string[];
+  /** VPS disks a dead process left frozen, thawed. */
+  thawed: string[];
 }
 
 /**
@@ -25,14 +29,20 @@ export interface GcReport {
  * VPSs have live owners and are left alone.
  */
 export async function gc(engine: RuncEngine, opts: { all?: boolean } = {}): Promise<GcReport> {
-  const report: GcReport = { vps: [], transfers: [], containers: [], netns: [], addresses: [], cgroups: [], mounts: [], network: false };
+  const report: GcReport = { vps: [], transfers: [], containers: [], netns: [], addresses: [], cgroups: [], mounts: [], network: false, orphans: [], thawed: [] };
+  // A worker that died mid-move can leave its CRIU page server and runc behind (they run in
+  // process groups of their own), holding its VPS frozen and its disk busy, and a VPS disk frozen
+  // for sending (storage/layer.ts freezeLayer): both must go before anything can be removed.
+  report.orphans.push(...(await killOrphanHelpers(engine.layout.stateDir)));
   const kept = new Set<string>();
+  const dead: string[] = [];
   for (const id of await engine.list()) {
     const record = await engine.readRecord(id);
-    if (!opts.all && record && isAlive(record.owner)) {
-      kept.add(id);
-      continue;
-    }
+    if (!opts.all && record && isAlive(record.owner)) kept.add(id);
+    else dead.push(id);
+  }
+  report.thawed.push(...(await thawLayers(engine.layout.vpsRoot, kept)));
+  for (const id of dead) {
     await engine.destroy(id);
     report.vps.push(id);
   }
@@ -67,6 +77,50 @@ export async function gc(engine: RuncEngine, opts: { all?: boolean } = {}): Prom
     report.network = true;
   }
   return report;
+}
+
+/**
+ * runc, CRIU and tar processes of this instance (their command line names its state dir) whose
+ * runbox process is gone: reparented to init. Killed with their process group (runc's CRIU).
+ */
+async function killOrphanHelpers(stateDir: string): Promise<string[]> {
+  const killed: string[] = [];
+  for (const pid of await fs.readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(pid) || Number(pid) === process.pid) continue;
+    const [cmd, stat] = await Promise.all([
+      fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => ''),
+      fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => ''),
+    ]);
+    if (!cmd.split('\0').some((arg) => arg === stateDir || arg.startsWith(`${stateDir}/`))) continue;
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const [ppid, pgid] = [Number(fields[1]), Number(fields[2])];
+    if (ppid !== 1) continue; // its runbox process is alive (or it is a runbox process)
+    for (const target of pgid > 1 && pgid === Number(pid) ? [-pgid, Number(pid)] : [Number(pid)]) {
+      try {
+        process.kill(target, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+    killed.push(`${pid} ${cmd.replace(/\0/g, ' ').slice(0, 120)}`);
+  }
+  if (killed.length) await new Promise((r) => setTimeout(r, 100)); // let them die
+  return killed;
+}
+
+/**
+ * Unfreezes the mounted disks of this instance's VPSs that no live process owns (a no-op on disks
+ * that are not frozen). An unmount alone would leave a frozen file system alive, detached, with
+ * its loop device.
+ */
+async function thawLayers(vpsRoot: string, kept: Set<string>): Promise<string[]> {
+  const thawed: string[] = [];
+  for (const mp of await mountPoints()) {
+    if (!mp.startsWith(`${vpsRoot}/`) || !mp.endsWith('/layer')) continue;
+    if (kept.has(mp.slice(vpsRoot.length + 1).split('/')[0]!)) continue;
+    if ((await exec(['fsfreeze', '--unfreeze', mp], { timeoutMs: 30_000 })).code === 0) thawed.push(mp);
+  }
+  return thawed;
 }
 
 async function staleMounts(vpsRoot: string, kept: Set<string>): Promise<string[]> {

@@ -216,6 +216,11 @@ export class RuncVps implements Vps {
   private handedOver = false;
   private onHandOver?: () => void;
 
+  /** The job left this VPS (handOver was called): whatever it still does is no longer the job's. */
+  get isHandedOver(): boolean {
+    return this.handedOver;
+  }
+
   private async supervise(
     job: JobRun,
     o: { sendSpec: boolean; startOffset: number; startedAt?: string; resume?: (offset: number) => void | Promise<void> },

@@ -35,8 +35,11 @@ export class JobCheckpointer {
     const { jobs, store, engine, hostId } = this.deps;
     const vps = job.vps;
     if (!vps) throw new RunboxError('conflict', `job ${job.jobId} has not started yet`);
+    // A job on its way to another host (its record may already say `running` there) is not this host's to checkpoint.
+    if (job.leaving || vps.isHandedOver) throw new RunboxError('conflict', `job ${job.jobId} is moving away from ${this.deps.hostId}`);
     const stored = await jobs.get(job.jobId);
     if (!stored) throw new RunboxError('not_found', `job ${job.jobId} not found`);
+    if (stored.job.host !== hostId) throw new RunboxError('conflict', `job ${job.jobId} runs on ${stored.job.host}, not on ${hostId}`);
     if (!canCheckpoint(stored.job.runAs, { checkpointNonRoot: this.deps.checkpointNonRoot })) {
       throw new RunboxError('checkpoint_unsupported', nonRootMessage(job.jobId, stored.job.runAs!, [hostId]));
     }

@@ -163,6 +163,8 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     redis,
     keys,
     running,
+    leases: runDeps.leases,
+    instance,
     log: hlog,
     recipesDir: config.recipesDir,
     postCopy: postCopy.ok,

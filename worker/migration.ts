@@ -12,6 +12,7 @@ import type { Logger } from '../core/log.js';
 import type { Host } from '../core/store/hosts.js';
 import type { JobStore } from '../core/store/jobs.js';
 import type { Keys } from '../core/store/keys.js';
+import { instanceHost, type LeaseStore } from '../core/store/leases.js';
 import { dumpForMove, restore } from '../runtime/checkpoint/checkpoint.js';
 import { transferDir } from '../runtime/gc.js';
 import { freePort, lazyDumpForMove, startLazyPages, type LazyDump, type LazyPages } from '../runtime/checkpoint/lazy.js';
@@ -90,6 +91,9 @@ export interface MigrationDeps {
   redis: Redis;
   keys: Keys;
   running: RunningJobs;
+  /** Job leases (core/store/leases.ts) and this worker's holder name: a move hands the lease over. */
+  leases: LeaseStore;
+  instance: string;
   log: Logger;
   /** Template recipes, to build the version an incoming job needs (default: templates/ of this checkout). */
   recipesDir?: string;
@@ -151,6 +155,8 @@ interface Dumped {
   header: Pick<Header, 'mode' | 'pageServer'>;
   /** The target did not take it: the job goes on here (restored, or thawed). */
   undo(): Promise<void>;
+  /** The disk image was sent (or will not be): its file system may be written again (see linkDisk). */
+  releaseDisk(): Promise<void>;
   /** The target took it: settles when nothing of the job is needed here any more (an error: the page transfer failed). */
   finished: Promise<Error | undefined>;
   /** Post-copy failure injection (see faultFor). */
@@ -161,6 +167,7 @@ interface Dumped {
 export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Host, secret: string, preference: MigrationPreference = 'auto'): Promise<MigrationResult> {
   const vps = entry.vps;
   if (!vps) throw new RunboxError('conflict', `job ${entry.jobId} has not started yet`);
+  if (entry.leaving) throw new RunboxError('conflict', `job ${entry.jobId} is already moving away from ${d.hostId}`);
   if (!target.address || !target.migrationPort) throw new RunboxError('unavailable', `host ${target.id} does not accept migrations`);
   const t0 = Date.now();
   const startedAt = new Date(t0).toISOString();
@@ -192,12 +199,14 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
     throw new RunboxError(code, `host ${target.id} cannot take job ${entry.jobId}: ${prepared.message}; the job keeps running on ${d.hostId}`);
   }
   // From the freeze on, the job's lease may pass to the target before this host lets go of it:
-  // the reconciler must not take that for another holder's (worker/job/reconcile.ts).
+  // the reconciler must not take that for another holder's (worker/job/reconcile.ts), and no
+  // checkpoint may start here. It stays set once the job moved (this host is done with it).
   entry.leaving = true;
   try {
     return await moveOut(d, entry, vps, target, secret, preference, { migrationId, t0, startedAt, fault, moving, prepared });
-  } finally {
-    entry.leaving = false;
+  } catch (e) {
+    if (!vps.isHandedOver) entry.leaving = false; // it goes on here
+    throw e;
   }
 }
 
@@ -239,9 +248,16 @@ async function moveOut(
       answer = { ok: false, code: 'unavailable', message: errorMessage(e) };
     }
     const answeredAt = Date.now();
+    // Sent (or not at all): the disk may be written again, by a restore here or by the processes' end.
+    await dumped.releaseDisk();
     if (!answer.ok) {
       // The target did not take it. Bring the job back here, unless the target did run it after all.
       if (await claim(d.redis, d.keys, migrationId, 'source')) {
+        if ((await d.leases.get(entry.jobId))?.holder !== d.instance) {
+          // Meanwhile another host recovered the job (this one looked dead): it lives there now.
+          vps.handOver();
+          throw new RunboxError('conflict', `migration to ${target.id} failed: ${answer.message}; the job was meanwhile taken over by another host`);
+        }
         try {
           await dumped.undo();
         } catch (e) {
@@ -273,6 +289,7 @@ async function moveOut(
     if (stored) await d.jobs.update(entry.jobId, { migrations: [...stored.job.migrations, result] });
     return result;
   } finally {
+    await dumped.releaseDisk().catch((e: unknown) => d.log.error({ err: e, jobId: entry.jobId }, 'thawing the disk after a move failed'));
     await fs.rm(dir, { recursive: true, force: true });
   }
 }
@@ -314,6 +331,7 @@ async function dumpFully(d: MigrationDeps, vps: RuncVps, dir: string): Promise<D
     frozenAt: dumped.frozenAt,
     header: { mode: 'stop-and-copy' },
     undo: () => restore(d.engine, vps, dumped.imagesDir).then(() => undefined),
+    releaseDisk: dumped.releaseDisk,
     finished: Promise.resolve(undefined),
   };
 }
@@ -352,6 +370,7 @@ async function dumpLazily(d: MigrationDeps, vps: RuncVps, dir: string, targetAdd
     frozenAt: dumped.frozenAt,
     header: { mode: 'post-copy', pageServer },
     undo: () => dumped.cancel(),
+    releaseDisk: () => dumped.releaseDisk(),
     finished: new Promise<Error | undefined>((resolve) => {
       // A page server whose target never came (or stalled) would keep the frozen VPS here forever.
       const timer = setTimeout(() => dumped.signalPageServer('SIGKILL'), PAGES_TIMEOUT_MS);
@@ -418,8 +437,13 @@ export function exchange(host: string, port: number, header: object, o: { dir?: 
 export class MigrationServer {
   private server?: net.Server;
   port = 0;
-  /** VPSs prepared for moves that have not arrived yet, with their expiry. */
-  private readonly preparedVps = new Map<string, NodeJS.Timeout>();
+  /**
+   * VPSs prepared for moves that have not arrived yet (by `<jobId>/<source VPS id>`), with the id
+   * they have here and their expiry. An arriving VPS gets an id of this host's own: the same id
+   * may still be in use here (a job that left this host a moment ago can still be serving its
+   * memory pages from it, post-copy, when it is moved back).
+   */
+  private readonly preparedVps = new Map<string, { localId: string; expiry: NodeJS.Timeout }>();
 
   constructor(
     private readonly d: MigrationDeps,
@@ -441,27 +465,27 @@ export class MigrationServer {
     await Promise.all([...this.preparedVps.keys()].map((id) => this.release(id)));
   }
 
-  /** Makes the network and disk of an incoming VPS while its job still runs on the source (see RuncEngine.prepareRestore). */
-  private async prepareVps(vps: NonNullable<PrepareHeader['prepare']['vps']>, template: Awaited<ReturnType<MigrationServer['templateVersion']>>): Promise<void> {
+  /** Makes the network of an incoming VPS while its job still runs on the source (see RuncEngine.prepareRestore). */
+  private async prepareVps(jobId: string, vps: NonNullable<PrepareHeader['prepare']['vps']>, template: Awaited<ReturnType<MigrationServer['templateVersion']>>): Promise<void> {
     if (typeof vps?.vpsId !== 'string' || typeof vps.spec?.diskMb !== 'number') throw new RunboxError('invalid_argument', 'migration prepare header with a malformed VPS');
-    this.forgetPrepared(vps.vpsId);
-    await this.d.engine.prepareRestore(vps.vpsId, { ...vps.spec, template }, { network: vps.network.mode, diskMb: vps.spec.diskMb, address: vps.network.address });
-    this.preparedVps.set(
-      vps.vpsId,
-      setTimeout(() => void this.release(vps.vpsId), PREPARED_TTL_MS),
-    );
+    const key = `${jobId}/${vps.vpsId}`;
+    const localId = this.forgetPrepared(key) ?? newId();
+    await this.d.engine.prepareRestore(localId, { ...vps.spec, template }, { network: vps.network.mode, diskMb: vps.spec.diskMb, address: vps.network.address });
+    this.preparedVps.set(key, { localId, expiry: setTimeout(() => void this.release(key), PREPARED_TTL_MS) });
   }
 
-  /** Stops tracking a prepared VPS (its expiry included); the VPS itself stays. */
-  private forgetPrepared(vpsId: string): void {
-    clearTimeout(this.preparedVps.get(vpsId));
-    this.preparedVps.delete(vpsId);
+  /** Stops tracking a prepared VPS (its expiry included) and returns its id here; the VPS itself stays. */
+  private forgetPrepared(key: string): string | undefined {
+    const had = this.preparedVps.get(key);
+    clearTimeout(had?.expiry);
+    this.preparedVps.delete(key);
+    return had?.localId;
   }
 
   /** Destroys a prepared VPS whose move did not come. */
-  private async release(vpsId: string): Promise<void> {
-    this.forgetPrepared(vpsId);
-    if (!this.d.engine.get(vpsId)) await this.d.engine.destroy(vpsId).catch((e: unknown) => this.d.log.warn({ err: e, vpsId }, 'releasing a prepared VPS failed'));
+  private async release(key: string): Promise<void> {
+    const vpsId = this.forgetPrepared(key);
+    if (vpsId && !this.d.engine.get(vpsId)) await this.d.engine.destroy(vpsId).catch((e: unknown) => this.d.log.warn({ err: e, vpsId }, 'releasing a prepared VPS failed'));
   }
 
   private templateVersion(t: { name: string; hash: string }, build: boolean) {
@@ -479,6 +503,9 @@ export class MigrationServer {
     const answer = (a: object) => sock.end(`${JSON.stringify(a)}\n`);
     let dir: string | undefined;
     let header: Header | undefined;
+    let localId: string | undefined;
+    /** The lease's holder before this host took it for the move (given back if the move fails here). */
+    let leaseFrom: string | undefined;
     let pagesStarted: Promise<LazyPages> | undefined;
     let keepDir = false;
     try {
@@ -487,21 +514,23 @@ export class MigrationServer {
       if (!safeEqual(message.secret, this.secret)) throw new RunboxError('invalid_argument', 'migration refused: bad secret');
       if ('release' in message) {
         // Only a VPS prepared for a move (never one that runs).
-        if (this.preparedVps.has(String(message.release))) await this.release(String(message.release));
+        const key = `${message.jobId}/${String(message.release)}`;
+        if (this.preparedVps.has(key)) await this.release(key);
         answer({ ok: true });
         return;
       }
       if ('prepare' in message) {
         if ((await faultFor(this.d.jobs, message.jobId)) === 'prepare') throw new RunboxError('checkpoint_incompatible', 'injected fault: the target cannot have the template version');
+        if (this.d.running.byId.has(message.jobId)) throw new RunboxError('conflict', `job ${message.jobId} is still leaving ${this.d.hostId}; move it here again in a moment`);
         const template = await this.templateVersion(message.prepare.template, true);
-        if (message.prepare.vps) await this.prepareVps(message.prepare.vps, template);
+        if (message.prepare.vps) await this.prepareVps(message.jobId, message.prepare.vps, template);
         answer({ ok: true, postCopy: this.d.postCopy });
         return;
       }
       header = message;
       // The move came: its prepared VPS (if any) is create()'s now, or destroyed below on failure.
-      this.forgetPrepared(header.vpsId);
-      const log = this.d.log.child({ jobId: header.jobId, vpsId: header.vpsId, migration: header.migrationId });
+      localId = this.forgetPrepared(`${header.jobId}/${header.vpsId}`) ?? newId();
+      const log = this.d.log.child({ jobId: header.jobId, vpsId: localId, migration: header.migrationId });
       // The same template content, or no restore at all (hashes name contents). Prepared already.
       const template = await this.templateVersion(header.spec.template, false);
       dir = await transferDir(this.d.engine.layout.transfersDir, `in-${header.jobId}`);
@@ -515,11 +544,26 @@ export class MigrationServer {
         pagesStarted = startLazyPages(this.d.engine.runc.criu, { imagesDir, workDir, source: header.pageServer });
         pagesStarted.catch(() => undefined); // awaited by create, or stopped below
       }
+      // A job that left this host a moment ago can still be held here (a post-copy source keeps it
+      // until its last page was fetched): one host never holds a job twice.
+      if (this.d.running.byId.has(header.jobId) || this.d.running.incoming.has(header.jobId)) {
+        await pagesStarted?.then((p) => p.stop(), () => undefined);
+        throw new RunboxError('conflict', `job ${header.jobId} is still leaving ${this.d.hostId}; move it here again in a moment`);
+      }
       if (!(await claim(this.d.redis, this.d.keys, header.migrationId, 'target'))) {
         await pagesStarted?.then((p) => p.stop(), () => undefined);
         throw new RunboxError('conflict', 'the source took the job back');
       }
-      const vps = await this.d.engine.create(header.vpsId, { ...header.spec, template }, {
+      // The job's lease, from exactly its source's worker: had another host recovered the job
+      // meanwhile (the source looked dead), the lease is that host's and this copy must not run.
+      const holder = (await this.d.leases.get(header.jobId))?.holder ?? '';
+      if (instanceHost(holder) !== header.from || !(await this.d.leases.claim(header.jobId, holder, this.d.instance)).ok) {
+        await pagesStarted?.then((p) => p.stop(), () => undefined);
+        throw new RunboxError('conflict', `job ${header.jobId} is no longer held by ${header.from}`);
+      }
+      leaseFrom = holder;
+      this.d.running.incoming.add(header.jobId);
+      const vps = await this.d.engine.create(localId, { ...header.spec, template }, {
         imagesDir,
         disk: { path: path.join(dir, 'disk.img'), move: true },
         address: header.network.address,
@@ -542,7 +586,10 @@ export class MigrationServer {
       this.d.log.warn({ err: e, jobId: header?.jobId }, 'incoming migration failed');
       await pagesStarted?.then((p) => p.stop(), () => undefined);
       if (header) {
-        await this.d.engine.destroy(header.vpsId).catch(() => undefined);
+        if (localId) await this.d.engine.destroy(localId).catch(() => undefined);
+        // The lease first, then the claim: the source takes its job back only holding its lease.
+        if (leaseFrom !== undefined) await this.d.leases.claim(header.jobId, this.d.instance, leaseFrom).catch(() => undefined);
+        this.d.running.incoming.delete(header.jobId);
         // Hand the claim back, so the source may bring the job back to life.
         const key = claimKey(this.d.keys, header.migrationId);
         if ((await this.d.redis.get(key)) === 'target') await this.d.redis.del(key);

@@ -7,7 +7,7 @@ import { readInitRef, within, type RuncEngine } from '../runc-engine.js';
 import type { RuncVps } from '../runc-vps.js';
 import { next } from '../state.js';
 import { saveNetnsConfig } from '../net/netns-config.js';
-import { allocatedBytes, syncLayer } from '../storage/layer.js';
+import { allocatedBytes, freezeLayer } from '../storage/layer.js';
 
 export interface CheckpointInfo {
   imagePath: string;
@@ -165,9 +165,13 @@ export async function snapshot(engine: RuncEngine, vps: RuncVps, out: { imagesDi
     await Promise.all([
       execOk(checkpointArgs(engine.runc, vps.id, { imagePath: out.imagesDir, workPath, leaveRunning: true }), { timeoutMs: 120_000 }),
       saveNetwork(vps, out.imagesDir),
-      syncLayer(p),
     ]);
-    await execOk(['cp', '--sparse=always', p.image, out.diskImage], { timeoutMs: 300_000 });
+    const thaw = await freezeLayer(p);
+    try {
+      await execOk(['cp', '--sparse=always', p.image, out.diskImage], { timeoutMs: 300_000 });
+    } finally {
+      await thaw();
+    }
   } catch (e) {
     throw await dumpError(`checkpoint of VPS ${vps.id} failed`, workPath, e);
   } finally {
@@ -195,7 +199,11 @@ export async function snapshot(engine: RuncEngine, vps: RuncVps, out: { imagesDi
  *
  * If a later step of the move fails, `restore(engine, vps, imagesDir)` brings the job back here.
  */
-export async function dumpForMove(engine: RuncEngine, vps: RuncVps, outDir: string): Promise<{ frozenAt: number; imagesDir: string; diskImage: string }> {
+export async function dumpForMove(
+  engine: RuncEngine,
+  vps: RuncVps,
+  outDir: string,
+): Promise<{ frozenAt: number; imagesDir: string; diskImage: string; releaseDisk: () => Promise<void> }> {
   const { imagesDir, workPath, old, frozenAt } = await freezeForMove(engine, vps, outDir);
   try {
     // CRIU would take output still in the pipe into its images and not hand it back: read it first.
@@ -212,21 +220,27 @@ export async function dumpForMove(engine: RuncEngine, vps: RuncVps, outDir: stri
     await fs.rm(workPath, { recursive: true, force: true });
   }
   await within(old.whenClosed(), 5000);
-  const diskImage = await linkDisk(engine, vps, outDir);
-  return { frozenAt, imagesDir, diskImage };
+  const { diskImage, releaseDisk } = await linkDisk(engine, vps, outDir);
+  return { frozenAt, imagesDir, diskImage, releaseDisk };
 }
 
 /**
- * The VPS's disk image as `outDir`/disk.img, once nothing in the VPS can write any more (its
- * processes dumped, or frozen until their pages are fetched): synced, then hard-linked (no copy:
- * nothing changes it until it was sent, and a move that fails goes on with the very same disk).
+ * The VPS's disk image as `outDir`/disk.img, once nothing in the VPS runs any more (its processes
+ * dumped, or frozen until their pages are fetched): its file system frozen (freezeLayer), then the
+ * image hard-linked (no copy: it cannot change until `releaseDisk`, which the caller calls once it
+ * was sent, and before a failed move goes on with the very same disk here).
  */
-export async function linkDisk(engine: RuncEngine, vps: RuncVps, outDir: string): Promise<string> {
+export async function linkDisk(engine: RuncEngine, vps: RuncVps, outDir: string): Promise<{ diskImage: string; releaseDisk: () => Promise<void> }> {
   const p = engine.layout.vps(vps.id);
   const diskImage = path.join(outDir, 'disk.img');
-  await syncLayer(p);
-  await fs.link(p.image, diskImage);
-  return diskImage;
+  const releaseDisk = await freezeLayer(p);
+  try {
+    await fs.link(p.image, diskImage);
+  } catch (e) {
+    await releaseDisk();
+    throw e;
+  }
+  return { diskImage, releaseDisk };
 }
 
 /**

@@ -66,8 +66,9 @@ export interface LazyDump {
   frozenAt: number;
   /** CRIU images without the memory pages, plus the VPS's network configuration. */
   imagesDir: string;
-  /** The VPS's disk image (a hard link: see linkDisk). */
+  /** The VPS's disk image (a hard link: see linkDisk), unchangeable until releaseDisk. */
   diskImage: string;
+  releaseDisk(): Promise<void>;
   /**
    * Settles when the page server stops: resolves once the target has every page (the processes
    * here have ended then), rejects when the transfer failed (the target lost its source).
@@ -96,7 +97,7 @@ export async function lazyDumpForMove(engine: RuncEngine, vps: RuncVps, outDir: 
     if (r.code !== 0) throw new RunboxError('internal', `VPS ${vps.id} could not be resumed: ${r.stderr.trim()}`);
   };
   let dump: ReturnType<typeof start> | undefined;
-  let diskImage = '';
+  let disk: { diskImage: string; releaseDisk: () => Promise<void> } | undefined;
   try {
     await old.drained();
     // A real pipe for CRIU's status byte: runc refuses the socket Node would make ("not writable").
@@ -115,7 +116,7 @@ export async function lazyDumpForMove(engine: RuncEngine, vps: RuncVps, outDir: 
     } finally {
       statusPipe.destroy();
     }
-    diskImage = await linkDisk(engine, vps, outDir);
+    disk = await linkDisk(engine, vps, outDir);
   } catch (e) {
     if (dump) await stopPageServer(dump, listen);
     await thawHere();
@@ -131,9 +132,11 @@ export async function lazyDumpForMove(engine: RuncEngine, vps: RuncVps, outDir: 
   return {
     frozenAt,
     imagesDir,
-    diskImage,
+    diskImage: disk.diskImage,
+    releaseDisk: disk.releaseDisk,
     transferred,
     cancel: async () => {
+      await disk.releaseDisk();
       await stopPageServer(running, listen);
       await thawHere();
     },

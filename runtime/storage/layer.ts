@@ -126,12 +126,23 @@ export async function mountLayerImage(p: LayerPaths, lowerdir: string, image: { 
 }
 
 /**
- * Everything the VPS wrote is in its image file, and stays so while its processes cannot write
- * (frozen, or dumped): syncfs of the layer's file system. The image can then be copied, sent or
- * linked as a crash-consistent disk (no journal: mounting it warns "unchecked fs", harmlessly).
+ * Freezes the layer's file system (FIFREEZE: everything written is flushed to the image file, and
+ * nothing more can be written) until the returned thaw: the image can then be copied, sent or
+ * linked as a consistent disk (no journal: mounting it warns "unchecked fs", harmlessly). A sync
+ * alone is not enough: a process that dies afterwards (CRIU ends a post-copy source's processes
+ * after their last page) still makes ext4 free the files it held unlinked, writing to the image
+ * while it is sent. Idempotent thaw; an unmount thaws too (gc after a crash).
  */
-export async function syncLayer(p: LayerPaths): Promise<void> {
-  await execOk(['sync', '--file-system', p.layerMount], { timeoutMs: 60_000 });
+export async function freezeLayer(p: LayerPaths): Promise<() => Promise<void>> {
+  await execOk(['fsfreeze', '--freeze', p.layerMount], { timeoutMs: 60_000 });
+  let thawed: Promise<void> | undefined;
+  return () =>
+    (thawed ??= exec(['fsfreeze', '--unfreeze', p.layerMount], { timeoutMs: 60_000 }).then(async (r) => {
+      // Not frozen any more ("Invalid argument"), or unmounted meanwhile (which thaws): fine.
+      if (r.code !== 0 && !/Invalid argument/.test(r.stderr) && (await isMountPoint(p.layerMount))) {
+        throw new RunboxError('internal', `thawing ${p.layerMount} failed: ${r.stderr.trim()}`);
+      }
+    }));
 }
 
 /** Bytes the sparse image really takes (what copying or sending it costs). */

@@ -23,9 +23,14 @@ afterAll(async () => {
 
 const other = (h: string | null) => (h === 'h1' ? 'h2' : 'h1');
 
-/** VPS ids with a dir on a host of this cluster (a VPS keeps its id when it moves). */
-async function vpsIds(hostId: string): Promise<string[]> {
-  return fs.readdir(path.join(c.stateDir, 'cluster', 'hosts', hostId, 'vps')).catch(() => [] as string[]);
+/** Hostnames of the VPSs with a dir on a host of this cluster (a job's hostname moves with it). */
+async function vpsHostnames(hostId: string): Promise<string[]> {
+  const dir = path.join(c.stateDir, 'cluster', 'hosts', hostId, 'vps');
+  const ids = await fs.readdir(dir).catch(() => [] as string[]);
+  const names = await Promise.all(
+    ids.map(async (id) => ((JSON.parse(await fs.readFile(path.join(dir, id, 'vps.json'), 'utf8').catch(() => '{}')) as { spec?: { hostname?: string } }).spec?.hostname ?? '')),
+  );
+  return names.filter(Boolean);
 }
 
 /** The network namespace a host of this cluster runs in (the one holding its address). */
@@ -182,16 +187,17 @@ describe('live migration', () => {
 
   it.each(['dump', 'send', 'restore'])('a failure at step "%s" of a move leaves the job running on its source, output intact, nothing left on the target', async (step) => {
     const script = 'i=0; while [ $i -lt 40 ]; do echo "s $i"; i=$((i+1)); sleep 0.1; done';
-    const created = await c.json<Job>('/v1/jobs', { body: { script, labels: { 'runbox.fault': step } } });
+    const hostname = `fault-${step}`;
+    const created = await c.json<Job>('/v1/jobs', { body: { script, hostname, labels: { 'runbox.fault': step } } });
     const running = await c.waitStatus(created.id, isRunning, 'the job to run');
     await new Promise((r) => setTimeout(r, 1000));
     const res = await c.call(`/v1/jobs/${created.id}/migrate`, { body: { host: other(running.host) } });
     expect(res.status).toBe(503);
     expect(((await res.json()) as { detail: string }).detail).toMatch(/keeps running on/);
-    // The VPS the target prepared for the move (network, disk; same id as on the source) is gone
-    // again (after a broken transfer the target notices on its own, a moment later).
-    const here = await vpsIds(running.host!);
-    const leftOnTarget = async () => (await vpsIds(other(running.host))).filter((id) => here.includes(id));
+    // The VPS the target prepared for the move (its network) is gone again (after a broken
+    // transfer the target notices on its own, a moment later).
+    expect(await vpsHostnames(running.host!)).toContain(hostname);
+    const leftOnTarget = async () => (await vpsHostnames(other(running.host))).filter((n) => n === hostname);
     for (let i = 0; i < 50 && (await leftOnTarget()).length > 0; i++) await new Promise((r) => setTimeout(r, 100));
     expect(await leftOnTarget()).toEqual([]);
     const done = await c.waitStatus(created.id, isDone, 'the job to end');

@@ -83,7 +83,8 @@ export class TestCluster {
       try {
         const env = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
         const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-        if (cmd.includes('main.js') && cmd.includes('worker') && env.includes(`RUNBOX_HOST_ID=${hostId}`)) process.kill(Number(pid), 'SIGKILL');
+        const ours = env.includes(`RUNBOX_STATE_DIR=${path.join(this.stateDir, 'cluster', 'hosts', hostId)}`);
+        if (cmd.includes('main.js') && cmd.includes('worker') && env.includes(`RUNBOX_HOST_ID=${hostId}`) && ours) process.kill(Number(pid), 'SIGKILL');
       } catch {
         /* gone, or not ours */
       }
@@ -93,12 +94,13 @@ export class TestCluster {
     for (const ct of list ?? []) execFileSync('runc', ['--root', root, 'kill', '--all', ct.id, 'KILL']);
   }
 
-  async stop(): Promise<void> {
+  /** Stops the cluster (`runbox cluster down`); `keepState` leaves its state dir for a look at what is left. */
+  async stop(o: { keepState?: boolean } = {}): Promise<void> {
     if (this.proc.exitCode === null) {
       this.proc.kill('SIGTERM');
       await new Promise((r) => this.proc.once('exit', r));
     }
     await new Promise<void>((r) => spawn(path.join(REPO_ROOT, 'bin/runbox'), ['cluster', 'down'], { env: this.env, stdio: 'ignore' }).on('exit', () => r()));
-    await fs.rm(this.stateDir, { recursive: true, force: true });
+    if (!o.keepState) await fs.rm(this.stateDir, { recursive: true, force: true });
   }
 }

@@ -56,7 +56,8 @@ describe('stop-and-copy move of a running VPS', () => {
       const spec = src.info().spec;
       await a.engine.destroy(src.id);
 
-      const dst = await b.engine.create(src.id, spec, { imagesDir: dumped.imagesDir, disk: { path: dumped.diskImage, move: true } });
+      const dst = await b.engine.create(src.id, spec, { imagesDir: dumped.imagesDir, disk: { path: dumped.diskImage, move: false } }); // a copy: a second loop mount of the same file would share the source's (frozen) file system
+      await dumped.releaseDisk();
       let resumedAt = -1;
       const rest = await dst.adopt(
         { argv: [], timeoutSec: 60, outputBytes: 1 << 20, onOutput: (_s, d) => (out += d.toString()), onResume: (o) => void (resumedAt = o) },
@@ -132,7 +133,8 @@ describe('post-copy move (lazy pages) of a running VPS', () => {
       const source = { address: '127.0.0.1', port: await freePort('127.0.0.1') };
       const dumped = await lazyDumpForMove(a.engine, src, dir, source);
       pages = await startLazyPages(CRIU, { imagesDir: dumped.imagesDir, workDir: path.join(dir, 'lazy-work'), source });
-      const dst = await b.engine.create(src.id, src.info().spec, { imagesDir: dumped.imagesDir, disk: { path: dumped.diskImage, move: true }, lazyPagesWorkDir: pages.workDir });
+      const dst = await b.engine.create(src.id, src.info().spec, { imagesDir: dumped.imagesDir, disk: { path: dumped.diskImage, move: false }, lazyPagesWorkDir: pages.workDir });
+      await dumped.releaseDisk();
       src.handOver();
       const handed = await first;
       expect(handed.migrated).toBe(true);

@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -39,9 +39,11 @@ describe('teardown', () => {
     await t.engine.destroy('doesnotexist');
   });
 
-  it('gc cleans up after a process that crashed while owning VPSs', async () => {
+  it('gc cleans up after a process that crashed while owning VPSs (a helper it left running, a disk it left frozen)', async () => {
     const before = await hostSnapshot(t.engine);
-    // A separate process creates two VPSs (private and none network), starts a job, and is SIGKILLed.
+    // A separate process creates two VPSs (private and none network), starts a job, freezes one
+    // VPS's disk and starts a helper in a process group of its own (as a move does with CRIU's
+    // page server), and is SIGKILLed.
     const script = `
       import { RuncEngine } from ${JSON.stringify(path.join(REPO_ROOT, 'dist/runtime/runc-engine.js'))};
       import { resolveTemplate } from ${JSON.stringify(path.join(REPO_ROOT, 'dist/runtime/templates/store.js'))};
@@ -53,6 +55,9 @@ describe('teardown', () => {
       await e.create('orphan0000a1', { ...spec, network: 'private' });
       const b = await e.create('orphan0000b2', { ...spec, network: 'none' });
       b.run({ argv: ['sleep', '1000'], timeoutSec: 1000, outputBytes: 100 });
+      const { execFileSync, spawn } = await import('node:child_process');
+      execFileSync('fsfreeze', ['--freeze', e.layout.vps('orphan0000b2').layerMount]);
+      spawn('tail', ['-f', e.layout.vps('orphan0000b2').meta], { detached: true, stdio: 'ignore' }).unref();
       console.log('ready');
       setInterval(() => {}, 1000);
     `;
@@ -69,8 +74,12 @@ describe('teardown', () => {
 
     const report = await gc(t.engine);
     expect(report.vps.sort()).toEqual(['orphan0000a1', 'orphan0000b2']);
+    expect(report.orphans).toEqual([expect.stringMatching(/ tail -f .*orphan0000b2\/vps\.json/)]);
+    expect(report.thawed).toEqual([t.engine.layout.vps('orphan0000b2').layerMount]);
     expect(await hostSnapshot(t.engine)).toEqual(before);
     expect(await fs.readdir(t.engine.layout.vpsRoot)).toEqual([]);
+    // No file system left alive behind the scenes (a frozen one survives its unmount, with its loop device).
+    expect(execFileSync('losetup', ['-a']).toString()).not.toContain(t.stateDir);
   });
 
   it("gc removes migration dirs of processes that are gone (and what CRIU left mounted there), not a live one's", async () => {

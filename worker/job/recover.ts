@@ -22,17 +22,24 @@ export async function recoverJob(
   log: Logger,
   o: { why?: string; orphanOf?: string; code?: 'host_lost' | 'restore_failed' | 'vps_lost' } = {},
 ): Promise<boolean> {
-  if (running.byId.has(job.id)) return false;
-  const lease = await deps.leases.get(job.id);
-  const holder = lease?.holder ?? '';
-  if (o.orphanOf !== undefined) {
-    if (holder !== o.orphanOf) return false; // someone took it since the reaper looked
-  } else if (holder && holder !== deps.instance && (await holderAlive(deps, holder))) {
-    return false;
+  // Reserved in this process at once: two deliveries of one job (the reaper's and BullMQ's) must
+  // not both get past the checks below while the other awaits Redis.
+  if (running.byId.has(job.id) || running.incoming.has(job.id)) return false;
+  running.incoming.add(job.id);
+  let session: JobSession;
+  try {
+    const lease = await deps.leases.get(job.id);
+    const holder = lease?.holder ?? '';
+    if (o.orphanOf !== undefined) {
+      if (holder !== o.orphanOf) return false; // someone took it since the reaper looked
+    } else if (holder && holder !== deps.instance && (await holderAlive(deps, holder))) {
+      return false;
+    }
+    if (!(await deps.leases.claim(job.id, holder, deps.instance)).ok) return false;
+    session = new JobSession(deps, running, job.id, tenant, log);
+  } finally {
+    running.incoming.delete(job.id);
   }
-  if (!(await deps.leases.claim(job.id, holder, deps.instance)).ok) return false;
-  if (running.byId.has(job.id)) return false;
-  const session = new JobSession(deps, running, job.id, tenant, log);
   // It holds a slot wherever it runs (the set is per job id: taking it again is a no-op).
   await deps.slots.acquire(tenant, job.id, Number.MAX_SAFE_INTEGER);
   const why = o.why ?? `the host running this job (${job.host}) stopped before it finished`;

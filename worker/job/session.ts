@@ -1,4 +1,4 @@
-import { isRunboxError } from '../../core/errors.js';
+import { isRunboxError, RunboxError } from '../../core/errors.js';
 import { finalStatus } from '../../core/job-state.js';
 import { isTerminal, type Job, type JobRequest, type JobStatus } from '../../core/job.js';
 import type { Logger } from '../../core/log.js';
@@ -36,6 +36,8 @@ export class JobSession {
     readonly tenant: string,
     readonly log: Logger,
   ) {
+    // One session per job and host: a second one would run a second copy.
+    if (running.byId.has(jobId)) throw new RunboxError('conflict', `job ${jobId} already runs on this host`);
     this.entry = { jobId, tenant, abort: new AbortController(), outputBytes: 0 };
     running.byId.set(jobId, this.entry);
   }

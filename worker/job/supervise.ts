@@ -48,19 +48,16 @@ export async function supervise(deps: JobDeps, ctx: SuperviseContext, vps: RuncV
   const startedAt = mode.kind === 'adopt' ? mode.startedAt : new Date().toISOString();
   // Automatic checkpoints: the job's own interval, else the host policy for long jobs.
   const everySec = req.checkpoint?.everySec ?? deps.checkpointAfterSec;
-  const autoCheckpoint =
-    everySec > 0
-      ? setInterval(() => {
-          void deps.checkpointer.checkpoint(entry, req.checkpoint?.everySec ? 'checkpoint.everySec' : 'host policy: long-running job').catch((e) => {
-            if (isRunboxError(e, 'checkpoint_unsupported')) {
-              // Not for this job on this host (a non-root user, core/checkpointable.ts): stop asking.
-              log.info({ err: e }, 'automatic checkpoints are off for this job');
-              clearInterval(autoCheckpoint);
-            } else if (isRunboxError(e, 'conflict')) log.debug({ err: e }, 'automatic checkpoint skipped');
-            else log.warn({ err: e }, 'automatic checkpoint failed');
-          });
-        }, everySec * 1000)
-      : undefined;
+  let autoCheckpoint: { stop(): void } | undefined;
+  let ended = false;
+  if (everySec > 0) {
+    const start = () => {
+      if (!ended) autoCheckpoint = scheduleCheckpoints(deps, job, entry, everySec, req.checkpoint?.everySec ? 'checkpoint.everySec' : 'host policy: long-running job', log);
+    };
+    // Post-copy: not before every memory page has arrived (a dump would fault them all in at once).
+    if (mode.kind === 'adopt' && mode.gate) void mode.gate.then((ok) => ok && start());
+    else start();
+  }
   try {
     const common = {
       timeoutSec: Math.max(0.001, job.limits.timeoutSec - (Date.now() - Date.parse(startedAt)) / 1000),
@@ -105,7 +102,8 @@ export async function supervise(deps: JobDeps, ctx: SuperviseContext, vps: RuncV
       await writer.flush();
       return { kind: 'lost', code: mode.kind === 'adopt' ? 'restore_failed' : 'vps_lost', message: `the host lost contact with the job's VPS: ${(e as Error).message}` };
     }
-    clearInterval(autoCheckpoint);
+    ended = true;
+    autoCheckpoint?.stop();
     // Post-copy memory that never arrived: whatever the VPS did is void; the job is recovered instead.
     if (mode.kind === 'adopt' && mode.gate !== undefined && !(await mode.gate)) {
       await writer.flush();
@@ -124,8 +122,48 @@ export async function supervise(deps: JobDeps, ctx: SuperviseContext, vps: RuncV
     await writer.flush();
     return { kind: 'ended', result, artifacts };
   } finally {
-    clearInterval(autoCheckpoint);
+    ended = true;
+    autoCheckpoint?.stop();
   }
+}
+
+/**
+ * Checkpoints every `everySec`, counted from the job's newest checkpoint (or its start), not from
+ * its arrival here: a job that moves more often than that must still get its checkpoints (after a
+ * move the first one is due at once when it is overdue).
+ */
+function scheduleCheckpoints(deps: JobDeps, job: Job, entry: RunningJob, everySec: number, reason: string, log: Logger): { stop(): void } {
+  let timer: NodeJS.Timeout | undefined;
+  let stopped = false;
+  const last = job.checkpoints.at(-1)?.createdAt ?? job.startedAt;
+  const first = last ? Math.max(0, Date.parse(last) + everySec * 1000 - Date.now()) : everySec * 1000;
+  const tick = () => {
+    void deps.checkpointer
+      .checkpoint(entry, reason)
+      .then(
+        () => true,
+        (e: unknown) => {
+          if (isRunboxError(e, 'checkpoint_unsupported')) {
+            // Not for this job on this host (a non-root user, core/checkpointable.ts): stop asking.
+            log.info({ err: e }, 'automatic checkpoints are off for this job');
+            return false;
+          }
+          if (isRunboxError(e, 'conflict')) log.debug({ err: e }, 'automatic checkpoint skipped');
+          else log.warn({ err: e }, 'automatic checkpoint failed');
+          return true;
+        },
+      )
+      .then((again) => {
+        if (again && !stopped) timer = setTimeout(tick, everySec * 1000);
+      });
+  };
+  timer = setTimeout(tick, first);
+  return {
+    stop: () => {
+      stopped = true;
+      clearTimeout(timer);
+    },
+  };
 }
 
 /** The defaults of the VPS's template (user, env, workdir), from its manifest or image config. */
