@@ -102,7 +102,8 @@ async function killOrphanHelpers(stateDir: string): Promise<string[]> {
         /* gone */
       }
     }
-    killed.push(`${pid} ${cmd.replace(/\0/g, ' ').slice(0, 120)}`);
+    // A VPS's processes choose their own command lines: printable characters only in the report.
+    killed.push(`${pid} ${cmd.replace(/\0/g, ' ').replace(/[^\x20-\x7e]/g, '?').slice(0, 120)}`);
   }
   if (killed.length) await new Promise((r) => setTimeout(r, 100)); // let them die
   return killed;

@@ -1,6 +1,8 @@
+import { constants as fsConstants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { RunboxError } from '../../core/errors.js';
+import type { Logger } from '../../core/log.js';
 import { exec, execOk } from '../exec.js';
 import { checkpointArgs, pauseArgs, restoreArgs, resumeArgs, runcDelete, runcState } from '../oci/runc.js';
 import { readInitRef, within, type RuncEngine } from '../runc-engine.js';
@@ -96,17 +98,45 @@ export async function restore(engine: RuncEngine, vps: RuncVps, imagePath: strin
 /** Printed on every run in sandboxes without CAP_SYS_RESOURCE, with no effect (HOST-NOTES). */
 const HARMLESS_CRIU_ERRORS = /Can't setup RLIMIT_NOFILE/;
 
+/** The end of a CRIU log that is read (a restore of hostile images can make CRIU log a lot). */
+const CRIU_LOG_TAIL = 1024 * 1024;
+const CRIU_LINE_MAX = 200;
+
 /**
  * The error lines of a CRIU log (runc's own message only says "criu failed: type NOTIFY" and names
  * a log file inside the work dir, which is removed right after), as a suffix for an error message.
+ * They reach tenants (job errors, problem details) and carry what the VPS or the images chose
+ * (file names, socket paths): only the log's tail is read, without following a symlink, and each
+ * line is cut short and stripped of control characters.
  */
 export async function criuErrors(workPath: string, logName: string): Promise<string> {
-  const text = await fs.readFile(path.join(workPath, logName), 'utf8').catch(() => '');
+  const text = await readTail(path.join(workPath, logName), CRIU_LOG_TAIL).catch(() => '');
   const errors = text
     .split('\n')
     .filter((l) => /\bError\b/.test(l) && !HARMLESS_CRIU_ERRORS.test(l))
-    .map((l) => l.replace(/^\([\d.]+\)\s*/, '').trim());
+    .map((l) => sanitizeLine(l.replace(/^\([\d.]+\)\s*/, '').trim()));
   return errors.length ? `: ${errors.slice(0, 5).join('; ')}` : '';
+}
+
+/** One log line fit for a message: printable ASCII only (others as '?'), at most CRIU_LINE_MAX characters. */
+export function sanitizeLine(line: string): string {
+  const clean = line.replace(/[^\x20-\x7e]/g, '?');
+  return clean.length > CRIU_LINE_MAX ? `${clean.slice(0, CRIU_LINE_MAX)}…` : clean;
+}
+
+/** The last `max` bytes of a regular file (not through a symlink, never blocking on a FIFO). */
+async function readTail(file: string, max: number): Promise<string> {
+  const fh = await fs.open(file, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) return '';
+    const len = Math.min(st.size, max);
+    const buf = Buffer.alloc(len);
+    const { bytesRead } = await fh.read(buf, 0, len, st.size - len);
+    return buf.subarray(0, bytesRead).toString('utf8');
+  } finally {
+    await fh.close();
+  }
 }
 
 /**
@@ -126,6 +156,21 @@ export async function dumpError(what: string, workPath: string, cause: unknown):
 export async function saveNetwork(vps: RuncVps, imagesDir: string): Promise<void> {
   const { netns, address, gateway } = vps.info().network;
   if (netns) await saveNetnsConfig(netns, { address, gateway }, imagesDir);
+}
+
+/**
+ * Runs CRIU's dump and the network capture side by side and waits for both: a failed capture
+ * must never let the caller resume (or give up on) a VPS while CRIU is still dumping it. A dump
+ * that failed is thrown as such; a capture that failed after a good dump is thrown only when
+ * `captureRequired` (a dump that killed its processes must go on to its images instead).
+ */
+export async function dumpWithNetwork(dump: Promise<unknown>, vps: RuncVps, imagesDir: string, o: { captureRequired: boolean; log?: Logger }): Promise<void> {
+  const [d, n] = await Promise.allSettled([dump, saveNetwork(vps, imagesDir)]);
+  if (d.status === 'rejected') throw d.reason;
+  if (n.status === 'rejected') {
+    if (o.captureRequired) throw n.reason;
+    o.log?.warn({ err: n.reason, vpsId: vps.id }, "the VPS's network configuration could not be read: it moves with its base network only");
+  }
 }
 
 async function dirSize(dir: string): Promise<number> {
@@ -162,10 +207,7 @@ export async function snapshot(engine: RuncEngine, vps: RuncVps, out: { imagesDi
   const frozenAt = Date.now();
   let resumedAt = frozenAt;
   try {
-    await Promise.all([
-      execOk(checkpointArgs(engine.runc, vps.id, { imagePath: out.imagesDir, workPath, leaveRunning: true }), { timeoutMs: 120_000 }),
-      saveNetwork(vps, out.imagesDir),
-    ]);
+    await dumpWithNetwork(execOk(checkpointArgs(engine.runc, vps.id, { imagePath: out.imagesDir, workPath, leaveRunning: true }), { timeoutMs: 120_000 }), vps, out.imagesDir, { captureRequired: true });
     const thaw = await freezeLayer(p);
     try {
       await execOk(['cp', '--sparse=always', p.image, out.diskImage], { timeoutMs: 300_000 });
@@ -208,10 +250,10 @@ export async function dumpForMove(
   try {
     // CRIU would take output still in the pipe into its images and not hand it back: read it first.
     await old.drained();
-    await Promise.all([
-      execOk(checkpointArgs(engine.runc, vps.id, { imagePath: imagesDir, workPath, leaveRunning: false }), { timeoutMs: 120_000 }),
-      saveNetwork(vps, imagesDir),
-    ]);
+    await dumpWithNetwork(execOk(checkpointArgs(engine.runc, vps.id, { imagePath: imagesDir, workPath, leaveRunning: false }), { timeoutMs: 120_000 }), vps, imagesDir, {
+      captureRequired: false,
+      log: engine.opts.log,
+    });
   } catch (e) {
     vps.endSwap(undefined);
     await exec(resumeArgs(engine.runc, vps.id), { timeoutMs: 30_000 });

@@ -9,7 +9,7 @@ import { checkpointArgs, lazyPagesArgs, resumeArgs } from '../oci/runc.js';
 import { pipe2 } from '../native/pipe.js';
 import { within, type RuncEngine } from '../runc-engine.js';
 import type { RuncVps } from '../runc-vps.js';
-import { criuErrors, dumpError, freezeForMove, linkDisk, saveNetwork } from './checkpoint.js';
+import { criuErrors, dumpError, dumpWithNetwork, freezeForMove, linkDisk } from './checkpoint.js';
 
 /**
  * Post-copy (lazy pages) with CRIU: the source dumps everything but the memory pages and keeps
@@ -112,7 +112,7 @@ export async function lazyDumpForMove(engine: RuncEngine, vps: RuncVps, outDir: 
     }
     const statusPipe = new net.Socket({ fd: status.read, readable: true, writable: false });
     try {
-      await Promise.all([pageServerReady(statusPipe, dump.result, workPath), saveNetwork(vps, imagesDir)]);
+      await dumpWithNetwork(pageServerReady(statusPipe, dump.result, workPath), vps, imagesDir, { captureRequired: false, log: engine.opts.log });
     } finally {
       statusPipe.destroy();
     }

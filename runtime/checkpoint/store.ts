@@ -1,6 +1,10 @@
+import { constants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { z } from 'zod';
 import { RunboxError } from '../../core/errors.js';
+import { HostnameSchema, NetworkModeSchema, TemplateNameSchema } from '../../core/vps-request.js';
+import { VERSION } from '../templates/store.js';
 
 /**
  * Where checkpoints live. A checkpoint of a job is a directory with:
@@ -43,6 +47,67 @@ export interface CheckpointStore {
 
 const JOB_ID = /^[a-z0-9]{8,40}$/;
 
+/**
+ * meta.json as read back: the checkpoint store may be a shared mount that other hosts write, so
+ * every field a restore uses (template name and version: a path; address: a lease file name;
+ * hostname: the VPS's) is checked. Unknown fields are kept (newer writers), never used.
+ */
+const CheckpointMetaSchema = z.looseObject({
+  id: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/),
+  jobId: z.string().regex(JOB_ID),
+  seq: z.number().int().min(0).max(999_999),
+  createdAt: z.string().max(64),
+  host: z.string().regex(/^[A-Za-z0-9._-]{1,253}$/),
+  template: z.object({ name: TemplateNameSchema, hash: z.string().regex(VERSION) }),
+  network: z.object({ mode: NetworkModeSchema, address: z.ipv4().optional() }),
+  hostname: HostnameSchema,
+  outputOffset: z.number().int().nonnegative(),
+  frozenMs: z.number().nonnegative(),
+  imagesBytes: z.number().int().nonnegative(),
+  diskBytes: z.number().int().nonnegative(),
+});
+// A field added to CheckpointMeta must be added to the schema too (this stops compiling otherwise).
+const _metaSchemaCoversMeta: z.ZodType<CheckpointMeta> = CheckpointMetaSchema;
+const MAX_META_BYTES = 64 * 1024;
+
+/**
+ * Reads `<dir>/<name>/meta.json` (name: `<seq>-<id>`) of `jobId`: no symlink followed, size
+ * capped, checked, consistent with its directory. A message names the checkpoint and the field,
+ * never the file's content.
+ */
+async function readMeta(dir: string, name: string, jobId: string): Promise<CheckpointMeta> {
+  const bad = (why: string) => new RunboxError('checkpoint_incompatible', `checkpoint ${name.slice(0, 80).replace(/[^\x20-\x7e]/g, '?')} of job ${jobId} ${why}`);
+  let text: string;
+  try {
+    const fh = await fs.open(path.join(dir, name, 'meta.json'), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    try {
+      const st = await fh.stat();
+      if (!st.isFile() || st.size > MAX_META_BYTES) throw bad('has a meta.json that is not a regular file of at most 64 KiB');
+      const buf = Buffer.alloc(st.size);
+      text = buf.subarray(0, (await fh.read(buf, 0, st.size, 0)).bytesRead).toString('utf8');
+    } finally {
+      await fh.close();
+    }
+  } catch (e) {
+    if (e instanceof RunboxError) throw e;
+    throw bad(`has no readable meta.json (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    throw bad('has a meta.json that is not valid JSON');
+  }
+  const r = CheckpointMetaSchema.safeParse(raw);
+  if (!r.success) {
+    const at = r.error.issues[0]!.path.map((k) => (typeof k === 'number' || /^[A-Za-z]{1,32}$/.test(String(k)) ? String(k) : '?')).join('.');
+    throw bad(`has an invalid meta.json (field ${at || '(top level)'})`);
+  }
+  const meta = r.data as CheckpointMeta;
+  if (meta.jobId !== jobId || name !== `${String(meta.seq).padStart(6, '0')}-${meta.id}`) throw bad('has a meta.json of another checkpoint');
+  return meta;
+}
+
 export class DirectoryCheckpointStore implements CheckpointStore {
   constructor(readonly root: string) {}
 
@@ -66,8 +131,7 @@ export class DirectoryCheckpointStore implements CheckpointStore {
   async list(jobId: string): Promise<CheckpointMeta[]> {
     const dir = this.jobDir(jobId);
     const names = (await fs.readdir(dir).catch(() => [] as string[])).filter((n) => /^\d{6}-/.test(n)).sort();
-    const metas = await Promise.all(names.map(async (n) => JSON.parse(await fs.readFile(path.join(dir, n, 'meta.json'), 'utf8')) as CheckpointMeta));
-    return metas;
+    return Promise.all(names.map((n) => readMeta(dir, n, jobId)));
   }
 
   async prune(jobId: string, keep: number): Promise<void> {
@@ -81,7 +145,7 @@ export class DirectoryCheckpointStore implements CheckpointStore {
     const names = (await fs.readdir(dir).catch(() => [] as string[])).filter((n) => /^\d{6}-/.test(n)).sort();
     const newest = names.at(-1);
     if (!newest) return undefined;
-    const meta = JSON.parse(await fs.readFile(path.join(dir, newest, 'meta.json'), 'utf8')) as CheckpointMeta;
+    const meta = await readMeta(dir, newest, jobId);
     return { meta, imagesDir: path.join(dir, newest, 'images'), diskImage: path.join(dir, newest, 'disk.img') };
   }
 
