@@ -42,6 +42,7 @@
 #include <ftw.h>
 #include <glob.h>
 #include <grp.h>
+#include <linux/capability.h>
 #include <net/if.h>
 #include <poll.h>
 #include <signal.h>
@@ -56,6 +57,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1109,6 +1111,34 @@ static void loopback_up(void) {
     close(sk);
 }
 
+/* CAP_NET_ADMIN opens nf_tables, xfrm, tc and module autoload to the VPS's root: the kernel
+ * surface of most recent container escapes (docs/SECURITY.md). runc grants it to us only for
+ * loopback_up(); drop it from every set, bounding set included (a root exec would regain it from
+ * there), before any job process exists. A restored VPS keeps the sets CRIU dumped (dropped).
+ * Returns 0 when the capability is gone from all five sets, -1 (errno set) otherwise. */
+static int drop_net_admin(void) {
+    if (prctl(PR_CAPBSET_DROP, CAP_NET_ADMIN, 0, 0, 0) != 0 && errno != EINVAL) return -1;
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_LOWER, CAP_NET_ADMIN, 0, 0) != 0 && errno != EINVAL) return -1;
+    struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[2];
+    const uint32_t bit = 1u << (CAP_NET_ADMIN % 32);
+    const int word = CAP_NET_ADMIN / 32;
+    if (syscall(SYS_capget, &hdr, data) != 0) return -1;
+    data[word].effective &= ~bit;
+    data[word].permitted &= ~bit;
+    data[word].inheritable &= ~bit;
+    if (syscall(SYS_capset, &hdr, data) != 0) return -1;
+    /* Check, do not trust: the job must never start with it. */
+    if (syscall(SYS_capget, &hdr, data) != 0) return -1;
+    if (((data[word].effective | data[word].permitted | data[word].inheritable) & bit) ||
+        prctl(PR_CAPBSET_READ, CAP_NET_ADMIN, 0, 0, 0) == 1 ||
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, CAP_NET_ADMIN, 0, 0) == 1) {
+        errno = EPERM;
+        return -1;
+    }
+    return 0;
+}
+
 /* /dev is a directory of the VPS's own layer, not a tmpfs (runtime/oci/spec.ts): POSIX shared
  * memory and semaphores need /dev/shm, sticky and writable by all, as a tmpfs would have been. */
 static void dev_shm(void) {
@@ -1143,7 +1173,17 @@ int main(void) {
     int sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
     if (sfd < 0) { logmsg("signalfd: %s", strerror(errno)); return 1; }
 
-    if (pid1_mode) { loopback_up(); dev_shm(); }
+    if (pid1_mode) {
+        loopback_up();
+        dev_shm();
+        /* Kept only when the host says so (RUNBOX_VPS_TUN: a tun device needs it). Fail closed: a
+         * VPS whose root could keep it never reports ready, so the host destroys it. */
+        const char *keep = getenv("RUNBOX_AGENT_KEEP_NET_ADMIN");
+        if (!(keep && strcmp(keep, "1") == 0) && drop_net_admin() != 0) {
+            logmsg("cannot drop CAP_NET_ADMIN: %s", strerror(errno));
+            return 1;
+        }
+    }
     send_frame('R', "runbox-agent/1", 14);
 
     for (;;) {

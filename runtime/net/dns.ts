@@ -20,3 +20,22 @@ export async function hostResolvConf(): Promise<string | undefined> {
   const read = (f: string) => fs.readFile(f, 'utf8').catch(() => '');
   return vpsResolvConf(await read('/etc/resolv.conf'), await read('/run/systemd/resolve/resolv.conf'));
 }
+
+/**
+ * The IPv4 nameservers of a resolv.conf text (such as vpsResolvConf's): the firewall keeps port
+ * 53 to them open for egress VPSs even when they are private addresses. IPv6 ones are left out
+ * (VPSs have no IPv6 path out).
+ */
+export function nameserversOf(resolv: string | undefined): string[] {
+  const out = new Set<string>();
+  for (const line of (resolv ?? '').split('\n')) {
+    const m = /^\s*nameserver\s+(\d{1,3}(?:\.\d{1,3}){3})\s*$/.exec(line);
+    if (m && m[1]!.split('.').every((o) => Number(o) <= 255)) out.add(m[1]!);
+  }
+  return [...out];
+}
+
+/** The nameservers egress VPSs are given (hostResolvConf), IPv4 only. */
+export async function hostNameservers(): Promise<string[]> {
+  return nameserversOf(await hostResolvConf());
+}

@@ -4,7 +4,8 @@ import path from 'node:path';
 import { exec, execOk } from '../exec.js';
 import { RunboxError } from '../../core/errors.js';
 import { gateway, ipToInt, parseCidr, poolSize, vpsAddress, type Cidr } from './addr.js';
-import { firewallScript, portGuardElements, portGuardScript } from './firewall.js';
+import { firewallScript, peerHostsScript, portGuardElements, portGuardScript, vpsElementsScript, vpsMac } from './firewall.js';
+import { hostNameservers } from './dns.js';
 
 export type NetworkMode = 'none' | 'private' | 'egress';
 
@@ -19,33 +20,51 @@ export interface VpsNetwork {
   netns?: string;
   hostVeth?: string;
   address?: string;
+  /** The VPS's MAC (derived from its address; its bridge port is pinned to it). */
+  mac?: string;
   gateway?: string;
   prefix?: number;
 }
 
+export interface HostNetworkOptions {
+  /** RUNBOX_EGRESS_ALLOW: CIDRs egress VPSs may reach although they are private or reserved. */
+  egressAllow?: readonly string[];
+  /** Port-53 destinations of egress VPSs; default: the host's nameservers (dns.ts), re-read per egress VPS. */
+  nameservers?: readonly string[];
+}
+
 /**
- * Networking of one runbox instance: a bridge, an address pool, a firewall table, and per VPS a
- * named network namespace with a veth pair. Everything is named after the instance id so that
- * several instances (state dirs) on one machine never touch each other's objects.
+ * Networking of one runbox instance: a bridge, an address pool, firewall tables, and per VPS a
+ * named network namespace with a veth pair whose bridge port is pinned to the VPS's address.
+ * Everything is named after the instance id so that several instances (state dirs) on one
+ * machine never touch each other's objects.
  */
 export class HostNetwork {
   readonly bridge: string;
+  /** The inet and bridge tables (firewall.ts). */
   readonly table: string;
   /** The table of guarded ports (see guardPort). */
   readonly guardTable: string;
+  /** Every bridge port of this instance starts with it (the bridge table filters by it). */
+  readonly portPrefix: string;
   private readonly cidr: Cidr;
-  private ensured = false;
+  private ensured?: Promise<void>;
   private guardReady?: Promise<void>;
+  /** What @nameservers holds, as this process last wrote it. */
+  private nameservers: string[] = [];
+  private peers?: string;
 
   constructor(
     readonly instance: string,
     readonly cidrText: string,
     private readonly addrDir: string,
+    private readonly opts: HostNetworkOptions = {},
   ) {
     this.cidr = parseCidr(cidrText);
     this.bridge = `rbb${instance}`;
     this.table = `runbox_${instance}`;
     this.guardTable = `runbox_${instance}_guard`;
+    this.portPrefix = `rv${instance}`;
   }
 
   /**
@@ -70,16 +89,24 @@ export class HostNetwork {
   }
 
   /**
-   * The host end of a VPS's veth pair (15 characters at most). Hashed with the instance: two
-   * instances in one network namespace (a move between them keeps the VPS id) never clash.
+   * The host end of a VPS's veth pair (15 characters at most): the instance's port prefix (the
+   * bridge table pins every port that has it) and a hash of the VPS id. Two instances in one
+   * network namespace (a move between them keeps the VPS id) never clash.
    */
   vethName(vpsId: string): string {
-    return `rbv${createHash('sha256').update(`${this.instance}:${vpsId}`).digest('hex').slice(0, 12)}`;
+    return `${this.portPrefix}${createHash('sha256').update(`${this.instance}:${vpsId}`).digest('hex').slice(0, 15 - this.portPrefix.length)}`;
   }
 
-  /** Bridge, forwarding and firewall: created once, idempotent, safe to race. */
-  async ensure(): Promise<void> {
-    if (this.ensured) return;
+  /** Bridge, forwarding and firewall: made once per process, idempotent, safe to race. */
+  ensure(): Promise<void> {
+    this.ensured ??= this.ensureNow().catch((e: unknown) => {
+      this.ensured = undefined;
+      throw e;
+    });
+    return this.ensured;
+  }
+
+  private async ensureNow(): Promise<void> {
     const link = await exec(['ip', 'link', 'show', this.bridge]);
     if (link.code !== 0) {
       const add = await exec(['ip', 'link', 'add', this.bridge, 'type', 'bridge']);
@@ -89,11 +116,32 @@ export class HostNetwork {
     }
     // Egress needs routing between the bridge and the uplink (as Docker and libvirt enable it).
     await fs.writeFile('/proc/sys/net/ipv4/ip_forward', '1');
-    if ((await exec(['nft', 'list', 'table', 'inet', this.table])).code !== 0) {
-      await execOk(['nft', '-f', '-'], { input: firewallScript(this.table, this.bridge, this.cidrText) });
+    const nameservers = this.opts.nameservers ? [...this.opts.nameservers] : await hostNameservers();
+    const spec = { table: this.table, bridge: this.bridge, portPrefix: this.portPrefix, cidr: this.cidrText, egressAllow: this.opts.egressAllow, nameservers };
+    // Converged on every start (it keeps the VPSs' elements), so a changed RUNBOX_EGRESS_ALLOW or
+    // a newer rule set applies at once; only a table whose sets changed type must be made anew.
+    const converge = await exec(['nft', '-f', '-'], { input: firewallScript(spec) });
+    if (converge.code !== 0) {
+      await execOk(['nft', '-f', '-'], { input: firewallScript(spec, { recreate: true }) });
+      this.peers = undefined;
     }
+    this.nameservers = nameservers;
     await fs.mkdir(this.addrDir, { recursive: true });
-    this.ensured = true;
+  }
+
+  /**
+   * Replaces the addresses of the other runbox hosts (IPv4 addresses or CIDRs; IPv6 ones are
+   * ignored, VPSs have no IPv6 path out): egress VPSs never reach them, whatever
+   * RUNBOX_EGRESS_ALLOW says (their migration and page-server ports, their Redis). One atomic
+   * `nft` run, skipped when the list did not change.
+   */
+  async setPeerHosts(addresses: readonly string[]): Promise<void> {
+    const v4 = [...new Set(addresses.filter((a) => !a.includes(':')))].sort();
+    const script = peerHostsScript(this.table, v4); // validates: throws invalid_argument on a bad address
+    await this.ensure();
+    if (this.peers === script) return;
+    await execOk(['nft', '-f', '-'], { input: script });
+    this.peers = script;
   }
 
   /** Reserves an address with an O_EXCL file per address: crash-safe and shared between processes. */
@@ -149,31 +197,51 @@ export class HostNetwork {
     const address = await this.allocate(vpsId, wantedAddress);
     const netns = this.netnsName(vpsId);
     const hostVeth = this.vethName(vpsId);
+    const mac = vpsMac(address);
     const gw = gateway(this.cidr);
-    const net: VpsNetwork = { mode, netns, hostVeth, address, gateway: gw, prefix: this.cidr.prefix };
+    const net: VpsNetwork = { mode, netns, hostVeth, address, mac, gateway: gw, prefix: this.cidr.prefix };
     try {
-      await execOk(['ip', 'netns', 'add', netns]);
-      // The VPS end is created inside the netns and the host end moved to the network namespace
-      // this process runs in (by pid: a worker of `runbox cluster` runs in a namespace of its own,
-      // not in PID 1's): one ip process per side instead of one per command.
-      await execOk(['ip', '-n', netns, '-batch', '-'], {
-        input: [
-          'link set lo up',
-          `link add eth0 type veth peer name ${hostVeth} netns ${process.pid}`,
-          `addr add ${address}/${this.cidr.prefix} dev eth0`,
-          'link set eth0 up',
-          `route add default via ${gw}`,
-        ].join('\n'),
-      });
-      await execOk(['ip', '-batch', '-'], {
-        input: [`link set ${hostVeth} master ${this.bridge} up`, `link set ${hostVeth} type bridge_slave isolated on`].join('\n'),
-      });
-      if (mode === 'egress') await execOk(['nft', 'add', 'element', 'inet', this.table, 'egress', `{ ${address} }`]);
+      const nameservers = mode === 'egress' ? await this.changedNameservers() : undefined;
+      const elements = vpsElementsScript(this.table, { veth: hostVeth, mac, address }, { egress: mode === 'egress', nameservers });
+      // The pin (one nft run, which egress VPSs always had) runs beside the ip commands: a port of
+      // this instance without its pin drops every frame, so the order does not matter for safety.
+      const done = await Promise.allSettled([
+        execOk(['nft', '-f', '-'], { input: elements }),
+        (async () => {
+          await execOk(['ip', 'netns', 'add', netns]);
+          // The VPS end is created inside the netns (with the MAC its port is pinned to) and the
+          // host end moved to the network namespace this process runs in (by pid: a worker of
+          // `runbox cluster` runs in a namespace of its own, not in PID 1's): one ip process per
+          // side instead of one per command.
+          await execOk(['ip', '-n', netns, '-batch', '-'], {
+            input: [
+              'link set lo up',
+              `link add eth0 address ${mac} type veth peer name ${hostVeth} netns ${process.pid}`,
+              `addr add ${address}/${this.cidr.prefix} dev eth0`,
+              'link set eth0 up',
+              `route add default via ${gw}`,
+            ].join('\n'),
+          });
+          await execOk(['ip', '-batch', '-'], {
+            input: [`link set ${hostVeth} master ${this.bridge} up`, `link set ${hostVeth} type bridge_slave isolated on`].join('\n'),
+          });
+        })(),
+      ]);
+      const failed = done.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) throw failed.reason;
+      if (nameservers) this.nameservers = nameservers;
       return net;
     } catch (e) {
       await this.teardown(vpsId, net).catch(() => undefined);
       throw e;
     }
+  }
+
+  /** The host's nameservers when they differ from what @nameservers holds (then they are refilled with the VPS's elements). */
+  private async changedNameservers(): Promise<string[] | undefined> {
+    if (this.opts.nameservers) return undefined;
+    const now = await hostNameservers();
+    return now.join(',') === this.nameservers.join(',') ? undefined : now;
   }
 
   /** Idempotent. Deletes the veth explicitly: netns removal frees its devices only asynchronously. */
@@ -182,22 +250,24 @@ export class HostNetwork {
       if (net.netns) await exec(['ip', 'netns', 'del', net.netns]);
       return;
     }
-    if (net.mode === 'egress' && net.address) {
-      await exec(['nft', 'delete', 'element', 'inet', this.table, 'egress', `{ ${net.address} }`]);
-    }
-    await exec(['ip', 'link', 'del', net.hostVeth ?? this.vethName(vpsId)]);
+    const veth = net.hostVeth ?? this.vethName(vpsId);
+    // The pin and any egress element of the address go in one run (a no-op when absent).
+    const unpin = net.address ? unpinScript(this.table, veth, net.address, net.mac) : undefined;
+    await Promise.all([unpin && exec(['nft', '-f', '-'], { input: unpin }), exec(['ip', 'link', 'del', veth])]);
     await exec(['ip', 'netns', 'del', net.netns ?? this.netnsName(vpsId)]);
     if (net.address) await fs.rm(path.join(this.addrDir, net.address), { force: true });
   }
 
-  /** Removes the bridge and the firewall table (when the instance is shut down for good). */
+  /** Removes the bridge and the firewall tables (when the instance is shut down for good). */
   async removeAll(): Promise<void> {
     await exec(['nft', 'delete', 'table', 'inet', this.table]);
+    await exec(['nft', 'delete', 'table', 'bridge', this.table]);
     await exec(['nft', 'delete', 'table', 'inet', this.guardTable]);
     this.guardReady = undefined;
     await exec(['ip', 'link', 'del', this.bridge]);
     await fs.rm(this.addrDir, { recursive: true, force: true });
-    this.ensured = false;
+    this.ensured = undefined;
+    this.peers = undefined;
   }
 
   /** Netns names of this instance still present on the host (for gc). */
@@ -214,3 +284,13 @@ export class HostNetwork {
     );
   }
 }
+
+/** The teardown script of a VPS's elements; undefined when its record holds nothing valid (never throws). */
+function unpinScript(table: string, veth: string, address: string, mac?: string): string | undefined {
+  try {
+    return vpsElementsScript(table, { veth, mac: mac ?? vpsMac(address), address }, { egress: false, remove: true });
+  } catch {
+    return undefined;
+  }
+}
+

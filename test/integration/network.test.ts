@@ -2,9 +2,11 @@ import { execFileSync, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RuncVps } from '../../runtime/runc-vps.js';
-import { hostResolvConf } from '../../runtime/net/dns.js';
+import { hostResolvConf, nameserversOf } from '../../runtime/net/dns.js';
+import { vpsMac } from '../../runtime/net/firewall.js';
 import { testEngine, type TestEngine } from '../helpers/engine.js';
 import { canConnect, createUplink, hostAddresses, listenInNetns, startHostRedis, stopChild, waitFor } from '../helpers/net.js';
+import { installHostNft } from '../helpers/vps-tools.js';
 
 let t: TestEngine;
 let redis: Awaited<ReturnType<typeof startHostRedis>>;
@@ -32,15 +34,46 @@ describe('network mode none', () => {
 });
 
 describe('network mode private', () => {
-  it('has its own address, route table, and can change its own routes', async () => {
-    const r = await t.sh('ip -4 -o addr show eth0 | tr -s " " | cut -d" " -f4; ip route add 203.0.113.0/24 dev eth0 && ip route | grep -c 203.0.113', {
-      spec: { network: 'private' },
-    });
-    expect(r.exitCode).toBe(0);
-    const [cidr, routes] = r.stdout.trim().split('\n');
-    expect(cidr).toMatch(/^10\.\d+\.\d+\.\d+\/24$/);
-    expect(routes).toBe('1');
-    expect(execFileSync('ip', ['route']).toString()).not.toMatch(/203\.0\.113/);
+  it('has its own address, a default route via the bridge and the MAC its port is pinned to; root cannot change them (no NET_ADMIN)', async () => {
+    const vps = await t.create({ network: 'private' });
+    try {
+      const net = vps.info().network;
+      const out: string[] = [];
+      const r = await vps.run({
+        argv: ['sh', '-c', 'ip -4 -o addr show eth0 | tr -s " " | cut -d" " -f4; ip route | grep -c "^default via"; cat /sys/class/net/eth0/address; ip route add 203.0.113.0/24 dev eth0; echo route=$?'],
+        timeoutSec: 30,
+        outputBytes: 10_000,
+        onOutput: (_s, d) => out.push(Buffer.from(d).toString()),
+      });
+      expect(r.exitCode).toBe(0);
+      const text = out.join('');
+      expect(text).toContain(`${net.address}/24\n1\n${vpsMac(net.address!)}\n`);
+      expect(net.address).toMatch(/^10\.\d+\.\d+\.\d+$/);
+      expect(text).toContain('route=2');
+      expect(text).toContain('Operation not permitted');
+      expect(execFileSync('ip', ['route']).toString()).not.toMatch(/203\.0\.113/);
+    } finally {
+      await t.engine.destroy(vps.id);
+    }
+  });
+
+  it("pins each VPS's bridge port while it lives (veth, MAC, address) and gives only egress VPSs egress; destroy removes both", async () => {
+    const table = t.engine.net.table;
+    const list = (family: string, set: string) => execFileSync('nft', ['list', 'set', family, table, set]).toString();
+    const priv = await t.create({ network: 'private' });
+    const egr = await t.create({ network: 'egress' });
+    const [p, e] = [priv.info().network, egr.info().network];
+    try {
+      for (const n of [p, e]) expect(list('bridge', 'pins')).toContain(`"${n.hostVeth}" . ${vpsMac(n.address!)} . ${n.address}`);
+      expect(p.hostVeth!.startsWith(t.engine.net.portPrefix)).toBe(true);
+      expect(list('inet', 'egress')).toContain(e.address);
+      expect(list('inet', 'egress')).not.toContain(`${p.address} `);
+    } finally {
+      await t.engine.destroy(priv.id);
+      await t.engine.destroy(egr.id);
+    }
+    for (const n of [p, e]) expect(list('bridge', 'pins')).not.toContain(n.hostVeth);
+    expect(list('inet', 'egress')).not.toMatch(new RegExp(`\\b${e.address!.replaceAll('.', '\\.')}\\b`));
   });
 
   it('two VPSs get different addresses', async () => {
@@ -80,21 +113,26 @@ describe('network mode private', () => {
     }
   });
 
-  it('keeps its own firewall rules to itself', async () => {
-    const r = await t.run(['/opt/host/run', 'nft', '-f', '/tmp/rules.nft'], {
-      spec: { network: 'private' },
-      inside: async (vps) => {
-        await installHostNft(vps);
-        await vps.writeFile('/tmp/rules.nft', Buffer.from('table inet vpsonly {\n chain out {\n type filter hook output priority 0;\n ip daddr 192.0.2.1 drop\n }\n}\n'));
-      },
-    });
-    expect(r.stderr).toBe('');
-    expect(r.exitCode).toBe(0);
-    expect(execFileSync('nft', ['list', 'tables']).toString()).not.toMatch(/vpsonly/);
-    // and another VPS starts with an empty ruleset
-    const other = await t.run(['/opt/host/run', 'nft', 'list', 'ruleset'], { spec: { network: 'private' }, inside: installHostNft });
-    expect(other.exitCode).toBe(0);
-    expect(other.stdout.trim()).toBe('');
+  it('with RUNBOX_VPS_TUN=1 (root keeps NET_ADMIN) its firewall rules stay in its own namespace', async () => {
+    const tun = await testEngine('network-tun', { vpsTun: true });
+    try {
+      const r = await tun.run(['/opt/host/run', 'nft', '-f', '/tmp/rules.nft'], {
+        spec: { network: 'private' },
+        inside: async (vps) => {
+          await installHostNft(vps);
+          await vps.writeFile('/tmp/rules.nft', Buffer.from('table inet vpsonly {\n chain out {\n type filter hook output priority 0;\n ip daddr 192.0.2.1 drop\n }\n}\n'));
+        },
+      });
+      expect(r.stderr).toBe('');
+      expect(r.exitCode).toBe(0);
+      expect(execFileSync('nft', ['list', 'tables']).toString()).not.toMatch(/vpsonly/);
+      // and another VPS starts with an empty ruleset
+      const other = await tun.run(['/opt/host/run', 'nft', 'list', 'ruleset'], { spec: { network: 'private' }, inside: installHostNft });
+      expect(other.exitCode).toBe(0);
+      expect(other.stdout.trim()).toBe('');
+    } finally {
+      await tun.cleanup();
+    }
   });
 });
 
@@ -111,10 +149,12 @@ describe('network mode egress', () => {
     uplink?.remove();
   });
 
-  it('gets the host\'s (non-loopback) nameservers', async () => {
+  it('gets the host\'s (non-loopback) nameservers, and port 53 to them stays open in the firewall', async () => {
     const expected = await hostResolvConf();
     const r = await t.sh('cat /etc/resolv.conf', { spec: { network: 'egress' } });
     expect(r.stdout).toBe(expected ?? '');
+    const set = execFileSync('nft', ['list', 'set', 'inet', t.engine.net.table, 'nameservers']).toString();
+    for (const ns of nameserversOf(expected)) expect(set).toContain(ns);
   });
 
   it('reaches the outside through NAT; private does not', async () => {
@@ -128,25 +168,6 @@ describe('network mode egress', () => {
 function gatewayOf(te: TestEngine): string {
   const out = execFileSync('ip', ['-4', '-o', 'addr', 'show', 'dev', te.engine.net.bridge]).toString();
   return /inet (\d+\.\d+\.\d+\.\d+)/.exec(out)?.[1] ?? '';
-}
-
-/**
- * Copies the host's nft and the libraries it links into /opt/host of the VPS, with a launcher
- * that runs it through the copied dynamic loader: so root *inside* the VPS runs a real nft.
- */
-async function installHostNft(vps: RuncVps): Promise<void> {
-  const fs = await import('node:fs/promises');
-  const nft = execFileSync('sh', ['-c', 'command -v nft']).toString().trim();
-  const libs = execFileSync('ldd', [nft])
-    .toString()
-    .split('\n')
-    .map((l) => /(\/\S+)/.exec(l.includes('=>') ? l.split('=>')[1]! : l)?.[1])
-    .filter((p): p is string => !!p);
-  for (const f of [nft, ...libs]) {
-    await vps.writeFile(`/opt/host/${f.split('/').pop()}`, await fs.readFile(f), 0o755);
-  }
-  const loader = libs.find((l) => l.includes('ld-linux'))!.split('/').pop();
-  await vps.writeFile('/opt/host/run', Buffer.from(`#!/bin/sh\nexec /opt/host/${loader} --library-path /opt/host /opt/host/"$@"\n`), 0o755);
 }
 
 describe('port guard (post-copy page server)', () => {
