@@ -1,5 +1,4 @@
 import fs from 'node:fs/promises';
-import net from 'node:net';
 import path from 'node:path';
 import { errorMessage } from '../core/errors.js';
 import { newId } from '../core/ids.js';
@@ -8,7 +7,9 @@ import { freePort, lazyDumpForMove, postCopySupport, startLazyPages, type LazyDu
 import type { RuncEngine } from '../runtime/runc-engine.js';
 import type { RuncVps } from '../runtime/runc-vps.js';
 import { resolveTemplate } from '../runtime/templates/store.js';
-import type { RunResult, VpsSpec } from '../runtime/vps.js';
+import type { RunResult } from '../runtime/vps.js';
+import type { Host } from '../core/store/hosts.js';
+import { createLogger } from '../core/log.js';
 import {
   compileMemJob,
   CRIU,
@@ -23,7 +24,10 @@ import {
   type ListBenchmark,
 } from './checkpoint.js';
 import { checkInterrupted, MiB, note, report, sleep, TEMPLATES_DIR, type BenchContext } from './lib.js';
-import { exchange, readHeader, untar } from '../worker/migration.js';
+import { loadCredentials, type MigrationCredentials } from '../worker/migration/credentials.js';
+import { receiveFiles } from '../worker/migration/files.js';
+import { checkpointFiles, parseMessage, seal, type Move } from '../worker/migration/protocol.js';
+import { ChannelServer, request, type ChannelRequest } from '../worker/migration/transport.js';
 
 const NAME = 'migrate';
 /** Job time before and after the move over which its tick rate is taken. */
@@ -57,62 +61,60 @@ interface Incoming {
   dir?: string;
 }
 
-interface Header {
-  vpsId: string;
-  spec: Omit<VpsSpec, 'template'> & { template: { name: string; hash: string } };
-  frozenAt: number;
-  mode: Mode;
-  /** Post-copy: where the source's CRIU page server serves the memory pages. */
-  pageServer?: { address: string; port: number };
+/** A stand-in heartbeat of one of the benchmark's two "hosts" (both on loopback). */
+function benchHost(id: string, port: number, creds: MigrationCredentials): Host {
+  const now = new Date().toISOString();
+  return { id, address: '127.0.0.1', startedAt: now, heartbeatAt: now, draining: false, running: 0, capacity: 1, pools: [], templates: [], version: 'bench', migrationPort: port, migrationFingerprint: creds.fingerprint };
 }
 
 /**
- * The target side of worker/migration.ts, in this process, on a loopback TCP port: header line,
- * then a tar stream of {images, fs.tar} extracted into a fresh dir, then the template check,
- * (post-copy: `criu lazy-pages` pointed at the source's page server), engine.create(..., restore)
- * on engine B, adopt, and an answer line with the resume time.
+ * The target side of worker/migration/target.ts, in this process, on the migration channel
+ * (worker/migration/transport.ts: mutual TLS, host "a" authenticated by its certificate) on a
+ * loopback port: the move line, then the checkpoint's files (files.ts) into a fresh dir, then the
+ * template check, (post-copy: `criu lazy-pages` pointed at the source's page server),
+ * engine.create(..., restore) on engine B, adopt, and an answer line with the resume time.
  */
 class Receiver {
-  private server?: net.Server;
+  private channel?: ChannelServer;
   readonly pending = new Map<string, Incoming>();
   port = 0;
 
   constructor(
     private readonly engine: RuncEngine,
     private readonly workDir: string,
+    readonly credentials: MigrationCredentials,
+    private readonly source: () => Host,
   ) {}
 
   async listen(): Promise<void> {
-    this.server = net.createServer({ allowHalfOpen: true }, (sock) => void this.accept(sock));
-    await new Promise<void>((resolve, reject) => {
-      this.server!.once('error', reject);
-      this.server!.listen(0, '127.0.0.1', () => resolve());
-    });
-    this.port = (this.server.address() as net.AddressInfo).port;
+    this.channel = new ChannelServer({ credentials: this.credentials, hosts: { list: async () => [this.source()] }, log: createLogger('warn'), onRequest: (r) => this.accept(r) });
+    this.port = await this.channel.listen('127.0.0.1', 0);
   }
 
   close(): Promise<void> {
-    return new Promise((r) => (this.server ? this.server.close(() => r()) : r()));
+    return this.channel?.close() ?? Promise.resolve();
   }
 
-  private async accept(sock: net.Socket): Promise<void> {
-    const answer = (a: object) => sock.end(`${JSON.stringify(a)}\n`);
+  private async accept(req: ChannelRequest): Promise<void> {
+    const answer = (a: { ok: boolean; resumedAt?: number; message?: string }) => req.answer(a);
     let dir: string | undefined;
-    let header: Header | undefined;
+    let header: Move | undefined;
     let inc: Incoming | undefined;
     let keepDir = false;
     let started: Promise<LazyPages> | undefined;
     try {
-      const { head, rest } = await readHeader(sock);
-      header = JSON.parse(head) as Header;
+      const message = parseMessage(req.line);
+      if (message.kind !== 'move') throw new Error(`unexpected ${message.kind} request`);
+      header = message;
       inc = this.pending.get(header.vpsId);
       if (!inc) throw new Error(`unexpected migration of ${header.vpsId}`);
       const template = await resolveTemplate(TEMPLATES_DIR, header.spec.template.name);
       if (template.hash !== header.spec.template.hash) throw new Error(`template ${template.name} differs`);
       dir = path.join(this.workDir, `incoming-${header.vpsId}`);
       await fs.mkdir(dir, { recursive: true });
-      await untar(sock, rest, dir);
-      inc.bytes = sock.bytesRead;
+      await receiveFiles(req.reader, checkpointFiles(dir, header.spec));
+      req.done();
+      inc.bytes = req.reader.bytesRead;
       inc.untarredAt = Date.now();
       const imagesDir = path.join(dir, 'images');
       const workDir = path.join(dir, 'lazy-work');
@@ -206,7 +208,7 @@ function windowRate(out: JobOutput, t0: number, windowMs: number): number {
   return ((b.ticks - a.ticks) / (b.ms - a.ms)) * 1000;
 }
 
-async function oneMove(ctx: BenchContext, a: RuncEngine, b: RuncEngine, recv: Receiver, program: Buffer, size: number, mode: Mode, prepare: boolean): Promise<Sample> {
+async function oneMove(ctx: BenchContext, a: RuncEngine, b: RuncEngine, recv: Receiver, from: MigrationCredentials, program: Buffer, size: number, mode: Mode, prepare: boolean): Promise<Sample> {
   const s = { mode, lazyStart: NaN, pagesIn: NaN } as Sample;
   const id = newId();
   const spec = await memJobSpec(ctx, id, size);
@@ -254,14 +256,13 @@ async function oneMove(ctx: BenchContext, a: RuncEngine, b: RuncEngine, recv: Re
       dumped = await dumpForMove(a, src, moveDir);
     }
     const tDumped = Date.now();
-    const header: Header = {
-      vpsId: id,
-      spec: { ...info.spec, template: { name: info.spec.template.name, hash: info.spec.template.hash } },
-      frozenAt: dumped.frozenAt,
-      mode,
-      ...(pageServer ? { pageServer } : {}),
-    };
-    const answer = await exchange('127.0.0.1', recv.port, header, { dir: moveDir });
+    const { hostname, network, memoryMb, cpus, pids, diskMb } = info.spec;
+    const wireSpec = { template: { name: info.spec.template.name, hash: info.spec.template.hash }, hostname, network, memoryMb, cpus, pids, diskMb };
+    const header = seal(
+      { kind: 'move', jobId: id, migrationId: id, vpsId: id, spec: wireSpec, network: { mode: network }, frozenAt: dumped.frozenAt, mode, ...(pageServer ? { pageServer } : {}) },
+      { from: 'a', to: 'b' },
+    );
+    const answer = await request(from, benchHost('b', recv.port, recv.credentials), header, { files: checkpointFiles(moveDir, wireSpec), timeoutMs: 180_000 });
     await dumped.releaseDisk();
     if (!answer.ok) throw new Error(`the target refused the move: ${answer.message}`);
     src.handOver();
@@ -353,7 +354,11 @@ export const migrateBench: ListBenchmark = {
     note(`memjob compiled (${program.length} bytes, static)`);
     const a = await criuEngine(ctx, 'host-a');
     const b = await criuEngine(ctx, 'host-b');
-    const recv = new Receiver(b.engine, path.join(ctx.stateDir, 'incoming'));
+    // Each "host" its own key and certificate, as a worker makes them (openssl, under its state dir).
+    const log = createLogger('warn');
+    const credsA = await loadCredentials({ stateDir: path.join(ctx.stateDir, 'host-a-tls'), hostId: 'a', files: {}, log });
+    const credsB = await loadCredentials({ stateDir: path.join(ctx.stateDir, 'host-b-tls'), hostId: 'b', files: {}, log });
+    const recv = new Receiver(b.engine, path.join(ctx.stateDir, 'incoming'), credsB, () => benchHost('a', 0, credsA));
     let failure: unknown;
     try {
       await recv.listen();
@@ -365,7 +370,7 @@ export const migrateBench: ListBenchmark = {
           const order = (i + opts.warmup!) % 2 === 0 ? modes : [...modes].reverse();
           for (const mode of order) {
             checkInterrupted();
-            const s = await oneMove(ctx, a.engine, b.engine, recv, program, size, mode, opts.prepare !== 0);
+            const s = await oneMove(ctx, a.engine, b.engine, recv, credsA, program, size, mode, opts.prepare !== 0);
             note(
               `${size} MB ${mode} ${i < 0 ? 'warm-up' : `${i + 1}/${runs}`}: total ${s.total} ms, frozen ${s.frozen} ms (job saw ${s.jobPause}) = ` +
                 `dump ${s.dump} + transfer ${s.transfer} + restore ${s.restore}${mode === 'post-copy' ? ` (lazy-pages start ${s.lazyStart})` : ''} + first line ${s.firstOutput}; ${(s.bytes / MiB).toFixed(1)} MiB; ` +

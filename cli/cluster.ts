@@ -7,6 +7,7 @@ import { RunboxError } from '../core/errors.js';
 import { createLogger } from '../core/log.js';
 import { connectRedis } from '../core/redis.js';
 import { HostRegistry } from '../core/store/hosts.js';
+import { ensurePrivateDirs, ensurePrivateFile } from '../runtime/host/private-dirs.js';
 import { isAlive, selfRef, type ProcessRef } from '../runtime/host/proc.js';
 import { Layout } from '../runtime/layout.js';
 import { createClusterNet, removeClusterNet, type ClusterHostNet } from '../runtime/net/cluster-net.js';
@@ -54,13 +55,15 @@ async function clusterUp(args: string[]): Promise<number> {
   const existing = await readClusterFile(pidFile);
   if (existing && isAlive(existing.supervisor)) throw new RunboxError('conflict', `a cluster is already running here (pid ${existing.supervisor.pid}); runbox cluster down first`);
 
-  await fs.mkdir(dir, { recursive: true });
+  // Private before anything is made in them: hosts' state dirs, checkpoints, Redis, tokens are all below `dir`.
+  await ensurePrivateDirs([config.stateDir, dir, config.templatesDir], { log });
   const { startEmbeddedRedis } = await import('./embedded-redis.js');
   const { ensureTokenFile } = await import('../api/auth.js');
   const { startApi } = await import('../api/server.js');
-  const redis = await startEmbeddedRedis(dir);
+  const redis = await startEmbeddedRedis(dir, { log, maxmemoryBytes: config.redisMaxmemoryBytes });
   const tokenFile = path.join(dir, 'api-tokens');
-  const token = config.apiTokens ? undefined : await ensureTokenFile(tokenFile);
+  await ensurePrivateFile(tokenFile, { log });
+  const token = config.apiTokens ? undefined : await ensureTokenFile(tokenFile, { log });
   const nets = await createClusterNet(layout.instance, values.cidr ?? '10.99.0.0/24', hosts);
   await fs.writeFile(pidFile, JSON.stringify({ supervisor: selfRef(), hosts, instance: layout.instance } satisfies ClusterFile));
 
@@ -78,7 +81,7 @@ async function clusterUp(args: string[]): Promise<number> {
       `runbox cluster is up: ${hosts} hosts`,
       ...nets.map((n) => `  h${n.index}: ${n.address}   (netns ${n.netns})`),
       `  API:   ${api.url}`,
-      token ? `  token: ${token.token}   (stored in ${tokenFile})` : '  tokens: from RUNBOX_API_TOKENS',
+      token ? `  token: ${token.token}   (tenant "${token.tenant}", ${token.role}, stored in ${tokenFile})` : '  tokens: from RUNBOX_API_TOKENS',
       `  redis: ${redis.url}`,
       `Ctrl-C (or runbox cluster down) stops everything.`,
       '',
@@ -102,8 +105,12 @@ async function clusterUp(args: string[]): Promise<number> {
 
 /** One worker host: `runbox worker` inside the host's network namespace (nsenter: net only). */
 function startHostWorker(n: ClusterHostNet, dir: string, redisUrl: string): ChildProcess {
+  // Per-host settings of the caller's environment are not the cluster's: each host binds its own
+  // address and makes its own migration key and certificate (one shared key would be no identity).
+  const inherited = { ...process.env };
+  for (const k of ['RUNBOX_MIGRATION_ADDRESS', 'RUNBOX_MIGRATION_CA', 'RUNBOX_MIGRATION_CERT', 'RUNBOX_MIGRATION_KEY', 'RUNBOX_HOST_ID']) delete inherited[k];
   const env: NodeJS.ProcessEnv = {
-    ...process.env,
+    ...inherited,
     RUNBOX_STATE_DIR: path.join(dir, 'hosts', `h${n.index}`),
     RUNBOX_TEMPLATES_DIR: process.env.RUNBOX_TEMPLATES_DIR ?? loadConfig().templatesDir,
     RUNBOX_HOST_ID: `h${n.index}`,

@@ -4,7 +4,7 @@ import type { Logger } from '../core/log.js';
 import { pickTarget, type HostRegistry } from '../core/store/hosts.js';
 import type { Keys } from '../core/store/keys.js';
 import type { JobCheckpointer } from './checkpoints.js';
-import { migrateOut, type MigrationDeps, type MigrationPreference } from './migration.js';
+import { migrateOut, type MigrationDeps, type MigrationPreference } from './migration/index.js';
 import type { RunningJobs } from './running.js';
 
 /**
@@ -32,7 +32,7 @@ export class HostCommands {
     private readonly running: RunningJobs,
     private readonly checkpointer: JobCheckpointer,
     private readonly hosts: HostRegistry,
-    private readonly migration: MigrationDeps & { secret: string },
+    private readonly migration: MigrationDeps,
     private readonly drain: DrainControl,
     private readonly log: Logger,
   ) {}
@@ -74,7 +74,7 @@ export class HostCommands {
     if (!target) throw new RunboxError('unavailable', targetId ? `host ${targetId} is not available` : 'no other host can take this job');
     if (target.id === this.migration.hostId) throw new RunboxError('invalid_argument', 'the job already runs on that host');
     if (target.draining) throw new RunboxError('unavailable', `host ${target.id} is draining`);
-    return migrateOut(this.migration, job, target, this.migration.secret, mode);
+    return migrateOut(this.migration, job, target, mode);
   }
 
   /** Stops taking jobs and moves every running job away (those that cannot move keep running). */

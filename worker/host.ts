@@ -16,7 +16,7 @@ export class Heartbeat {
 
   constructor(
     private readonly registry: HostRegistry,
-    private readonly info: { id: string; instance: string; checkpointNonRoot: boolean; address: string | null; capacity: number; templatesDir: string; version: string; migrationPort?: number },
+    private readonly info: { id: string; instance: string; checkpointNonRoot: boolean; address: string | null; capacity: number; templatesDir: string; version: string; migrationPort?: number; migrationFingerprint?: string },
     private readonly pools: VpsPool[],
     private readonly running: RunningJobs,
   ) {}
@@ -42,6 +42,7 @@ export class Heartbeat {
       templates,
       version: this.info.version,
       migrationPort: this.info.migrationPort,
+      migrationFingerprint: this.info.migrationFingerprint,
       instance: this.info.instance,
       checkpointNonRoot: this.info.checkpointNonRoot,
       jobs: this.running.held(),

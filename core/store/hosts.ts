@@ -30,6 +30,12 @@ export const HostSchema = z.object({
   version: z.string(),
   /** TCP port of the host's migration receiver (on `address`). */
   migrationPort: z.number().int().optional(),
+  /**
+   * SHA-256 fingerprint (`AB:CD:…`) of the certificate the host's migration receiver presents and
+   * its moves authenticate with: peers accept exactly the certificates live hosts publish here
+   * (worker/migration/credentials.ts).
+   */
+  migrationFingerprint: z.string().regex(/^[0-9A-F]{2}(:[0-9A-F]{2}){31}$/).optional(),
   /** The worker process behind this heartbeat (`<id>~<random>`): holder name of its job leases (core/store/leases.ts). */
   instance: z.string().optional(),
   /** Ids of the jobs this host runs right now (what reconciliation compares records with). */
@@ -76,11 +82,11 @@ export class HostRegistry {
 }
 
 /**
- * The host to move a job to: alive, not draining, not `exclude`, accepting migrations, with the
+ * The host to move a job to: alive, not draining, not `exclude`, accepting (authenticated) migrations, with the
  * most free capacity (capacity - running); ties go to the first id.
  */
 export function pickTarget(hosts: Host[], exclude: string): Host | undefined {
   return hosts
-    .filter((h) => h.id !== exclude && !h.draining && h.migrationPort && h.address && h.capacity - h.running > 0)
+    .filter((h) => h.id !== exclude && !h.draining && h.migrationPort && h.migrationFingerprint && h.address && h.capacity - h.running > 0)
     .sort((a, b) => b.capacity - b.running - (a.capacity - a.running) || a.id.localeCompare(b.id))[0];
 }

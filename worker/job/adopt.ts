@@ -6,7 +6,7 @@ import { JobSession } from './session.js';
 
 /**
  * Supervises a job that arrived here already running (moved in by live migration; the caller
- * took its lease from the source before restoring it, worker/migration.ts) until it ends, under
+ * took its lease from the source before restoring it, worker/migration/target.ts) until it ends, under
  * a session like any other job. `gate`: see SuperviseMode.
  *
  * Should this fail before the session exists (Redis unreachable, …), the VPS is killed and
