@@ -26,7 +26,7 @@ export function createApp(deps: ApiDeps): Hono<ApiEnv> {
 
   app.use('*', requestLog(deps.log));
 
-  // Public: probes, metrics, the API description.
+  // Without a tenant token: probes and the API description; /metrics takes its own token (metricsAuth).
   app.route('/', opsRoutes(d));
   app.route('/', docsRoutes());
 

@@ -93,7 +93,7 @@ export function buildOpenApi(version = '0.1.0'): Json {
     tags: [
       { name: 'jobs', description: 'submit, watch and control jobs' },
       { name: 'cluster', description: 'hosts and templates' },
-      { name: 'operations', description: 'probes, metrics, this description (no auth)' },
+      { name: 'operations', description: 'probes (no auth), metrics (metrics or admin token), this description (no auth)' },
     ],
     paths: tagged({
       '/v1/jobs': {
@@ -109,7 +109,7 @@ export function buildOpenApi(version = '0.1.0'): Json {
           responses: {
             '201': jobResponse,
             '200': json(ref('Job'), 'the job created earlier with the same Idempotency-Key'),
-            ...problems('invalid_argument', 'conflict', 'payload_too_large', 'limit_exceeded', 'template_missing', 'unavailable', ...AUTHED),
+            ...problems('invalid_argument', 'conflict', 'payload_too_large', 'limit_exceeded', 'quota_exceeded', 'template_missing', 'unavailable', ...AUTHED),
           },
         },
         get: {
@@ -152,8 +152,26 @@ export function buildOpenApi(version = '0.1.0'): Json {
                 },
               },
             },
-            ...problems('not_found', 'conflict', 'unavailable', ...AUTHED),
+            ...problems('not_found', 'conflict', 'checkpoint_unsupported', 'unavailable', ...AUTHED),
           },
+          description: 'At most one request per job per RUNBOX_CHECKPOINT_MIN_INTERVAL_SEC (429 rate_limited with Retry-After).',
+        },
+      },
+      '/v1/jobs/{id}/migrate': {
+        post: {
+          operationId: 'migrateJob',
+          summary: 'Move a running job, live, to another host',
+          description: 'Only admin tokens may name the target `host`; without it runbox picks the host with the most free capacity. `mode` auto: post-copy where both hosts can.',
+          parameters: [idParam],
+          requestBody: {
+            required: false,
+            content: {
+              'application/json': {
+                schema: { type: 'object', additionalProperties: false, properties: { host: { type: 'string', pattern: '^[A-Za-z0-9._-]{1,63}$' }, mode: { type: 'string', enum: ['auto', 'post-copy', 'stop-and-copy'] } } },
+              },
+            },
+          },
+          responses: { '200': json(ref('Job'), 'the job, moved (see its migrations)'), ...problems('invalid_argument', 'not_found', 'conflict', 'forbidden', 'checkpoint_unsupported', 'checkpoint_incompatible', 'unavailable', ...AUTHED) },
         },
       },
       '/v1/jobs/{id}/logs': {
@@ -190,14 +208,42 @@ export function buildOpenApi(version = '0.1.0'): Json {
           responses: { '200': { description: 'the file', content: { 'application/octet-stream': { schema: { type: 'string', contentMediaType: 'application/octet-stream' } } } }, ...problems('not_found', ...AUTHED) },
         },
       },
-      '/v1/hosts': { get: { operationId: 'listHosts', summary: 'Live worker hosts and their pools', responses: { '200': json(ref('HostList'), 'hosts'), ...problems(...AUTHED) } } },
+      '/v1/hosts': {
+        get: {
+          operationId: 'listHosts',
+          summary: 'Live worker hosts and their pools',
+          description: 'Admin tokens see whole host records; other tokens do not see addresses, ports, instances or job ids.',
+          responses: { '200': json(ref('HostList'), 'hosts'), ...problems(...AUTHED) },
+        },
+      },
+      '/v1/hosts/{id}/drain': {
+        post: {
+          operationId: 'drainHost',
+          summary: 'Admin: stop taking jobs on a host and move its running jobs away',
+          parameters: [{ name: 'id', in: 'path', required: true, schema: { type: 'string' }, description: 'host id' }],
+          responses: { '200': { description: 'the host and what moved / stayed', content: { 'application/json': { schema: { type: 'object' } } } }, ...problems('not_found', 'forbidden', 'unavailable', ...AUTHED) },
+        },
+      },
+      '/v1/hosts/{id}/resume': {
+        post: {
+          operationId: 'resumeHost',
+          summary: 'Admin: let a drained host take jobs again',
+          parameters: [{ name: 'id', in: 'path', required: true, schema: { type: 'string' }, description: 'host id' }],
+          responses: { '200': { description: 'the host', content: { 'application/json': { schema: { type: 'object' } } } }, ...problems('not_found', 'forbidden', 'unavailable', ...AUTHED) },
+        },
+      },
       '/v1/templates': { get: { operationId: 'listTemplates', summary: 'Templates and the hosts that have them built', responses: { '200': json(ref('TemplateList'), 'templates'), ...problems(...AUTHED) } } },
       '/healthz': { get: { operationId: 'healthz', summary: 'Liveness', security: [], responses: { '200': json(ref('Health'), 'alive') } } },
       '/readyz': {
         get: { operationId: 'readyz', summary: 'Readiness: Redis answers and a worker host heartbeats', security: [], responses: { '200': json(ref('Ready'), 'ready'), ...problems('unavailable') } },
       },
       '/metrics': {
-        get: { operationId: 'metrics', summary: 'Prometheus metrics (text format 0.0.4)', security: [], responses: { '200': { description: 'metrics', content: { 'text/plain': { schema: { type: 'string' } } } } } },
+        get: {
+          operationId: 'metrics',
+          summary: 'Prometheus metrics (text format 0.0.4)',
+          description: 'Bearer token: RUNBOX_METRICS_TOKEN (for a scraper) or a token with the admin role.',
+          responses: { '200': { description: 'metrics', content: { 'text/plain': { schema: { type: 'string' } } } }, ...problems('unauthorized', 'forbidden') },
+        },
       },
       '/openapi.json': { get: { operationId: 'openapi', summary: 'This document', security: [], responses: { '200': { description: 'OpenAPI 3.1', content: { 'application/json': { schema: { type: 'object' } } } } } } },
     }),

@@ -4,10 +4,14 @@ import { HISTOGRAMS, readHistogram, type HistogramData, type HistogramName } fro
 import { withTimeout } from '../abort.js';
 import type { ApiEnv, RouteDeps } from '../deps.js';
 import { METRICS_CONTENT_TYPE, renderMetrics } from '../metrics.js';
+import { metricsAuth } from '../middleware/auth.js';
 
 const READY_TIMEOUT_MS = 2000;
 
-/** GET /healthz, /readyz, /metrics: unauthenticated, for load balancers and Prometheus. */
+/**
+ * GET /healthz, /readyz: unauthenticated, for load balancers. GET /metrics: for Prometheus, with
+ * RUNBOX_METRICS_TOKEN or an admin token (it shows every tenant's job counts and every host).
+ */
 export function opsRoutes(deps: RouteDeps): Hono<ApiEnv> {
   const app = new Hono<ApiEnv>();
 
@@ -30,7 +34,7 @@ export function opsRoutes(deps: RouteDeps): Hono<ApiEnv> {
     return c.json({ ok: true, redis: true, hosts });
   });
 
-  app.get('/metrics', async (c) => {
+  app.get('/metrics', metricsAuth(deps.tokens), async (c) => {
     const names = Object.keys(HISTOGRAMS) as HistogramName[];
     const [queue, statusCounts, hosts, ...hists] = await Promise.all([
       deps.queue.depth(),

@@ -37,9 +37,21 @@ export const mkfsArgs = (image: string): string[] => [
   'mkfs.ext4', '-q', '-F', '-O', '^has_journal', '-m', '0', '-E', 'lazy_itable_init=1,nodiscard', image,
 ];
 
+/**
+ * Golden images kept: one per disk size in use, the least recently used beyond this many removed.
+ * Every distinct `diskMb` costs an mkfs and a file of its own; a tenant asking for thousands of
+ * sizes must not fill the host's disk with them.
+ */
+export const GOLDEN_KEEP = 16;
+
 export async function goldenImage(store: LayerStore, sizeMb: number): Promise<string> {
   const file = path.join(store.cacheDir, `layer-${sizeMb}m.ext4`);
-  if (await exists(file)) return file;
+  if (await exists(file)) {
+    // Recently used (the pruning below goes by mtime); a copy in progress keeps reading a pruned file.
+    const now = new Date();
+    await fs.utimes(file, now, now).catch(() => undefined);
+    return file;
+  }
   await fs.mkdir(store.cacheDir, { recursive: true });
   // Build under a unique name and rename: concurrent creators cannot see a half-made image.
   const tmp = `${file}.${newId()}.tmp`;
@@ -52,7 +64,18 @@ export async function goldenImage(store: LayerStore, sizeMb: number): Promise<st
   } finally {
     await fs.rm(tmp, { force: true });
   }
+  await pruneGolden(store.cacheDir, GOLDEN_KEEP);
   return file;
+}
+
+/** Removes all but the `keep` most recently used golden images. */
+export async function pruneGolden(cacheDir: string, keep: number): Promise<string[]> {
+  const names = (await fs.readdir(cacheDir).catch(() => [] as string[])).filter((n) => /^layer-\d+m\.ext4$/.test(n));
+  if (names.length <= keep) return [];
+  const dated = await Promise.all(names.map(async (n) => ({ n, t: (await fs.stat(path.join(cacheDir, n)).catch(() => undefined))?.mtimeMs ?? 0 })));
+  const old = dated.sort((a, b) => b.t - a.t).slice(keep).map((d) => path.join(cacheDir, d.n));
+  await Promise.all(old.map((f) => fs.rm(f, { force: true })));
+  return old;
 }
 
 export const overlayOptions = (lower: string, layerMount: string): string =>
@@ -93,7 +116,10 @@ export async function mountLayerDisk(store: LayerStore, p: LayerPaths, sizeMb: n
 export async function mountLayerRoot(p: LayerPaths, lowerdir: string, fillUpper?: (upperDir: string) => Promise<void>): Promise<void> {
   try {
     await fillUpper?.(path.join(p.layerMount, 'upper'));
-    await execOk(['mount', '-t', 'overlay', 'overlay', '-o', overlayOptions(lowerdir, p.layerMount), p.rootfs], {
+    // nosuid: a tenant's setuid-root file never elevates a host user who reaches it by this path.
+    // Not nodev: runc makes the VPS's /dev nodes in this root (runc fails "error reopening /dev/null
+    // inside container: permission denied"); host users are kept out by the 0700 state dir instead.
+    await execOk(['mount', '-t', 'overlay', 'overlay', '-o', `nosuid,${overlayOptions(lowerdir, p.layerMount)}`, p.rootfs], {
       timeoutMs: 30_000,
     });
   } catch (e) {

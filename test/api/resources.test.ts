@@ -72,9 +72,14 @@ describe('hosts and templates', () => {
       30,
     );
     await h.deps.hosts.heartbeat(host('h1'), 30);
-    const hosts = (await (await h.call('/v1/hosts')).json()) as { hosts: Array<{ id: string; pools: unknown[] }> };
+    const hosts = (await (await h.call('/v1/hosts', { as: 'admin' })).json()) as { hosts: Array<{ id: string; pools: unknown[] }> };
     expect(hosts.hosts.map((x) => x.id)).toEqual(['h1', 'h2']);
     expect(hosts.hosts[0]).toMatchObject({ address: '127.0.0.1', draining: false, running: 1, capacity: 8, pools: [{ template: 'base', idle: 2 }] });
+    // A tenant's token sees the same hosts without where they are (test/security/authz.test.ts).
+    const mine = (await (await h.call('/v1/hosts')).json()) as { hosts: Array<Record<string, unknown>> };
+    expect(mine.hosts.map((x) => x.id)).toEqual(['h1', 'h2']);
+    expect(mine.hosts[0]).toMatchObject({ draining: false, running: 1, capacity: 8, pools: [{ template: 'base', idle: 2 }] });
+    expect(mine.hosts[0]).not.toHaveProperty('address');
 
     const t = await (await h.call('/v1/templates')).json();
     expect(t).toEqual({
@@ -144,7 +149,7 @@ describe('health, readiness, metrics', () => {
     await worker.finish(h.deps, a.id);
     await recordHistogram(h.deps.redis, h.deps.jobs.keys, 'job_queue_seconds', 0.003);
     await recordHistogram(h.deps.redis, h.deps.jobs.keys, 'job_queue_seconds', 0.2);
-    const res = await h.call('/metrics', { as: null });
+    const res = await h.call('/metrics', { as: 'admin' }); // who else may read it: test/security/authz.test.ts
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toBe('text/plain; version=0.0.4; charset=utf-8');
     const text = await res.text();
