@@ -10,10 +10,10 @@ import type { Keys } from '../core/store/keys.js';
 import type { LogStore } from '../core/store/logs.js';
 import type { TokenAuth } from './auth.js';
 
-export type ApiConfig = Pick<ServiceConfig, 'defaultLimits' | 'maxLimits' | 'maxBodyBytes' | 'rateLimitPerSec' | 'resultTtlSec' | 'redisPrefix'> & {
-  /** Tenants allowed to drain/resume hosts (default: "default"). */
-  adminTenants?: string[];
-};
+export type ApiConfig = Pick<ServiceConfig, 'defaultLimits' | 'maxLimits' | 'maxBodyBytes' | 'rateLimitPerSec' | 'resultTtlSec' | 'redisPrefix'> &
+  /** Per-tenant caps; absent: the defaults of core/config.ts (TENANT_CAP_DEFAULTS). */
+  Partial<Pick<ServiceConfig, 'tenantMaxQueued' | 'tenantMaxQueuedBytes' | 'tenantMaxFollowers' | 'checkpointMinIntervalSec'>>;
+// Admin rights come with a token's role (api/auth.ts), never with a tenant name or a config list.
 
 /** Everything the API needs, built by a composition root (cli) or a test. */
 export interface ApiDeps {
@@ -42,6 +42,8 @@ export interface ApiEnv {
     requestId: string;
     log: Logger;
     tenant: string;
+    /** The token has the admin role (api/auth.ts). */
+    admin: boolean;
     jobId?: string;
   };
 }

@@ -42,7 +42,7 @@ export class ApiClient {
   }
 }
 
-const CODE_BY_STATUS: Record<number, ErrorCode> = { 400: 'invalid_argument', 401: 'invalid_argument', 404: 'not_found', 409: 'conflict', 413: 'limit_exceeded', 422: 'limit_exceeded', 429: 'unavailable' };
+const CODE_BY_STATUS: Record<number, ErrorCode> = { 400: 'invalid_argument', 401: 'invalid_argument', 403: 'invalid_argument', 404: 'not_found', 409: 'conflict', 413: 'limit_exceeded', 422: 'limit_exceeded', 429: 'unavailable' };
 
 /** Turns a problem+json response into a RunboxError with the server's words. */
 async function problemError(res: Response): Promise<RunboxError> {

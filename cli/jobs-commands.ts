@@ -208,9 +208,17 @@ export async function lsCommand(args: string[]): Promise<number> {
 
 export async function hostsCommand(args: string[]): Promise<number> {
   strict(args, {}, 'runbox hosts');
-  const r = await ApiClient.fromEnv().json<{ hosts: Array<{ id: string; address: string | null; running: number; capacity: number; draining: boolean; pools: Array<{ template: string; network: string; idle: number; inUse: number }> }> }>('GET', '/v1/hosts');
-  const rows = r.hosts.map((h) => [h.id, h.address ?? '-', `${h.running}/${h.capacity}`, h.draining ? 'draining' : 'active', h.pools.map((p) => `${p.template}:${p.network} idle=${p.idle} busy=${p.inUse}`).join(', ')]);
-  process.stdout.write(table(['HOST', 'ADDRESS', 'JOBS', 'STATE', 'POOLS'], rows));
+  const r = await ApiClient.fromEnv().json<{ hosts: Array<{ id: string; address?: string | null; running: number; capacity: number; draining: boolean; pools: Array<{ template: string; network: string; idle: number; inUse: number }> }> }>('GET', '/v1/hosts');
+  // Addresses are shown to admin tokens only (the API leaves the field out for the others).
+  const admin = r.hosts.some((h) => 'address' in h);
+  const rows = r.hosts.map((h) => [
+    h.id,
+    ...(admin ? [h.address ?? '-'] : []),
+    `${h.running}/${h.capacity}`,
+    h.draining ? 'draining' : 'active',
+    h.pools.map((p) => `${p.template}:${p.network} idle=${p.idle} busy=${p.inUse}`).join(', '),
+  ]);
+  process.stdout.write(table(['HOST', ...(admin ? ['ADDRESS'] : []), 'JOBS', 'STATE', 'POOLS'], rows));
   return 0;
 }
 

@@ -3,6 +3,7 @@ import { runtimeConfigFromEnv } from '../core/config.js';
 import { newId } from '../core/ids.js';
 import { LimitsSchema, resolveLimits } from '../core/limits.js';
 import { createLogger } from '../core/log.js';
+import { ensurePrivateDirs } from '../runtime/host/private-dirs.js';
 import { RuncEngine } from '../runtime/runc-engine.js';
 import { readTemplateInfo, resolveTemplate } from '../runtime/templates/store.js';
 import { exitStatus, parseRunArgs } from './run-args.js';
@@ -18,6 +19,7 @@ export async function runCommand(args: string[]): Promise<number> {
   }
   const limits = resolveLimits(checked.data, cfg.defaultLimits, cfg.maxLimits);
   const log = createLogger(process.env.RUNBOX_LOG_LEVEL ?? 'warn');
+  await ensurePrivateDirs([cfg.stateDir, cfg.templatesDir], { log });
   const engine = new RuncEngine({
     stateDir: cfg.stateDir,
     templatesDir: cfg.templatesDir,
@@ -26,6 +28,7 @@ export async function runCommand(args: string[]): Promise<number> {
     agentPath: cfg.agentPath,
     netCidr: cfg.netCidr,
     log,
+    egressAllow: cfg.egressAllow, vpsTun: cfg.vpsTun,
   });
   const template = await resolveTemplate(engine.layout.templatesDir, req.template);
   const stdin = req.stdin ? await readAll(process.stdin) : undefined;

@@ -2,6 +2,7 @@ import os from 'node:os';
 import { serviceConfigFromEnv, type ServiceConfig } from '../core/config.js';
 import { RunboxError } from '../core/errors.js';
 import { createLogger, type Logger } from '../core/log.js';
+import { ensurePrivateDirs, ensurePrivateFile } from '../runtime/host/private-dirs.js';
 import { startWorker, type WorkerHandle } from '../worker/main.js';
 
 /**
@@ -59,9 +60,15 @@ export async function apiDeps(config: ServiceConfig, redisUrl: string, log: Logg
   const events = new JobEvents(connectSubscriber(redisUrl), config.redisPrefix);
   const queue = new JobQueue(redis, config.redisPrefix);
   const hosts = new HostRegistry(redis, config.redisPrefix);
-  const tokens = await TokenAuth.load({ apiTokens: config.apiTokens, tokenFile: config.tokenFile });
+  const tokens = await TokenAuth.load({ apiTokens: config.apiTokens, tokenFile: config.tokenFile, metricsToken: config.metricsToken });
   if (tokens.size === 0) {
     throw new RunboxError('invalid_argument', `no API tokens: set RUNBOX_API_TOKENS (tenant=token,...) or write ${config.tokenFile}`);
+  }
+  if (tokens.admins === 0) {
+    log.warn(
+      { tokenFile: config.tokenFile },
+      'no token has the admin role: nobody can drain or resume hosts, pick migration targets or see host addresses; give the operator one (tenant:admin=token in RUNBOX_API_TOKENS or the token file)',
+    );
   }
   const deps = {
     config,
@@ -109,6 +116,9 @@ export async function apiCommand(args: string[]): Promise<number> {
   const config = loadConfig();
   if (!config.redisUrl) throw new RunboxError('invalid_argument', 'runbox api needs RUNBOX_REDIS_URL (the Redis shared with the workers)');
   const log = createLogger(config.logLevel);
+  // The API may run where the state dir does not exist: tighten only what is there.
+  await ensurePrivateDirs([config.stateDir], { log, create: false });
+  await ensurePrivateFile(config.tokenFile, { log });
   const { startApi } = await import('../api/server.js');
   const stop = new AbortController();
   const { deps, close } = await apiDeps(config, config.redisUrl, log, stop.signal);
@@ -149,9 +159,12 @@ export async function upCommand(args: string[]): Promise<number> {
   const { startEmbeddedRedis } = await import('./embedded-redis.js');
   const { ensureTokenFile } = await import('../api/auth.js');
   const { startApi } = await import('../api/server.js');
+  // Private before anything is made in them (runtime/host/private-dirs.ts).
+  await ensurePrivateDirs([config.stateDir, config.templatesDir, config.checkpointDir], { log });
+  await ensurePrivateFile(config.tokenFile, { log });
   await prebuildTemplates(config, log); // RUNBOX_PREBUILD_TEMPLATES, before anything starts (the worker's pools need them)
-  const redis = config.redisUrl ? { url: config.redisUrl, stop: async () => undefined } : await startEmbeddedRedis(config.stateDir);
-  const token = config.apiTokens ? undefined : await ensureTokenFile(config.tokenFile);
+  const redis = config.redisUrl ? { url: config.redisUrl, stop: async () => undefined } : await startEmbeddedRedis(config.stateDir, { log, maxmemoryBytes: config.redisMaxmemoryBytes });
+  const token = config.apiTokens ? undefined : await ensureTokenFile(config.tokenFile, { log });
   const worker = await startWorker({ config, redisUrl: redis.url, log, warmBeforeStart: false });
   const stop = new AbortController();
   const { deps, close } = await apiDeps(config, redis.url, log, stop.signal);
@@ -160,7 +173,7 @@ export async function upCommand(args: string[]): Promise<number> {
     [
       `runbox is up.`,
       `  API:    ${api.url}   (docs: ${api.url}/docs)`,
-      token ? `  token:  ${token.token}   (tenant "${token.tenant}", stored in ${config.tokenFile})` : '  tokens: from RUNBOX_API_TOKENS',
+      token ? `  token:  ${token.token}   (tenant "${token.tenant}", ${token.role}, stored in ${config.tokenFile})` : '  tokens: from RUNBOX_API_TOKENS',
       `  redis:  ${redis.url}`,
       `  try:    curl -s -H "Authorization: Bearer <token>" -d '{"command":["echo","hello"]}' '${api.url}/v1/jobs?wait=30'`,
       `          ./bin/runbox submit --wait 30 -- echo hello`,

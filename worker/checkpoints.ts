@@ -7,9 +7,13 @@ import type { JobStore } from '../core/store/jobs.js';
 import { snapshot } from '../runtime/checkpoint/checkpoint.js';
 import type { CheckpointStore } from '../runtime/checkpoint/store.js';
 import type { RuncEngine } from '../runtime/runc-engine.js';
+import { Places } from './places.js';
 import type { RunningJob } from './running.js';
 
 export type CheckpointEntry = Job['checkpoints'][number];
+
+/** Checkpoints one host takes at the same time (each is a CRIU dump plus a disk copy on its CPU). */
+export const MAX_CONCURRENT = 2;
 
 /**
  * Checkpoints of running jobs (on request, on a job's `checkpoint.everySec`, or by the host policy),
@@ -18,18 +22,29 @@ export type CheckpointEntry = Job['checkpoints'][number];
  */
 export class JobCheckpointer {
   private readonly busy = new Map<string, Promise<CheckpointEntry>>();
+  private readonly places = new Places(MAX_CONCURRENT);
 
   constructor(
     private readonly deps: { engine: RuncEngine; store: CheckpointStore; jobs: JobStore; hostId: string; keep: number; log: Logger; checkpointNonRoot: boolean },
   ) {}
 
-  checkpoint(job: RunningJob, reason: string): Promise<CheckpointEntry> {
+  /**
+   * `automatic` checkpoints (a job's interval, the host policy) skip a turn when the host already
+   * runs MAX_CONCURRENT (a `conflict`); requested ones wait for a place. CRIU and the disk copy
+   * run on the host's CPU, not the job's: however many jobs ask, a host dumps only so many at once.
+   */
+  checkpoint(job: RunningJob, reason: string, o: { automatic?: boolean } = {}): Promise<CheckpointEntry> {
     const inFlight = this.busy.get(job.jobId);
     if (inFlight) return inFlight;
-    const p = this.run(job, reason).finally(() => this.busy.delete(job.jobId));
+    const place = o.automatic ? this.places.tryTake() : undefined;
+    if (o.automatic && !place) return Promise.reject(new RunboxError('conflict', `host ${this.deps.hostId} is busy with ${this.places.inUse} other checkpoints`));
+    const p = (place ? Promise.resolve(place) : this.places.take())
+      .then((free) => this.run(job, reason).finally(free))
+      .finally(() => this.busy.delete(job.jobId));
     this.busy.set(job.jobId, p);
     return p;
   }
+
 
   private async run(job: RunningJob, reason: string): Promise<CheckpointEntry> {
     const { jobs, store, engine, hostId } = this.deps;

@@ -1,10 +1,13 @@
 import { Hono } from 'hono';
 import { z } from 'zod';
 import { canCheckpoint, nonRootMessage } from '../../core/checkpointable.js';
+import { tenantCaps } from '../../core/config.js';
 import { RunboxError } from '../../core/errors.js';
 import type { ApiEnv, RouteDeps } from '../deps.js';
 import { hostCommand } from '../host-command.js';
+import { assertAdmin } from '../middleware/auth.js';
 import { ownJob } from '../own-job.js';
+import { ApiError } from '../problem.js';
 import { readJson } from '../request-input.js';
 import { parseOr400 } from '../validate.js';
 
@@ -44,7 +47,12 @@ export function checkpointRoutes(deps: RouteDeps): Hono<ApiEnv> {
     const id = c.req.param('id');
     c.set('jobId', id);
     const { host } = await runningJob(c.get('tenant'), id, 'checkpointed');
-    return c.json((await hostCommand(deps, host.id, { op: 'checkpoint', jobId: id }, COMMAND_TIMEOUT_SEC)) as object, 201);
+    const done = await claimCheckpointSlot(deps, id);
+    try {
+      return c.json((await hostCommand(deps, host.id, { op: 'checkpoint', jobId: id }, COMMAND_TIMEOUT_SEC)) as object, 201);
+    } finally {
+      await done();
+    }
   });
 
   app.post('/:id/migrate', async (c) => {
@@ -53,6 +61,8 @@ export function checkpointRoutes(deps: RouteDeps): Hono<ApiEnv> {
     // The body is optional: no body (or {}) lets runbox pick the target.
     const raw = (await c.req.text()).trim() ? await readJson(c) : {};
     const body = parseOr400(MigrateRequestSchema, raw, 'migrate request');
+    // Placement is the operator's: a tenant choosing hosts could pile its jobs onto one victim host.
+    if (body.host) assertAdmin(c, 'choosing the target host of a migration', 'leave out "host" and runbox picks one');
     const { job, host } = await runningJob(c.get('tenant'), id, 'migrated');
     if (body.host) {
       const target = await deps.hosts.get(body.host);
@@ -66,4 +76,27 @@ export function checkpointRoutes(deps: RouteDeps): Hono<ApiEnv> {
   });
 
   return app;
+}
+
+/**
+ * Every checkpoint freezes the job and runs CRIU on its host's CPU: one request per job per
+ * RUNBOX_CHECKPOINT_MIN_INTERVAL_SEC, counted from the end of the previous one (whatever its
+ * outcome: a failed dump costs the host as much), in Redis so every API process shares it.
+ * Returns what to call when the checkpoint ended.
+ */
+export async function claimCheckpointSlot(deps: RouteDeps, id: string): Promise<() => Promise<void>> {
+  const sec = tenantCaps(deps.config).checkpointMinIntervalSec;
+  if (sec <= 0) return async () => undefined;
+  const key = deps.keys.checkpointRequested(id);
+  const floorMs = Math.round(sec * 1000);
+  // Held while the checkpoint runs (an API that dies meanwhile lets it expire), then for the floor.
+  if ((await deps.redis.set(key, '1', 'PX', COMMAND_TIMEOUT_SEC * 1000 + floorMs, 'NX')) === 'OK') {
+    return async () => void (await deps.redis.set(key, '1', 'PX', floorMs).catch(() => undefined));
+  }
+  const retry = Math.max(1, Math.ceil((await deps.redis.pttl(key)) / 1000));
+  throw new ApiError(
+    'rate_limited',
+    `job ${id} was checkpointed less than ${sec} s ago (or is being checkpointed): at most one checkpoint request per ${sec} s per job (RUNBOX_CHECKPOINT_MIN_INTERVAL_SEC); retry in ${retry} s`,
+    { meta: { minIntervalSec: sec, retryAfterSec: retry }, headers: { 'Retry-After': String(retry) } },
+  );
 }

@@ -2,18 +2,23 @@ import { Hono, type Context } from 'hono';
 import { isRunboxError, RunboxError } from '../../core/errors.js';
 import { newId } from '../../core/ids.js';
 import { newJobRecord } from '../../core/job-record.js';
-import { isTerminal, JobRequestSchema, type Job } from '../../core/job.js';
+import { tenantCaps } from '../../core/config.js';
+import { isTerminal, JobRequestSchema, type Job, type JobRequest } from '../../core/job.js';
+import { QueuedQuotaExceeded } from '../../core/store/jobs.js';
 import { resolveLimits } from '../../core/limits.js';
 import { aborted, anySignal } from '../abort.js';
 import { canonicalJson, sha256Hex } from '../canonical-json.js';
 import type { ApiEnv, RouteDeps } from '../deps.js';
 import { ownJob } from '../own-job.js';
+import { ApiError } from '../problem.js';
 import { ListQuerySchema } from '../schemas.js';
 import { checkFiles, parseIdempotencyKey, parseWait, readJson } from '../request-input.js';
 import { parseOr400 } from '../validate.js';
 
 /** One index prune per this many creates keeps the tenant index bounded without a cron. */
 const PRUNE_EVERY = 100;
+/** Retry-After of a queued-work quota refusal: when jobs start is up to the workers. */
+const QUEUED_QUOTA_RETRY_SEC = 10;
 
 /** POST /v1/jobs, GET /v1/jobs, GET /v1/jobs/:id, POST /v1/jobs/:id/cancel. */
 export function jobRoutes(deps: RouteDeps): Hono<ApiEnv> {
@@ -35,10 +40,10 @@ export function jobRoutes(deps: RouteDeps): Hono<ApiEnv> {
     checkFiles(req.files, limits);
 
     const idem = idemKey ? { key: idemKey, requestHash: sha256Hex(canonicalJson(req)) } : undefined;
-    const { job, created } = await deps.jobs.create(tenant, newJobRecord(newId(10), req, limits), req, idem);
+    const { job, created } = await createWithinQuota(deps, tenant, newJobRecord(newId(10), req, limits), req, idem);
     c.set('jobId', job.id);
     if (created) {
-      await enqueueOrFail(deps, c, job, tenant, idem !== undefined);
+      await enqueueOrDiscard(deps, c, job, tenant, idem?.key);
       if (Math.random() < 1 / PRUNE_EVERY) pruneIndex(deps, c, tenant);
     } else if (job.status === 'queued') {
       // A retry of a create whose enqueue was lost (API crash between the two): BullMQ ignores an
@@ -102,18 +107,34 @@ export function jobRoutes(deps: RouteDeps): Hono<ApiEnv> {
   return app;
 }
 
-async function enqueueOrFail(deps: RouteDeps, c: Context<ApiEnv>, job: Job, tenant: string, idempotent: boolean): Promise<void> {
+/** Stores the job unless the tenant's queued work is at RUNBOX_TENANT_MAX_QUEUED(_BYTES) (atomic, in Redis). */
+async function createWithinQuota(deps: RouteDeps, tenant: string, job: Job, req: JobRequest, idem?: { key: string; requestHash: string }) {
+  const caps = tenantCaps(deps.config);
+  try {
+    return await deps.jobs.create(tenant, job, req, idem, { maxQueued: caps.tenantMaxQueued, maxQueuedBytes: caps.tenantMaxQueuedBytes });
+  } catch (e) {
+    if (!(e instanceof QueuedQuotaExceeded)) throw e;
+    const detail =
+      e.quota === 'jobs'
+        ? `tenant "${tenant}" already has ${e.used} queued jobs, the most allowed (RUNBOX_TENANT_MAX_QUEUED=${e.limit}); retry when some have started`
+        : `tenant "${tenant}"'s queued jobs already hold ${e.used} bytes of requests; this one (${Buffer.byteLength(JSON.stringify(req))} bytes) would pass the cap (RUNBOX_TENANT_MAX_QUEUED_BYTES=${e.limit}); retry when some have started`;
+    throw new ApiError('quota_exceeded', detail, {
+      meta: { quota: e.quota === 'jobs' ? 'queued_jobs' : 'queued_bytes', limit: e.limit, used: e.used },
+      headers: { 'Retry-After': String(QUEUED_QUOTA_RETRY_SEC) },
+    });
+  }
+}
+
+async function enqueueOrDiscard(deps: RouteDeps, c: Context<ApiEnv>, job: Job, tenant: string, idemKey: string | undefined): Promise<void> {
   try {
     await deps.queue.enqueue({ jobId: job.id, tenant }, job.priority);
   } catch (e) {
     c.get('log').error({ err: e, jobId: job.id }, 'enqueue failed');
-    // With an Idempotency-Key the record stays queued: the client's retry re-enqueues it (above).
-    // Without one nobody could, so record the failure instead of leaving a job that never runs.
-    if (!idempotent) {
-      await deps.jobs
-        .transition(job.id, 'failed', { finishedAt: new Date().toISOString(), error: { code: 'unavailable', message: 'the job could not be queued' } })
-        .catch((e2: unknown) => c.get('log').error({ err: e2, jobId: job.id }, 'recording the enqueue failure failed too'));
-    }
+    // Undo the create (its idempotency key too), so the refused request leaves nothing behind: no
+    // record that never runs, nothing counted against the tenant's quota. Works on a full Redis.
+    await deps.jobs
+      .discard(tenant, job.id, idemKey)
+      .catch((e2: unknown) => c.get('log').error({ err: e2, jobId: job.id }, 'undoing the create failed too: its record stays queued, without a queue entry'));
     throw new RunboxError('unavailable', 'the job could not be queued; retry later', { cause: e });
   }
 }

@@ -1,15 +1,19 @@
 import { Hono } from 'hono';
 import { stream, streamSSE } from 'hono/streaming';
+import { tenantCaps } from '../../core/config.js';
 import type { Job } from '../../core/job.js';
 import { toEvent } from '../../core/store/logs.js';
 import { anySignal } from '../abort.js';
 import type { ApiEnv, RouteDeps } from '../deps.js';
 import { tailLogs } from '../log-tail.js';
 import { ownJob } from '../own-job.js';
+import { ApiError } from '../problem.js';
 import { invalid } from '../validate.js';
 
 export const SSE_POLL_MS = 100;
 export const SSE_HEARTBEAT_MS = 15_000;
+/** Retry-After of a refused follower: other streams of the tenant end when their jobs do. */
+const FOLLOWER_RETRY_SEC = 5;
 
 /**
  * GET /v1/jobs/:id/logs. Plain text by default; `Accept: text/event-stream` gives SSE:
@@ -24,6 +28,7 @@ export function logRoutes(deps: RouteDeps): Hono<ApiEnv> {
   const app = new Hono<ApiEnv>();
   const pollMs = deps.sse?.pollMs ?? SSE_POLL_MS;
   const heartbeatMs = deps.sse?.heartbeatMs ?? SSE_HEARTBEAT_MS;
+  const followers = new FollowerSlots(tenantCaps(deps.config).tenantMaxFollowers);
 
   app.get('/:id/logs', async (c) => {
     const id = c.req.param('id');
@@ -32,6 +37,9 @@ export function logRoutes(deps: RouteDeps): Hono<ApiEnv> {
     const sse = (c.req.header('accept') ?? '').includes('text/event-stream');
     const from = parseOffset(c.req.header('last-event-id'), 'Last-Event-ID') ?? parseOffset(c.req.query('offset'), 'offset') ?? 0;
     const follow = parseFollow(c.req.query('follow'));
+    // A follower holds a connection and polls Redis until the job ends: capped per tenant. Taken
+    // last (nothing after it can throw before the stream starts), released when the stream ends.
+    const release = follow || sse ? followers.take(c.get('tenant')) : () => undefined;
     const signal = anySignal([deps.shutdown, c.req.raw.signal]);
     const status = async () => (await deps.jobs.get(id))?.job.status ?? null;
     const chunks = (statusOf: () => Promise<Job['status'] | null> = status) => tailLogs(deps.logs, id, from, { follow, pollMs, signal: signal.signal, status: statusOf });
@@ -45,6 +53,7 @@ export function logRoutes(deps: RouteDeps): Hono<ApiEnv> {
         } catch (e) {
           c.get('log').error({ err: e, jobId: id }, 'log stream failed');
         } finally {
+          release();
           signal.dispose();
         }
       });
@@ -78,12 +87,47 @@ export function logRoutes(deps: RouteDeps): Hono<ApiEnv> {
         await s.writeSSE({ event: 'error', data: JSON.stringify({ code: 'internal', requestId: c.get('requestId') }) });
       } finally {
         clearInterval(beat);
+        release();
         signal.dispose();
       }
     });
   });
 
   return app;
+}
+
+/**
+ * Concurrent log followers (SSE streams, `?follow=1`) per tenant in this API process. Counted in
+ * memory: a slot lives exactly as long as its connection, and a crashed process frees its own.
+ */
+export class FollowerSlots {
+  private readonly held = new Map<string, number>();
+  constructor(private readonly max: number) {}
+
+  /** A release function (idempotent), or a 429 quota_exceeded when the tenant holds `max`. */
+  take(tenant: string): () => void {
+    const n = this.held.get(tenant) ?? 0;
+    if (this.max > 0 && n >= this.max) {
+      throw new ApiError(
+        'quota_exceeded',
+        `tenant "${tenant}" already follows ${n} log streams on this server, the most allowed (RUNBOX_TENANT_MAX_FOLLOWERS=${this.max}); close one, or read the log without follow`,
+        { meta: { quota: 'followers', limit: this.max, used: n }, headers: { 'Retry-After': String(FOLLOWER_RETRY_SEC) } },
+      );
+    }
+    this.held.set(tenant, n + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const left = (this.held.get(tenant) ?? 1) - 1;
+      if (left > 0) this.held.set(tenant, left);
+      else this.held.delete(tenant);
+    };
+  }
+
+  count(tenant: string): number {
+    return this.held.get(tenant) ?? 0;
+  }
 }
 
 export function endEvent(job: Job | null): Record<string, unknown> {

@@ -15,6 +15,14 @@ export class Keys {
   /** Set while a host is drained (survives its restarts). */
   draining = (id: string) => `${this.prefix}host:${id}:draining`;
   tenantActive = (tenant: string) => `${this.prefix}active:${tenant}`;
+  /** Quota of queued work: job key → bytes of its stored request, `#` → their total. */
+  tenantQueued = (tenant: string) => `${this.prefix}queued:${tenant}`;
+  /** Artifact budget: job id → artifact bytes held in Redis, `#` → their total. */
+  tenantArtifactBytes = (tenant: string) => `${this.prefix}artbytes:${tenant}`;
+  /** When to check next whether a job's artifacts still exist (score: ms since the epoch). */
+  tenantArtifactCheck = (tenant: string) => `${this.prefix}artcheck:${tenant}`;
+  /** Set for RUNBOX_CHECKPOINT_MIN_INTERVAL_SEC after a checkpoint request: the floor between two. */
+  checkpointRequested = (jobId: string) => `${this.prefix}ckpt-req:${jobId}`;
   /** Which worker process (instance) holds a live job: the fence against two live copies. */
   lease = (jobId: string) => `${this.prefix}lease:${jobId}`;
   /** Ids of the jobs one worker instance holds leases on. */

@@ -12,8 +12,10 @@ import { JobStore } from '../../core/store/jobs.js';
 import { LogStore } from '../../core/store/logs.js';
 import type { TestRedis } from '../helpers/redis.js';
 
-export const TOKENS = { a: 'token-of-tenant-a', b: 'token-of-tenant-b' } as const;
+/** Tenants a and b (role user); `admin` is tenant "ops" with the admin role. */
+export const TOKENS = { a: 'token-of-tenant-a', b: 'token-of-tenant-b', admin: 'token-of-admin-ops' } as const;
 export type Tenant = keyof typeof TOKENS;
+export const TENANT_OF: Record<Tenant, string> = { a: 'a', b: 'b', admin: 'ops' };
 
 export const TEST_CONFIG: Omit<ApiConfig, 'redisPrefix'> = {
   defaultLimits: { memoryMb: 128, cpus: 1, pids: 64, diskMb: 64, timeoutSec: 30, outputBytes: 1 << 20 },
@@ -47,7 +49,7 @@ export function harness(redis: TestRedis, over: Omit<Partial<ApiDeps>, 'config'>
     hosts: new HostRegistry(conn, prefix),
     events,
     queue,
-    tokens: new TokenAuth(Object.entries(TOKENS).map(([tenant, token]) => ({ tenant, token }))),
+    tokens: new TokenAuth((Object.keys(TOKENS) as Tenant[]).map((k) => ({ tenant: TENANT_OF[k], token: TOKENS[k], role: k === 'admin' ? ('admin' as const) : ('user' as const) }))),
     redis: conn,
     log: pino({ level: 'silent' }),
     knownTemplates: async () => ['base', 'python'],

@@ -17,10 +17,12 @@ describe('toProblem', () => {
       host_lost: 503,
       checkpoint_incompatible: 409,
       host_unsupported: 501,
+      checkpoint_unsupported: 409,
     });
     expect(toProblem(new ApiError('payload_too_large', 'x'), 'r').status).toBe(413);
     expect(toProblem(new ApiError('rate_limited', 'x', { headers: { 'Retry-After': '1' } }), 'r')).toMatchObject({ status: 429, headers: { 'Retry-After': '1' } });
     expect(toProblem(new ApiError('unauthorized', 'x'), 'r')).toMatchObject({ status: 401, headers: { 'WWW-Authenticate': 'Bearer realm="runbox"' } });
+    expect(toProblem(new ApiError('quota_exceeded', 'x', { headers: { 'Retry-After': '10' } }), 'r')).toMatchObject({ status: 429, headers: { 'Retry-After': '10' } });
   });
 
   it('builds the RFC 9457 body with meta after the standard members, which meta cannot override', () => {
@@ -46,6 +48,17 @@ describe('toProblem', () => {
     }
     // unavailable explains itself (what is down), it names nothing internal.
     expect(toProblem(new RunboxError('unavailable', 'no worker host has a live heartbeat'), 'r').body.detail).toBe('no worker host has a live heartbeat');
+  });
+
+  it('maps a Redis that refuses writes (maxmemory) to 503 unavailable saying so, wherever the error is in the cause chain', () => {
+    const oom = Object.assign(new Error("OOM command not allowed when used memory > 'maxmemory'."), { name: 'ReplyError' });
+    const execAbort = Object.assign(new Error('EXECABORT Transaction discarded because of previous errors.'), { previousErrors: [oom] });
+    for (const err of [oom, execAbort, new RunboxError('unavailable', 'the job could not be queued; retry later', { cause: oom })]) {
+      const p = toProblem(err, 'r');
+      expect(p).toMatchObject({ status: 503, headers: { 'Retry-After': '30' }, body: { code: 'unavailable' } });
+      expect(p.body.detail).toMatch(/Redis is full \(maxmemory reached\).*RUNBOX_REDIS_MAXMEMORY/);
+    }
+    expect(toProblem(new Error('EXECABORT Transaction discarded because of previous errors.'), 'r').status).toBe(500);
   });
 
   it("maps Hono's HTTPExceptions", () => {
