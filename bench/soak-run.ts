@@ -176,8 +176,12 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
       report.frozenMs.byMode[mode] = { count: of.length, p50: pct(of, 50), p99: pct(of, 99) };
     }
     // Live hosts hold nothing of the jobs any more (their pools' idle VPSs aside).
-    const { hosts } = await c.json<{ hosts: Array<{ id: string; running: number; jobs?: string[] }> }>('/v1/hosts');
-    for (const h of hosts) if (h.running !== 0 || (h.jobs?.length ?? 0) !== 0) report.leaks.push(`host ${h.id} still holds job(s) ${(h.jobs ?? []).join(' ')} (running ${h.running})`);
+    // (Heartbeats come every 2 s: one taken just before the last job ended may still list it.)
+    type HostView = { id: string; running: number; jobs?: string[] };
+    const holding = async () => (await c.json<{ hosts: HostView[] }>('/v1/hosts')).hosts.filter((h) => h.running !== 0 || (h.jobs?.length ?? 0) !== 0);
+    let held = await holding();
+    for (const until = Date.now() + 10_000; held.length > 0 && Date.now() < until; held = await holding()) await new Promise((r) => setTimeout(r, 500));
+    for (const h of held) report.leaks.push(`host ${h.id} still holds job(s) ${(h.jobs ?? []).join(' ')} (running ${h.running}) 10 s after every job ended`);
   } finally {
     stopped = true;
     await c.stop({ keepState: true });

@@ -68,7 +68,9 @@ print('memory-intact' if hashlib.sha256(buf).hexdigest() == before else 'memory-
 `;
 
 export function jobFor(kind: Kind, ticks: number): JobRequestInput {
-  const base = { checkpoint: { everySec: 5 }, labels: { soak: kind } };
+  // Its work takes ticks/10 s; moves, checkpoints and a restore after a host crash add pauses.
+  const timeoutSec = Math.ceil(ticks / 10) * 2 + 300;
+  const base = { checkpoint: { everySec: 5 }, labels: { soak: kind }, limits: { timeoutSec } };
   switch (kind) {
     case 'counter':
       return { ...base, script: `i=0; while [ $i -lt ${ticks} ]; do echo "c $i"; i=$((i+1)); sleep 0.1; done; echo done` };
@@ -89,7 +91,7 @@ export function jobFor(kind: Kind, ticks: number): JobRequestInput {
         ...base,
         template: 'python',
         user: 'root',
-        limits: { memoryMb: 256 },
+        limits: { memoryMb: 256, timeoutSec },
         command: ['python3', '/opt/soak/memory.py', String(ticks)],
         files: { '/opt/soak/memory.py': { content: MEMORY_PY } },
       };

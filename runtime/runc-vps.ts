@@ -91,7 +91,7 @@ export class RuncVps implements Vps {
   private collectTail: Promise<void> = Promise.resolve();
 
   constructor(
-    private readonly vpsInfo: Omit<VpsInfo, 'state'>,
+    private vpsInfo: Omit<VpsInfo, 'state'>,
     private channelValue: AgentChannel,
     readonly cgroup: VpsCgroup,
     private readonly runc: RuncGlobal,
@@ -147,7 +147,12 @@ export class RuncVps implements Vps {
   async setHostname(name: string): Promise<void> {
     if (!this.initPid) throw new RunboxError('internal', `VPS ${this.id} has no known init process`);
     await execOk(['nsenter', '--target', String(this.initPid), '--uts', 'hostname', name], { timeoutMs: 10_000 });
+    this.vpsInfo = { ...this.vpsInfo, spec: { ...this.vpsInfo.spec, hostname: name } };
+    await this.onSpecChange?.(this.vpsInfo.spec);
   }
+
+  /** Set by the engine: records a changed spec (vps.json), so that what it says stays true. */
+  onSpecChange?: (spec: VpsInfo['spec']) => Promise<void>;
 
   /**
    * Collects files from inside the VPS through the agent (G, answered by F/B frames and Z): the

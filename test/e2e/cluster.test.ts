@@ -62,9 +62,15 @@ describe('runbox cluster', () => {
 
   it('runs private and egress jobs on every host (the host end of each veth lands in its host namespace)', async () => {
     for (const network of ['private', 'egress'] as const) {
-      const jobs = await Promise.all(Array.from({ length: 8 }, () => api<Job>('/v1/jobs?wait=60', { network, script: 'ip -4 -o addr show eth0 | grep -q inet && sleep 0.4' })));
-      expect(jobs.map((j) => [j.status, j.error])).toEqual(jobs.map(() => ['succeeded', null]));
-      expect(new Set(jobs.map((j) => j.host))).toEqual(new Set(['h1', 'h2']));
+      // Which host takes a job is the queue's choice: batches until both took some (a busy machine
+      // can let one host take a whole batch).
+      const seen = new Set<string | null>();
+      for (let round = 0; round < 4 && seen.size < 2; round++) {
+        const jobs = await Promise.all(Array.from({ length: 8 }, () => api<Job>('/v1/jobs?wait=60', { network, script: 'ip -4 -o addr show eth0 | grep -q inet && sleep 0.4' })));
+        expect(jobs.map((j) => [j.status, j.error])).toEqual(jobs.map(() => ['succeeded', null]));
+        for (const j of jobs) seen.add(j.host);
+      }
+      expect(seen).toEqual(new Set(['h1', 'h2']));
     }
   });
 

@@ -175,6 +175,8 @@ export class JobSession {
         await new Promise((r) => setTimeout(r, delay));
       }
     }
+    // The slot first: a client told the job ended may submit its next one at once.
+    await this.deps.slots.release(this.tenant, this.jobId).catch((e: unknown) => this.log.warn({ err: e }, 'releasing the tenant slot failed'));
     await this.deps.jobs.expire(this.jobId, this.deps.resultTtlSec).catch((e: unknown) => this.log.warn({ err: e }, 'setting the result TTL failed'));
     // A finished job's checkpoints are of no further use.
     void this.deps.checkpoints.removeAll(this.jobId).catch((e: unknown) => this.log.warn({ err: e }, 'removing checkpoints failed'));

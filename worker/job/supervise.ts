@@ -139,7 +139,7 @@ function scheduleCheckpoints(deps: JobDeps, job: Job, entry: RunningJob, everySe
   const first = last ? Math.max(0, Date.parse(last) + everySec * 1000 - Date.now()) : everySec * 1000;
   const tick = () => {
     void deps.checkpointer
-      .checkpoint(entry, reason)
+      .checkpoint(entry, reason, { automatic: true })
       .then(
         () => true,
         (e: unknown) => {
@@ -175,8 +175,14 @@ export async function templateDefaults(deps: Pick<JobDeps, 'engine'>, vps: RuncV
 async function collectArtifacts(deps: JobDeps, vps: RuncVps, req: JobRequest, jobId: string, log: Logger): Promise<Artifacts> {
   try {
     const r = await vps.collect(req.artifacts, { maxBytes: deps.maxArtifactBytes, maxFiles: 1000 });
-    await deps.artifacts.put(jobId, r.files.map((f) => ({ path: f.path, content: f.content })));
-    return { list: r.files.map((f) => ({ path: f.path, size: f.content.length, mode: f.mode })), truncated: r.truncated };
+    // What does not fit the tenant's artifact budget (core/store/artifacts.ts) is left out, and says so.
+    const put = await deps.artifacts.put(jobId, r.files.map((f) => ({ path: f.path, content: f.content })));
+    const left = new Set(put.skipped.map((s) => s.path));
+    if (left.size) log.info({ skipped: left.size, tenantBytes: put.tenantBytes }, "artifacts over the tenant's budget were left out");
+    return {
+      list: r.files.filter((f) => !left.has(f.path)).map((f) => ({ path: f.path, size: f.content.length, mode: f.mode })),
+      truncated: r.truncated || left.size > 0,
+    };
   } catch (e) {
     log.warn({ err: e }, 'collecting artifacts failed');
     return { list: [], truncated: true };
