@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Limits } from './limits.js';
@@ -8,6 +9,46 @@ export const REPO_ROOT = (() => {
   const here = path.dirname(fileURLToPath(import.meta.url));
   return path.basename(path.dirname(here)) === 'dist' ? path.resolve(here, '../..') : path.resolve(here, '..');
 })();
+
+/** RUNBOX_REDIS_MAXMEMORY: bytes with an optional binary unit, or 1–100 % of the host's RAM. */
+const REDIS_MAXMEMORY_RE = /^(\d{1,15})(?:([kmg])i?b?)?$|^(100|[1-9]\d?)%$/i;
+
+/** The embedded Redis's maxmemory in bytes (0: none) from RUNBOX_REDIS_MAXMEMORY and the host's RAM. */
+export function redisMaxmemoryBytes(raw: string, totalMemBytes: number): number {
+  const m = REDIS_MAXMEMORY_RE.exec(raw.trim());
+  if (!m) throw new Error(`invalid RUNBOX_REDIS_MAXMEMORY "${raw}"`);
+  if (m[3]) return Math.floor((totalMemBytes * Number(m[3])) / 100);
+  const unit = { k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[(m[2] ?? '').toLowerCase() as 'k' | 'm' | 'g'] ?? 1;
+  return Number(m[1]) * unit;
+}
+
+/**
+ * Defaults of the per-tenant caps (0 = no cap). A queued job may carry a 32 MiB request, so 1000
+ * jobs would be 32 GiB of Redis: the byte cap is what bounds memory, the count bounds queue scans.
+ * The checkpoint floor is the floor of `checkpoint.everySec` (core/job.ts).
+ */
+export const TENANT_CAP_DEFAULTS = {
+  tenantMaxQueued: 1000,
+  tenantMaxQueuedBytes: 256 * 1024 * 1024,
+  tenantMaxArtifactBytes: 1024 * 1024 * 1024,
+  tenantMaxFollowers: 32,
+  checkpointMinIntervalSec: 5,
+} as const;
+
+export type TenantCaps = { -readonly [K in keyof typeof TENANT_CAP_DEFAULTS]: number };
+
+/** The caps a component was given, the defaults for the rest (tests build partial configs). */
+export function tenantCaps(given: Partial<TenantCaps>): TenantCaps {
+  const out = { ...TENANT_CAP_DEFAULTS } as TenantCaps;
+  for (const k of Object.keys(out) as Array<keyof TenantCaps>) if (given[k] !== undefined) out[k] = given[k]!;
+  return out;
+}
+
+/** a.b.c.d or a.b.c.d/n (the firewall clears host bits). */
+function isIpv4Cidr(s: string): boolean {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?:\/(\d{1,2}))?$/.exec(s);
+  return !!m && m.slice(1, 5).every((o) => Number(o) <= 255) && Number(m[5] ?? 32) <= 32;
+}
 
 const int = (def: number) => z.coerce.number().int().positive().default(def);
 const num = (def: number) => z.coerce.number().positive().default(def);
@@ -57,7 +98,18 @@ export const EnvSchema = z.object({
   RUNBOX_RESULT_TTL_SEC: int(7 * 24 * 3600),
   RUNBOX_MAX_BODY_BYTES: int(32 * 1024 * 1024),
   RUNBOX_RATE_LIMIT_PER_SEC: int(100),
-  RUNBOX_MAX_ARTIFACT_BYTES: int(64 * 1024 * 1024),
+  // 16 MiB: artifacts live in Redis (RAM) for RUNBOX_RESULT_TTL_SEC; bigger files belong in object storage.
+  RUNBOX_MAX_ARTIFACT_BYTES: int(16 * 1024 * 1024),
+  // Per-tenant caps on shared resources (0 = no cap): see README "Configuration" and docs/API.md.
+  RUNBOX_TENANT_MAX_QUEUED: z.coerce.number().int().min(0).default(TENANT_CAP_DEFAULTS.tenantMaxQueued),
+  RUNBOX_TENANT_MAX_QUEUED_BYTES: z.coerce.number().int().min(0).default(TENANT_CAP_DEFAULTS.tenantMaxQueuedBytes),
+  RUNBOX_TENANT_MAX_ARTIFACT_BYTES: z.coerce.number().int().min(0).default(TENANT_CAP_DEFAULTS.tenantMaxArtifactBytes),
+  RUNBOX_TENANT_MAX_FOLLOWERS: z.coerce.number().int().min(0).default(TENANT_CAP_DEFAULTS.tenantMaxFollowers),
+  RUNBOX_CHECKPOINT_MIN_INTERVAL_SEC: z.coerce.number().min(0).default(TENANT_CAP_DEFAULTS.checkpointMinIntervalSec),
+  RUNBOX_REDIS_MAXMEMORY: z
+    .string()
+    .regex(REDIS_MAXMEMORY_RE, 'bytes (e.g. 4294967296, 512m, 4g), a percentage of the host\'s RAM (e.g. 25%), or 0 for no limit')
+    .default('25%'),
   RUNBOX_SHUTDOWN_GRACE_SEC: num(30),
   RUNBOX_JOB_LOCK_MS: z.coerce.number().int().min(1000).default(15_000),
   RUNBOX_CHECKPOINT_DIR: z.string().min(1).optional(),
@@ -65,7 +117,28 @@ export const EnvSchema = z.object({
   RUNBOX_CHECKPOINT_KEEP: z.coerce.number().int().min(1).default(2),
   RUNBOX_MIGRATION_PORT: z.coerce.number().int().min(0).max(65535).default(0),
   RUNBOX_MIGRATION_MODE: z.enum(['auto', 'post-copy', 'stop-and-copy']).default('auto'),
-  RUNBOX_ADMIN_TENANTS: z.string().regex(/^[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*$/).default('default'),
+  /** Where the migration receiver listens and what the heartbeat advertises (default: the host's first non-internal IPv4 address). */
+  RUNBOX_MIGRATION_ADDRESS: z.ipv4().optional(),
+  /** Bring-your-own PKI for the migration channel (PEM files); unset: each host makes its own certificate. */
+  RUNBOX_MIGRATION_CA: z.string().min(1).optional(),
+  RUNBOX_MIGRATION_CERT: z.string().min(1).optional(),
+  RUNBOX_MIGRATION_KEY: z.string().min(1).optional(),
+  /** Tests only: a job label `runbox.fault` makes a step of its migration fail (worker/migration/faults.ts). */
+  RUNBOX_FAULT_INJECTION: z.preprocess((v) => (v === undefined || v === '' ? undefined : v), z.enum(['0', '1', 'false', 'true']).optional()).transform((v) => v === '1' || v === 'true'),
+  // Removed: admin rights by tenant name (tenant "default" was admin). Any value stops the start.
+  RUNBOX_ADMIN_TENANTS: z
+    .undefined({
+      error: 'removed: admin is now a role of a token, not of a tenant name. Unset RUNBOX_ADMIN_TENANTS and give the operator\'s token the role: tenant:admin=token in RUNBOX_API_TOKENS or the token file (README "Tokens and roles")',
+    })
+    .optional(),
+  // The bearer token a Prometheus scraper sends to GET /metrics (unset: admin tokens only).
+  RUNBOX_METRICS_TOKEN: z.string().regex(/^[\x21-\x7e]{16,512}$/, '16 to 512 printable characters without spaces').optional(),
+  // VPS network boundary (docs/SECURITY.md "Network").
+  RUNBOX_EGRESS_ALLOW: z
+    .string()
+    .refine((v) => v.split(',').every((c) => c.trim() === '' || isIpv4Cidr(c.trim())), 'a comma-separated list of IPv4 CIDRs or addresses, e.g. 10.20.0.0/16,192.168.1.5')
+    .default(''),
+  RUNBOX_VPS_TUN: z.preprocess((v) => (v === undefined || v === '' ? '0' : v), z.enum(['0', '1'], { message: '0 or 1' })).transform((v) => v === '1'),
 });
 export type Env = z.infer<typeof EnvSchema>;
 
@@ -77,6 +150,10 @@ export interface RuntimeConfig {
   criuPath: string;
   agentPath: string;
   netCidr: string;
+  /** Destinations egress VPSs may reach although private or reserved (RUNBOX_EGRESS_ALLOW). */
+  egressAllow: string[];
+  /** VPSs get /dev/net/tun and keep CAP_NET_ADMIN (RUNBOX_VPS_TUN=1). */
+  vpsTun: boolean;
   logLevel: Env['RUNBOX_LOG_LEVEL'];
   defaultLimits: Limits;
   maxLimits: Limits;
@@ -102,6 +179,8 @@ export function runtimeConfigFromEnv(raw: NodeJS.ProcessEnv): RuntimeConfig {
     criuPath: e.RUNBOX_CRIU,
     agentPath: path.resolve(e.RUNBOX_AGENT),
     netCidr: e.RUNBOX_NET_CIDR,
+    egressAllow: e.RUNBOX_EGRESS_ALLOW.split(',').map((c) => c.trim()).filter(Boolean),
+    vpsTun: e.RUNBOX_VPS_TUN,
     logLevel: e.RUNBOX_LOG_LEVEL,
     defaultLimits: {
       memoryMb: e.RUNBOX_DEFAULT_MEMORY_MB,
@@ -148,6 +227,17 @@ export interface ServiceConfig extends RuntimeConfig {
   maxBodyBytes: number;
   rateLimitPerSec: number;
   maxArtifactBytes: number;
+  /** Per tenant, 0 = no cap: jobs in `queued`, and the bytes of their stored requests. */
+  tenantMaxQueued: number;
+  tenantMaxQueuedBytes: number;
+  /** Per tenant: artifact bytes held in Redis (core/store/artifacts.ts; 0 = no cap). */
+  tenantMaxArtifactBytes: number;
+  /** Per tenant and API process: concurrent log followers (SSE or ?follow=1; 0 = no cap). */
+  tenantMaxFollowers: number;
+  /** Least time between two checkpoint requests (API) for one job (0: no floor). */
+  checkpointMinIntervalSec: number;
+  /** maxmemory of the Redis `runbox up` starts (bytes, 0: none), with noeviction. */
+  redisMaxmemoryBytes: number;
   shutdownGraceSec: number;
   /** BullMQ job lock: a worker that stops renewing it for this long is presumed dead. */
   jobLockMs: number;
@@ -159,8 +249,14 @@ export interface ServiceConfig extends RuntimeConfig {
   migrationPort: number;
   /** auto: post-copy where both hosts can (criu lazy-pages), else stop-and-copy. */
   migrationMode: 'auto' | 'post-copy' | 'stop-and-copy';
-  /** Tenants that may drain and resume hosts. */
-  adminTenants: string[];
+  /** Address of the migration receiver, advertised in the heartbeat (unset: the host's first non-internal IPv4 address). */
+  migrationAddress?: string;
+  /** PEM files of the migration channel's PKI; without cert and key each host makes its own (worker/migration/credentials.ts). */
+  migrationTls: { ca?: string; cert?: string; key?: string };
+  /** Tests only: honour `runbox.fault` job labels (worker/migration/faults.ts). */
+  faultInjection: boolean;
+  /** The only token besides admin tokens that may read GET /metrics (it opens nothing else). */
+  metricsToken?: string;
 }
 
 export function serviceConfigFromEnv(raw: NodeJS.ProcessEnv, hostname: string): ServiceConfig {
@@ -189,6 +285,12 @@ export function serviceConfigFromEnv(raw: NodeJS.ProcessEnv, hostname: string): 
     maxBodyBytes: e.RUNBOX_MAX_BODY_BYTES,
     rateLimitPerSec: e.RUNBOX_RATE_LIMIT_PER_SEC,
     maxArtifactBytes: e.RUNBOX_MAX_ARTIFACT_BYTES,
+    tenantMaxQueued: e.RUNBOX_TENANT_MAX_QUEUED,
+    tenantMaxQueuedBytes: e.RUNBOX_TENANT_MAX_QUEUED_BYTES,
+    tenantMaxArtifactBytes: e.RUNBOX_TENANT_MAX_ARTIFACT_BYTES,
+    tenantMaxFollowers: e.RUNBOX_TENANT_MAX_FOLLOWERS,
+    checkpointMinIntervalSec: e.RUNBOX_CHECKPOINT_MIN_INTERVAL_SEC,
+    redisMaxmemoryBytes: redisMaxmemoryBytes(e.RUNBOX_REDIS_MAXMEMORY, os.totalmem()),
     shutdownGraceSec: e.RUNBOX_SHUTDOWN_GRACE_SEC,
     jobLockMs: e.RUNBOX_JOB_LOCK_MS,
     checkpointDir: path.resolve(e.RUNBOX_CHECKPOINT_DIR ?? path.join(rt.stateDir, 'checkpoints')),
@@ -196,6 +298,18 @@ export function serviceConfigFromEnv(raw: NodeJS.ProcessEnv, hostname: string): 
     checkpointKeep: e.RUNBOX_CHECKPOINT_KEEP,
     migrationPort: e.RUNBOX_MIGRATION_PORT,
     migrationMode: e.RUNBOX_MIGRATION_MODE,
-    adminTenants: e.RUNBOX_ADMIN_TENANTS.split(','),
+    migrationAddress: e.RUNBOX_MIGRATION_ADDRESS,
+    migrationTls: migrationTls(e),
+    faultInjection: e.RUNBOX_FAULT_INJECTION,
+    metricsToken: e.RUNBOX_METRICS_TOKEN,
   };
+}
+
+/** The migration channel's PEM files: a certificate needs its key, a CA needs both. */
+function migrationTls(e: Env): ServiceConfig['migrationTls'] {
+  const { RUNBOX_MIGRATION_CA: ca, RUNBOX_MIGRATION_CERT: cert, RUNBOX_MIGRATION_KEY: key } = e;
+  if (!cert !== !key || (ca && !cert)) {
+    throw new Error('invalid configuration:\n  RUNBOX_MIGRATION_CERT, RUNBOX_MIGRATION_KEY: set both (and both with RUNBOX_MIGRATION_CA), or neither');
+  }
+  return { ca: ca && path.resolve(ca), cert: cert && path.resolve(cert), key: key && path.resolve(key) };
 }

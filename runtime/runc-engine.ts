@@ -13,9 +13,11 @@ import { hostResolvConf } from './net/dns.js';
 import { restoreArgs, runArgs, runcDelete, type RuncGlobal } from './oci/runc.js';
 import { execOk } from './exec.js';
 import { buildSpec, SYS_DIRS_HIDDEN } from './oci/spec.js';
+import { denyTunAfterStart } from './oci/devices.js';
 import { RuncVps, startWithPipes, waitReady } from './runc-vps.js';
 import { mountLayer, mountLayerImage, unmountLayer } from './storage/layer.js';
 import { writeCriuConfig } from './checkpoint/criu-config.js';
+import { parseVpsRecord } from './vps-record.js';
 import type { VpsEngine, VpsId, VpsSpec } from './vps.js';
 
 export interface RuncEngineOptions {
@@ -26,6 +28,12 @@ export interface RuncEngineOptions {
   agentPath: string;
   netCidr: string;
   log: Logger;
+  /** RUNBOX_EGRESS_ALLOW: CIDRs egress VPSs may reach although private/reserved (runtime/net/firewall.ts). */
+  egressAllow?: readonly string[];
+  /** RUNBOX_VPS_TUN: VPSs get /dev/net/tun and keep CAP_NET_ADMIN (default: neither). */
+  vpsTun?: boolean;
+  /** Port-53 destinations of egress VPSs (default: the host's nameservers; tests name their own). */
+  nameservers?: readonly string[];
 }
 
 /** What vps.json records: enough to destroy (or, with a checkpoint, restore) the VPS later. */
@@ -113,7 +121,7 @@ export class RuncEngine implements VpsEngine {
 
   constructor(readonly opts: RuncEngineOptions) {
     this.layout = new Layout(opts.stateDir, opts.templatesDir);
-    this.net = new HostNetwork(this.layout.instance, opts.netCidr, this.layout.addrDir);
+    this.net = new HostNetwork(this.layout.instance, opts.netCidr, this.layout.addrDir, { egressAllow: opts.egressAllow, nameservers: opts.nameservers });
     this.runc = { runc: opts.runcPath, root: this.layout.runcRoot, criu: opts.criuPath };
     this.cgroups = detectCgroupLayout();
   }
@@ -181,7 +189,7 @@ export class RuncEngine implements VpsEngine {
       await this.writeRecord(record);
       if (restore && network.netns) {
         // Addresses, routes and firewall rules the job made in its netns on the previous host.
-        const { skipped } = await applyNetnsConfig(network.netns, restore.imagesDir);
+        const { skipped } = await applyNetnsConfig(network.netns, restore.imagesDir, log);
         if (skipped.length) log.warn({ skipped }, 'network configuration of links the job created itself was not restored');
       }
       const config = buildSpec({
@@ -197,6 +205,7 @@ export class RuncEngine implements VpsEngine {
         emptyDir: await this.emptyDir(),
         sysDirsHidden: this.sysDirsHidden,
         criuConfig: await this.criuConfig(),
+        tun: this.opts.vpsTun,
       });
       await fs.writeFile(p.config, JSON.stringify(config));
       const workPath = restore ? restore.lazyPagesWorkDir ?? `${restore.imagesDir}.restore-work` : '';
@@ -211,6 +220,7 @@ export class RuncEngine implements VpsEngine {
       ).finally(() => restore && !restore.lazyPagesWorkDir && fs.rm(workPath, { recursive: true, force: true }));
       mark(restore ? 'runcRestore' : 'runcRun', tRunc);
       record.init = await readInitRef(p.pidFile);
+      if (!this.opts.vpsTun) await denyTunAfterStart(this.cgroups, p.cgroupsPath);
       await this.writeRecord(record);
       const vps = new RuncVps(
         { id, spec, network, createdAt: record.createdAt },
@@ -220,6 +230,7 @@ export class RuncEngine implements VpsEngine {
         log,
       );
       vps.initPid = record.init?.pid;
+      vps.onSpecChange = async (changed) => this.writeRecord({ ...((await this.readRecord(id)) ?? record), spec: changed });
       this.live.set(id, vps);
       // A restored agent said "ready" long ago, on its first host; it is running a job now.
       if (!restore) await waitReady(channel);
@@ -350,11 +361,16 @@ export class RuncEngine implements VpsEngine {
   }
 
   async readRecord(id: VpsId): Promise<VpsRecord | undefined> {
+    let raw: unknown;
     try {
-      return JSON.parse(await fs.readFile(this.layout.vps(id).meta, 'utf8')) as VpsRecord;
+      raw = JSON.parse(await fs.readFile(this.layout.vps(id).meta, 'utf8'));
     } catch {
       return undefined;
     }
+    // Checked: destroy and gc delete the host objects it names (vps-record.ts).
+    const { record, invalid } = parseVpsRecord(raw, id);
+    if (invalid) this.opts.log.warn({ vpsId: id, field: invalid }, 'ignoring an invalid vps.json');
+    return record;
   }
 
   async writeRecord(r: VpsRecord): Promise<void> {
@@ -366,6 +382,7 @@ export class RuncEngine implements VpsEngine {
   /** Starts a restored container for an existing VPS dir (see checkpoint/). */
   async startRestored(vps: RuncVps, argv: string[]): Promise<void> {
     const channel = await startWithPipes(argv, this.opts.log.child({ vpsId: vps.id }));
+    if (!this.opts.vpsTun) await denyTunAfterStart(this.cgroups, this.layout.vps(vps.id).cgroupsPath);
     vps.endSwap(channel);
   }
 

@@ -32,8 +32,9 @@ if command -v flock >/dev/null 2>&1; then
 fi
 
 # ---- b. Debian packages -------------------------------------------------------------------------
+# openssl: each worker makes its migration-channel certificate with it (worker/migration/credentials.ts).
 PACKAGES=(runc iproute2 nftables iptables redis-server busybox-static gcc libc6-dev make e2fsprogs
-  util-linux procps psmisc kmod ca-certificates debootstrap umoci skopeo)
+  util-linux procps psmisc kmod ca-certificates debootstrap umoci skopeo openssl)
 installed="$(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' "${PACKAGES[@]}" 2>/dev/null || true)"
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -1,4 +1,5 @@
 import os from 'node:os';
+import { isIPv4 } from 'node:net';
 import { Worker } from 'bullmq';
 import { connectRedis, connectSubscriber } from '../core/redis.js';
 import type { ServiceConfig } from '../core/config.js';
@@ -27,8 +28,9 @@ import { Reaper } from './job/reaper.js';
 import { Reconciler } from './job/reconcile.js';
 import { LeaseStore } from '../core/store/leases.js';
 import { CAP_SYS_RESOURCE, hasCapability } from '../runtime/host/caps.js';
+import { ensurePrivateDirs } from '../runtime/host/private-dirs.js';
 import { newId } from '../core/ids.js';
-import { MigrationServer, migrationSecret, type MigrationDeps } from './migration.js';
+import { labelFaults, loadCredentials, MigrationServer, NoFaults, type MigrationDeps } from './migration/index.js';
 import { postCopySupport } from '../runtime/checkpoint/lazy.js';
 import { RunboxError } from '../core/errors.js';
 import { JobQueue } from '../core/queue.js';
@@ -64,6 +66,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
   // This process's name as a holder of job leases: a restart of the host is a new instance.
   const instance = `${hostId}~${newId(8)}`;
   const hlog = log.child({ hostId });
+  await ensurePrivateDirs([config.stateDir, o.templatesDir ?? config.templatesDir, config.checkpointDir], { log: hlog }); // runtime/host/private-dirs.ts
   const redis = connectRedis(o.redisUrl);
   const sub = connectSubscriber(o.redisUrl);
   const keys = new Keys(config.redisPrefix);
@@ -77,6 +80,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     agentPath: config.agentPath,
     netCidr: config.netCidr,
     log: hlog,
+    egressAllow: config.egressAllow, vpsTun: config.vpsTun,
   });
   const cleaned = await gc(engine);
   if (cleaned.vps.length) hlog.info({ vps: cleaned.vps.length }, 'cleaned up VPSs left by a previous run');
@@ -121,7 +125,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
       pools,
       jobs,
       logs: new LogStore(redis, config.redisPrefix),
-      artifacts: new ArtifactStore(redis, config.redisPrefix),
+      artifacts: new ArtifactStore(redis, config.redisPrefix, { tenantMaxBytes: config.tenantMaxArtifactBytes }),
       slots: new TenantSlots(redis, config.redisPrefix),
       redis,
       tenantConcurrency: config.tenantConcurrency,
@@ -151,7 +155,9 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
   // cancelRequested flag is polled too, in case a message was missed (pub/sub is fire-and-forget).
   // Live migration: a receiver for jobs moving here, and the commands that move jobs away.
   const registry = new HostRegistry(redis, config.redisPrefix);
-  const secret = await migrationSecret(redis, keys);
+  // This host's key and certificate on the migration channel (made on first start unless configured).
+  const migrationAddress = config.migrationAddress ?? primaryAddress();
+  const credentials = await loadCredentials({ stateDir: config.stateDir, hostId, files: config.migrationTls, log: hlog });
   // Post-copy where this host can do it (and fs.pipe-max-size raised for CRIU's page server).
   const postCopy = config.migrationMode === 'stop-and-copy' ? { ok: false, detail: 'off (RUNBOX_MIGRATION_MODE=stop-and-copy)' } : await postCopySupport(engine.runc.criu, true);
   if (config.migrationMode === 'post-copy' && !postCopy.ok) throw new RunboxError('host_unsupported', `RUNBOX_MIGRATION_MODE=post-copy, but this host cannot: ${postCopy.detail}`);
@@ -169,7 +175,10 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     recipesDir: config.recipesDir,
     postCopy: postCopy.ok,
     checkpointNonRoot,
-    address: primaryAddress(),
+    address: migrationAddress,
+    credentials,
+    hosts: registry,
+    faults: config.faultInjection ? labelFaults(jobs) : NoFaults,
     adopt: (jobId, vps, note, gate) => adoptJob(runDeps, running, jobId, vps, note, gate).catch((e) => hlog.error({ err: e, jobId }, 'adopted job failed')),
     recover: async (jobId, why) => {
       // Its supervision here must have ended first (it let go with handOver).
@@ -179,7 +188,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
       await recoverJob(runDeps, running, stored.job, stored.tenant, hlog.child({ jobId, tenant: stored.tenant }), { why, orphanOf: instance, code: 'restore_failed' });
     },
   };
-  const migrationServer = new MigrationServer(migrationDeps, secret);
+  const migrationServer = new MigrationServer(migrationDeps);
   const migrationPort = await migrationServer.listen(config.migrationPort);
   let heartbeatRef: Heartbeat | undefined;
   const drain = {
@@ -198,7 +207,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     },
   };
   await sub.subscribe(keys.cancelChannel(), keys.hostCommands(hostId));
-  const commands = new HostCommands(redis, keys, running, checkpointer, registry, { ...migrationDeps, secret }, drain, hlog);
+  const commands = new HostCommands(redis, keys, running, checkpointer, registry, migrationDeps, drain, hlog);
   sub.on('message', (ch: string, msg: string) => {
     if (ch === keys.cancelChannel()) running.cancel(msg);
     else void commands.handle(msg);
@@ -215,7 +224,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
 
   const heartbeat = new Heartbeat(
     registry,
-    { id: hostId, instance, checkpointNonRoot, address: primaryAddress(), capacity: config.workerConcurrency, templatesDir: engine.layout.templatesDir, version: '0.1.0', migrationPort },
+    { id: hostId, instance, checkpointNonRoot, address: migrationAddress, capacity: config.workerConcurrency, templatesDir: engine.layout.templatesDir, version: '0.1.0', migrationPort, migrationFingerprint: credentials.fingerprint },
     pools,
     running,
   );
@@ -227,6 +236,23 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
   const reconciler = new Reconciler(runDeps, running);
   const reconcileTimer = setInterval(() => void reconciler.tick().catch((e) => hlog.warn({ err: e }, 'reconciling held jobs failed')), 2000);
   reconcileTimer.unref();
+  // Egress VPSs never reach the other runbox hosts (migration ports, page servers) nor a Redis
+  // on the network: the peer set follows the registry (addresses written by other hosts: only
+  // well-formed IPv4 addresses are taken).
+  const redisHost = (() => {
+    try {
+      return new URL(o.redisUrl).hostname;
+    } catch {
+      return '';
+    }
+  })();
+  const syncPeerHosts = async () => {
+    const addresses = (await registry.list()).map((h) => h.address ?? '');
+    await engine.net.setPeerHosts([...addresses, redisHost].filter((a) => isIPv4(a) && !a.startsWith('127.')));
+  };
+  await syncPeerHosts().catch((e: unknown) => hlog.warn({ err: e }, 'setting the peer hosts egress VPSs may not reach failed'));
+  const peerTimer = setInterval(() => void syncPeerHosts().catch((e: unknown) => hlog.warn({ err: e }, 'updating the peer hosts failed')), 5000);
+  peerTimer.unref();
   // A host drained before a restart stays drained.
   if (await redis.get(keys.draining(hostId))) await drain.setDraining(true);
   heartbeat.start((e) => hlog.warn({ err: e }, 'heartbeat failed'));
@@ -250,6 +276,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
         }
         clearInterval(cancelPoll);
         clearInterval(reconcileTimer);
+        clearInterval(peerTimer);
         reaper.stop();
         await recoveryQueue.close();
         await migrationServer.close();

@@ -219,7 +219,7 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
   const kmajor = Number(kernel.split('.')[0]);
   const nsArgs = ['--fork', '--pid', '--mount', '--uts', '--ipc', '--net', '--cgroup', 'true'];
 
-  const [ns, userns, cgroups, filesystems, loop, criu, runc, nft, ip, agent, state, nofile] = await Promise.all([
+  const [ns, userns, cgroups, filesystems, loop, criu, runc, nft, ip, agent, state, nofile, openssl, setpriv] = await Promise.all([
     run('unshare', nsArgs),
     run('unshare', ['--user', '--map-root-user', 'true']),
     cgroupChecks(),
@@ -232,6 +232,9 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
     agentCheck(opts.agentPath),
     stateDirCheck(opts.stateDir),
     nofileCheck(),
+    versionCheck('openssl (migration channel certificates)', 'openssl', ['version'], 'apt-get install openssl'),
+    // Saved firewall rules of a moved VPS are replayed by a sandboxed nft (runtime/host/sandbox.ts).
+    versionCheck('setpriv (sandboxed replay of a VPS firewall)', 'setpriv', ['--version'], 'apt-get install util-linux'),
   ]);
   const overlay = /\boverlay\b/.test(filesystems);
 
@@ -262,6 +265,8 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
     agent,
     state,
     nofile,
+    openssl,
+    setpriv,
   ];
 }
 

@@ -1,18 +1,28 @@
+import { deviceRules, TUN_NODE } from './devices.js';
 import { vpsSeccompProfile } from './seccomp.js';
 
 /** Where the agent binary appears inside every VPS (bind-mounted read-only from the host). */
 export const AGENT_PATH_IN_VPS = '/.runbox/agent';
 
 /**
- * Capabilities of root inside a VPS: Docker's default set plus NET_ADMIN, so that root can manage
- * routes and firewall rules of the VPS's own network namespace. No SYS_ADMIN, SYS_MODULE, SYS_BOOT,
- * SYS_RAWIO, SYS_PTRACE, SYS_TIME, DAC_READ_SEARCH (open_by_handle_at), BPF, PERFMON.
+ * Capabilities of root inside a VPS: Docker's default set. Not NET_ADMIN (nf_tables, xfrm, tc,
+ * module autoload: the kernel surface of most recent container escapes; docs/SECURITY.md), nor
+ * SYS_ADMIN, SYS_MODULE, SYS_BOOT, SYS_RAWIO, SYS_PTRACE, SYS_TIME, DAC_READ_SEARCH
+ * (open_by_handle_at), BPF, PERFMON. NET_RAW stays (ping, traceroute, tcpdump of the VPS's own
+ * traffic): what it could forge, the host's bridge drops (runtime/net/firewall.ts, the pins).
  */
 export const VPS_CAPABILITIES = [
   'CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FOWNER', 'CAP_FSETID', 'CAP_KILL', 'CAP_SETGID', 'CAP_SETUID',
-  'CAP_SETPCAP', 'CAP_NET_BIND_SERVICE', 'CAP_NET_RAW', 'CAP_NET_ADMIN', 'CAP_SYS_CHROOT', 'CAP_MKNOD',
-  'CAP_AUDIT_WRITE', 'CAP_SETFCAP',
+  'CAP_SETPCAP', 'CAP_NET_BIND_SERVICE', 'CAP_NET_RAW', 'CAP_SYS_CHROOT', 'CAP_MKNOD', 'CAP_AUDIT_WRITE', 'CAP_SETFCAP',
 ];
+
+/**
+ * Granted to the agent (PID 1) only: it brings loopback up with it and then drops it from every
+ * set, bounding set included, before any job process exists (agent.c drop_net_admin). With
+ * `tun` it keeps it (AGENT_KEEP_NET_ADMIN): creating a tun/tap device needs it.
+ */
+export const AGENT_ONLY_CAPABILITIES = ['CAP_NET_ADMIN'];
+export const AGENT_KEEP_NET_ADMIN = 'RUNBOX_AGENT_KEEP_NET_ADMIN=1';
 
 /**
  * Kernel interfaces hidden from a VPS. runc masks a file with a bind of /dev/null, but a directory
@@ -51,20 +61,23 @@ export interface SpecInput {
   sysDirsHidden: readonly string[];
   /** CRIU configuration file for this VPS's dumps and restores (see checkpoint/criu-config.ts). */
   criuConfig?: string;
+  /** RUNBOX_VPS_TUN: /dev/net/tun exists and is allowed, and jobs keep CAP_NET_ADMIN to use it. */
+  tun?: boolean;
 }
 
 const CFS_PERIOD_US = 100_000;
 
 /** Builds the OCI runtime config.json for one VPS. Pure: same input, same document. */
 export function buildSpec(input: SpecInput): Record<string, unknown> {
-  const caps = [...VPS_CAPABILITIES];
+  const caps = [...VPS_CAPABILITIES, ...AGENT_ONLY_CAPABILITIES];
   return {
     ociVersion: '1.0.2',
     process: {
       terminal: false,
       user: { uid: 0, gid: 0 },
       args: [AGENT_PATH_IN_VPS],
-      env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'],
+      // The agent's own environment (a job's is built from its spec).
+      env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', ...(input.tun ? [AGENT_KEEP_NET_ADMIN] : [])],
       cwd: '/',
       capabilities: { bounding: caps, effective: caps, permitted: caps, inheritable: [], ambient: [] },
       rlimits: [{ type: 'RLIMIT_NOFILE', hard: input.nofile, soft: input.nofile }],
@@ -100,8 +113,9 @@ export function buildSpec(input: SpecInput): Record<string, unknown> {
         input.netnsPath ? { type: 'network', path: input.netnsPath } : { type: 'network' },
       ],
       cgroupsPath: input.cgroupsPath,
+      ...(input.tun ? { devices: [TUN_NODE] } : {}),
       resources: {
-        devices: [{ allow: false, access: 'rwm' }],
+        devices: deviceRules(!!input.tun),
         memory: { limit: input.memoryBytes },
         cpu: { quota: Math.max(1000, Math.round(input.cpus * CFS_PERIOD_US)), period: CFS_PERIOD_US },
         pids: { limit: input.pids },

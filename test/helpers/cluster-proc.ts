@@ -28,8 +28,8 @@ export class TestCluster {
       RUNBOX_API_PORT: String(await freePort()),
       RUNBOX_POOL_MIN_IDLE: '1',
       RUNBOX_LOG_LEVEL: 'warn',
-      // Two tenants: "default" (also the admin) and "b".
-      RUNBOX_API_TOKENS: `default=${TOKENS.default},b=${TOKENS.b}`,
+      // Two tenants: "default", whose token has the admin role (the operator), and "b".
+      RUNBOX_API_TOKENS: `default:admin=${TOKENS.default},b=${TOKENS.b}`,
       ...extraEnv,
     };
     delete env.RUNBOX_REDIS_URL;

@@ -5,7 +5,7 @@ import { REPO_ROOT } from '../../core/config.js';
 import { newId } from '../../core/ids.js';
 import { createLogger } from '../../core/log.js';
 import { gc } from '../../runtime/gc.js';
-import { RuncEngine } from '../../runtime/runc-engine.js';
+import { RuncEngine, type RuncEngineOptions } from '../../runtime/runc-engine.js';
 import type { RuncVps } from '../../runtime/runc-vps.js';
 import { resolveTemplate, type TemplateRef } from '../../runtime/templates/store.js';
 import type { JobRun, RunResult, VpsSpec } from '../../runtime/vps.js';
@@ -21,7 +21,7 @@ let subnet = 0;
  * A runtime instance of its own for one test file: own state dir, own runc root, own cgroup
  * parent, own bridge and address range (10.<200-250>.<k>.0/24), all removed by `cleanup()`.
  */
-export async function testEngine(name: string): Promise<TestEngine> {
+export async function testEngine(name: string, extra: Partial<Pick<RuncEngineOptions, 'egressAllow' | 'vpsTun' | 'nameservers'>> = {}): Promise<TestEngine> {
   const stateDir = await fs.mkdtemp(path.join(os.tmpdir(), `runbox-test-${name}-`));
   // Distinct /24 per engine: derived from the pid and a counter so parallel test files differ.
   const k = (process.pid * 7 + subnet++) % 12800;
@@ -34,6 +34,7 @@ export async function testEngine(name: string): Promise<TestEngine> {
     agentPath: AGENT,
     netCidr: cidr,
     log: createLogger(process.env.RUNBOX_TEST_LOG ?? 'silent'),
+    ...extra,
   });
   return new TestEngine(engine, stateDir);
 }

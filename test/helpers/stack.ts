@@ -6,7 +6,8 @@ import type { WorkerHandle } from '../../worker/main.js';
 import { removeState, startTestWorker, testServiceConfig } from './cluster.js';
 import { startRedis, type TestRedis } from './redis.js';
 
-export const STACK_TOKENS = { a: 'stack-token-a', b: 'stack-token-b' } as const;
+/** Tenants a and b (role user) and `admin`: tenant "ops" with the admin role. */
+export const STACK_TOKENS = { a: 'stack-token-a', b: 'stack-token-b', admin: 'stack-token-admin' } as const;
 
 /** The whole system in this process: Redis, one worker host, the API on a real port; two tenants. */
 export interface Stack {
@@ -14,14 +15,14 @@ export interface Stack {
   cfg: ServiceConfig;
   worker: WorkerHandle;
   url: string;
-  /** fetch against the API as tenant `as` (default a). */
-  call(path: string, init?: RequestInit & { as?: 'a' | 'b' }): Promise<Response>;
+  /** fetch against the API as tenant `as` (default a; `admin`: tenant ops with the admin role). */
+  call(path: string, init?: RequestInit & { as?: keyof typeof STACK_TOKENS }): Promise<Response>;
   stop(): Promise<void>;
 }
 
 export async function startStack(overrides: Partial<ServiceConfig> = {}): Promise<Stack> {
   const redis = await startRedis();
-  const cfg = await testServiceConfig(redis, { apiTokens: `a=${STACK_TOKENS.a},b=${STACK_TOKENS.b}`, ...overrides });
+  const cfg = await testServiceConfig(redis, { apiTokens: `a=${STACK_TOKENS.a},b=${STACK_TOKENS.b},ops:admin=${STACK_TOKENS.admin}`, ...overrides });
   const worker = await startTestWorker(cfg, redis.url);
   const abort = new AbortController();
   const built = await apiDeps(cfg, redis.url, createLogger('silent'), abort.signal);

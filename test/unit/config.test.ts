@@ -29,6 +29,8 @@ describe('runtimeConfigFromEnv', () => {
       criuPath: '/opt/runbox/criu/bin/criu',
       agentPath: path.join(REPO_ROOT, 'build/runbox-agent'),
       netCidr: '10.88.0.0/16',
+      egressAllow: [],
+      vpsTun: false,
       logLevel: 'info',
       defaultLimits: { memoryMb: 256, cpus: 1, pids: 256, diskMb: 256, timeoutSec: 300, outputBytes: 16_777_216 },
       maxLimits: { memoryMb: 8192, cpus: 16, pids: 32768, diskMb: 65536, timeoutSec: 86400, outputBytes: 1_073_741_824 },
@@ -59,6 +61,8 @@ describe('runtimeConfigFromEnv', () => {
       RUNBOX_MAX_DISK_MB: '2048',
       RUNBOX_MAX_TIMEOUT_SEC: '600',
       RUNBOX_MAX_OUTPUT_BYTES: '2048',
+      RUNBOX_EGRESS_ALLOW: '10.20.0.0/16, 192.168.1.5',
+      RUNBOX_VPS_TUN: '1',
     });
     expect(cfg).toEqual({
       stateDir: '/srv/runbox',
@@ -67,10 +71,21 @@ describe('runtimeConfigFromEnv', () => {
       criuPath: '/usr/sbin/criu',
       agentPath: '/opt/agent/runbox-agent',
       netCidr: '172.30.0.0/20',
+      egressAllow: ['10.20.0.0/16', '192.168.1.5'],
+      vpsTun: true,
       logLevel: 'debug',
       defaultLimits: { memoryMb: 128, cpus: 0.5, pids: 64, diskMb: 512, timeoutSec: 2.5, outputBytes: 1024 },
       maxLimits: { memoryMb: 4096, cpus: 3.5, pids: 1000, diskMb: 2048, timeoutSec: 600, outputBytes: 2048 },
     });
+  });
+
+  it.each([
+    ['RUNBOX_EGRESS_ALLOW', '10.0.0.0/33'],
+    ['RUNBOX_EGRESS_ALLOW', '10.0.0.0/8 }; flush ruleset'],
+    ['RUNBOX_EGRESS_ALLOW', 'metadata.internal'],
+    ['RUNBOX_VPS_TUN', 'true'],
+  ])('refuses %s=%s', (name, value) => {
+    expect(thrownMessage(() => runtimeConfigFromEnv({ [name]: value }))).toContain(name);
   });
 
   it('resolves a relative state dir against the working directory', () => {

@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { AGENT_PATH_IN_VPS, buildSpec, MASKED_PATHS, READONLY_PATHS, VPS_CAPABILITIES, type SpecInput } from '../../runtime/oci/spec.js';
+import { AGENT_KEEP_NET_ADMIN, AGENT_ONLY_CAPABILITIES, AGENT_PATH_IN_VPS, buildSpec, MASKED_PATHS, READONLY_PATHS, VPS_CAPABILITIES, type SpecInput } from '../../runtime/oci/spec.js';
 import { vpsSeccompProfile } from '../../runtime/oci/seccomp.js';
 
 interface Mount {
@@ -26,6 +26,7 @@ interface Spec {
   linux: {
     namespaces: Array<{ type: string; path?: string }>;
     cgroupsPath: string;
+    devices?: unknown[];
     resources: {
       devices: unknown[];
       memory: { limit: number };
@@ -165,15 +166,39 @@ describe('buildSpec', () => {
     },
   );
 
-  it('grants the documented set (incl. NET_ADMIN) and nothing inheritable or ambient', () => {
+  it('grants the documented set plus NET_ADMIN for the agent (which drops it), nothing inheritable or ambient', () => {
     const c = spec().process.capabilities;
-    expect(c.bounding).toEqual(VPS_CAPABILITIES);
-    expect(c.effective).toEqual(VPS_CAPABILITIES);
-    expect(c.permitted).toEqual(VPS_CAPABILITIES);
-    expect(c.bounding).toContain('CAP_NET_ADMIN');
+    const agentSet = [...VPS_CAPABILITIES, ...AGENT_ONLY_CAPABILITIES];
+    expect(c.bounding).toEqual(agentSet);
+    expect(c.effective).toEqual(agentSet);
+    expect(c.permitted).toEqual(agentSet);
+    expect(AGENT_ONLY_CAPABILITIES).toEqual(['CAP_NET_ADMIN']);
     expect(c.bounding).toContain('CAP_CHOWN');
     expect(c.inheritable).toEqual([]);
     expect(c.ambient).toEqual([]);
+  });
+
+  it('jobs get no NET_ADMIN (NET_RAW stays: the bridge pins make spoofing useless); the agent is told to keep NET_ADMIN only with tun', () => {
+    expect(VPS_CAPABILITIES).not.toContain('CAP_NET_ADMIN');
+    expect(VPS_CAPABILITIES).toContain('CAP_NET_RAW');
+    expect(spec().process.env).not.toContain(AGENT_KEEP_NET_ADMIN);
+    expect(spec({ tun: true }).process.env).toContain(AGENT_KEEP_NET_ADMIN);
+    expect(AGENT_KEEP_NET_ADMIN).toBe('RUNBOX_AGENT_KEEP_NET_ADMIN=1');
+  });
+
+  it('denies /dev/net/tun (char 10:200) unless tun is on; with tun it is allowed and made', () => {
+    const off = spec();
+    expect(off.linux.resources.devices).toEqual([
+      { allow: false, access: 'rwm' },
+      { allow: false, type: 'c', major: 10, minor: 200, access: 'rwm' },
+    ]);
+    expect(off.linux.devices).toBeUndefined();
+    const on = spec({ tun: true });
+    expect(on.linux.resources.devices).toEqual([
+      { allow: false, access: 'rwm' },
+      { allow: true, type: 'c', major: 10, minor: 200, access: 'rwm' },
+    ]);
+    expect(on.linux.devices).toEqual([{ path: '/dev/net/tun', type: 'c', major: 10, minor: 200, fileMode: 0o666, uid: 0, gid: 0 }]);
   });
 
   it('sets noNewPrivileges', () => {
@@ -203,7 +228,7 @@ describe('buildSpec', () => {
   it('sets the pids limit and denies all devices by default', () => {
     const r = spec({ pids: 77 }).linux.resources;
     expect(r.pids).toEqual({ limit: 77 });
-    expect(r.devices).toEqual([{ allow: false, access: 'rwm' }]);
+    expect(r.devices[0]).toEqual({ allow: false, access: 'rwm' });
   });
 
   it('sets RLIMIT_NOFILE soft = hard = nofile', () => {
