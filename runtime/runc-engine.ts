@@ -1,5 +1,7 @@
 import fs from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import fsSync, { existsSync } from 'node:fs';
+import path from 'node:path';
+import type { AgentChannel } from './agent/channel.js';
 import { RunboxError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { MiB } from '../core/units.js';
@@ -8,9 +10,10 @@ import { detectCgroupLayout, type CgroupLayout } from './cgroups/layout.js';
 import { isAlive, processStart, selfRef, type ProcessRef } from './host/proc.js';
 import { Layout, VPS_ID } from './layout.js';
 import { HostNetwork, type VpsNetwork } from './net/network.js';
+import { transferDir } from './gc.js';
 import { applyNetnsConfig } from './net/netns-config.js';
 import { hostResolvConf } from './net/dns.js';
-import { restoreArgs, runArgs, runcDelete, type RuncGlobal } from './oci/runc.js';
+import { restoreArgs, runArgs, runcDelete, runcKill, type RuncGlobal } from './oci/runc.js';
 import { execOk } from './exec.js';
 import { buildSpec, SYS_DIRS_HIDDEN } from './oci/spec.js';
 import { denyTunAfterStart } from './oci/devices.js';
@@ -208,8 +211,10 @@ export class RuncEngine implements VpsEngine {
         tun: this.opts.vpsTun,
       });
       await fs.writeFile(p.config, JSON.stringify(config));
-      const workPath = restore ? restore.lazyPagesWorkDir ?? `${restore.imagesDir}.restore-work` : '';
-      if (restore) await fs.mkdir(workPath, { recursive: true });
+      // CRIU's work dir (its log, its cgroup yard) under this host's transfers, never beside the
+      // images: those may be the checkpoint store, and a CRIU killed mid-restore leaves its yard
+      // mounted where only gc's look at transfers finds it.
+      const workPath = restore ? restore.lazyPagesWorkDir ?? (await transferDir(this.layout.transfersDir, `restore-${id}`)) : '';
       await restore?.lazyPagesReady;
       const tRunc = performance.now();
       const channel = await startWithPipes(
@@ -217,9 +222,19 @@ export class RuncEngine implements VpsEngine {
           ? restoreArgs(this.runc, id, { bundle: p.bundle, pidFile: p.pidFile, imagePath: restore.imagesDir, workPath, lazyPages: !!restore.lazyPagesWorkDir })
           : runArgs(this.runc, id, p.bundle, p.pidFile),
         log,
-      ).finally(() => restore && !restore.lazyPagesWorkDir && fs.rm(workPath, { recursive: true, force: true }));
+      ).catch(async (e: unknown) => {
+        if (restore && !restore.lazyPagesWorkDir) await fs.rm(workPath, { recursive: true, force: true });
+        throw e;
+      });
       mark(restore ? 'runcRestore' : 'runcRun', tRunc);
       record.init = await readInitRef(p.pidFile);
+      if (restore) {
+        try {
+          await this.checkRestoredStdio(record.init, channel, workPath, restore.imagesDir, log);
+        } finally {
+          if (!restore.lazyPagesWorkDir) await fs.rm(workPath, { recursive: true, force: true });
+        }
+      }
       if (!this.opts.vpsTun) await denyTunAfterStart(this.cgroups, p.cgroupsPath);
       await this.writeRecord(record);
       const vps = new RuncVps(
@@ -250,6 +265,33 @@ export class RuncEngine implements VpsEngine {
       });
       throw e;
     }
+  }
+
+  /**
+   * A restored agent must read and write this host's pipes: runc asks CRIU to put them in place
+   * of the pipes named in the checkpoint's descriptors.json. Should CRIU find no such pipe in the
+   * images, it recreates the old one instead and the agent runs on, connected to nothing (the
+   * host's first write fails with EPIPE). Refused here, with what CRIU said about it in the log.
+   */
+  private async checkRestoredStdio(init: ProcessRef | undefined, channel: AgentChannel, workPath: string, imagesDir: string, log: Logger): Promise<void> {
+    if (!init) return;
+    const link = (fd: number) => {
+      try {
+        return fsSync.readlinkSync(`/proc/${init.pid}/fd/${fd}`);
+      } catch {
+        return '?';
+      }
+    };
+    const got = { stdin: link(0), stdout: link(1) };
+    if (got.stdin === channel.pipes.control && got.stdout === channel.pipes.output) return;
+    const descriptors = await fs.readFile(path.join(imagesDir, 'descriptors.json'), 'utf8').catch(() => '?');
+    const criuLines = (await fs.readFile(path.join(workPath, 'restore.log'), 'utf8').catch(() => ''))
+      .split('\n')
+      .filter((l) => /inherit|pipe:\[/i.test(l))
+      .slice(-20);
+    log.error({ got, want: channel.pipes, descriptors: descriptors.slice(0, 300), criuLines }, "a restored VPS's agent is not on this host's pipes");
+    channel.close();
+    throw new RunboxError('unavailable', `the restored agent's stdio is not this host's pipes (stdin ${got.stdin}, stdout ${got.stdout}): CRIU did not map them`);
   }
 
   /** The VPS dir and its record (owner: this process, so gc can tell a leftover). */
@@ -380,8 +422,16 @@ export class RuncEngine implements VpsEngine {
   }
 
   /** Starts a restored container for an existing VPS dir (see checkpoint/). */
-  async startRestored(vps: RuncVps, argv: string[]): Promise<void> {
-    const channel = await startWithPipes(argv, this.opts.log.child({ vpsId: vps.id }));
+  async startRestored(vps: RuncVps, argv: string[], o: { pidFile: string; workPath: string; imagesDir: string }): Promise<void> {
+    const log = this.opts.log.child({ vpsId: vps.id });
+    const channel = await startWithPipes(argv, log);
+    try {
+      await this.checkRestoredStdio(await readInitRef(o.pidFile), channel, o.workPath, o.imagesDir, log);
+    } catch (e) {
+      await runcKill(this.runc, vps.id).catch(() => undefined);
+      await runcDelete(this.runc, vps.id, true).catch(() => undefined);
+      throw e;
+    }
     if (!this.opts.vpsTun) await denyTunAfterStart(this.cgroups, this.layout.vps(vps.id).cgroupsPath);
     vps.endSwap(channel);
   }

@@ -141,6 +141,31 @@ export class RuncVps implements Vps {
   initPid?: number;
 
   /**
+   * What the host sees of the VPS's init once its pipes broke (for the log): whether it still
+   * runs, and whether its stdin/stdout are this host's pipes (a restore that did not map them
+   * leaves a live agent talking to pipes nobody reads).
+   */
+  diagnose(): Record<string, string | number | undefined> {
+    const pid = this.initPid;
+    const read = (f: () => string) => {
+      try {
+        return f();
+      } catch {
+        return undefined;
+      }
+    };
+    const stat = pid ? read(() => fs.readFileSync(`/proc/${pid}/stat`, 'utf8')) : undefined;
+    return {
+      initPid: pid,
+      initState: stat ? stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) : 'gone',
+      initStdin: pid ? read(() => fs.readlinkSync(`/proc/${pid}/fd/0`)) : undefined,
+      initStdout: pid ? read(() => fs.readlinkSync(`/proc/${pid}/fd/1`)) : undefined,
+      hostControlPipe: this.channel.pipes.control,
+      hostOutputPipe: this.channel.pipes.output,
+    };
+  }
+
+  /**
    * Sets the hostname of a running VPS (a pooled VPS gets the job's hostname). Root inside lacks
    * CAP_SYS_ADMIN for sethostname, so the host does it from within the VPS's UTS namespace.
    */

@@ -32,11 +32,22 @@ export class AgentChannel {
   /** Frames that describe a state rather than an event ('ready', 'exited'), kept for late waiters. */
   private readonly sticky: AgentFrame[] = [];
 
+  /** The pipes' identities (`pipe:[inode]`, as /proc/PID/fd shows them), taken while they are open. */
+  readonly pipes: { control: string; output: string };
+
   constructor(
     private readonly readFd: number,
     private readonly writeFd: number,
     stderrFd: number,
   ) {
+    const id = (fd: number) => {
+      try {
+        return `pipe:[${fs.fstatSync(fd).ino}]`;
+      } catch {
+        return '?';
+      }
+    };
+    this.pipes = { control: id(writeFd), output: id(readFd) };
     this.in = new net.Socket({ fd: readFd, readable: true, writable: false });
     this.err = new net.Socket({ fd: stderrFd, readable: true, writable: false });
     this.err.on('data', (d: Buffer) => {

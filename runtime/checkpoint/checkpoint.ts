@@ -1,4 +1,4 @@
-import { constants as fsConstants } from 'node:fs';
+import fsSync, { constants as fsConstants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { RunboxError } from '../../core/errors.js';
@@ -48,7 +48,9 @@ export async function checkpoint(engine: RuncEngine, vps: RuncVps, opts: { leave
     await old.drained();
   }
   try {
+    const stdio = agentStdio(vps);
     await execOk(checkpointArgs(engine.runc, vps.id, { imagePath, workPath, leaveRunning: opts.leaveRunning }), { timeoutMs: 120_000 });
+    await writeDescriptors(imagePath, stdio);
   } catch (e) {
     if (!opts.leaveRunning) {
       vps.endSwap(undefined);
@@ -79,7 +81,7 @@ export async function restore(engine: RuncEngine, vps: RuncVps, imagePath: strin
   const t0 = Date.now();
   vps.beginSwap();
   try {
-    await engine.startRestored(vps, restoreArgs(engine.runc, vps.id, { bundle: p.bundle, pidFile: p.pidFile, imagePath, workPath }));
+    await engine.startRestored(vps, restoreArgs(engine.runc, vps.id, { bundle: p.bundle, pidFile: p.pidFile, imagePath, workPath }), { pidFile: p.pidFile, workPath, imagesDir: imagePath });
   } catch (e) {
     vps.endSwap(undefined);
     throw new RunboxError('internal', `restore of VPS ${vps.id} failed${await criuErrors(workPath, 'restore.log')}`, { cause: e });
@@ -158,15 +160,40 @@ export async function saveNetwork(vps: RuncVps, imagesDir: string): Promise<void
   if (netns) await saveNetnsConfig(netns, { address, gateway }, imagesDir);
 }
 
+/** The agent's stdin, stdout and stderr as /proc shows them (`pipe:[inode]`); the VPS is frozen. */
+export function agentStdio(vps: RuncVps): string[] | undefined {
+  const pid = vps.initPid;
+  if (!pid) return undefined;
+  try {
+    return [0, 1, 2].map((fd) => fsSync.readlinkSync(`/proc/${pid}/fd/${fd}`));
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * descriptors.json names the pipes a restore puts new ones in place of (runc --inherit-fd). runc
+ * writes it from its own record of the container's stdio, which is what the criu process it
+ * started had as fds 0-2 at one moment of its start: a wrapper that redirected one of them for a
+ * builtin just then made that record wrong, and every later restore left the agent's stdin
+ * connected to nothing. runbox writes it from the agent's actual fds instead.
+ */
+export async function writeDescriptors(imagesDir: string, stdio: string[] | undefined): Promise<void> {
+  if (!stdio || !stdio.every((d) => /^pipe:\[\d+\]$/.test(d))) return;
+  await fs.writeFile(path.join(imagesDir, 'descriptors.json'), JSON.stringify(stdio), { mode: 0o600 });
+}
+
 /**
  * Runs CRIU's dump and the network capture side by side and waits for both: a failed capture
  * must never let the caller resume (or give up on) a VPS while CRIU is still dumping it. A dump
  * that failed is thrown as such; a capture that failed after a good dump is thrown only when
  * `captureRequired` (a dump that killed its processes must go on to its images instead).
  */
-export async function dumpWithNetwork(dump: Promise<unknown>, vps: RuncVps, imagesDir: string, o: { captureRequired: boolean; log?: Logger }): Promise<void> {
-  const [d, n] = await Promise.allSettled([dump, saveNetwork(vps, imagesDir)]);
+export async function dumpWithNetwork(dump: () => Promise<unknown>, vps: RuncVps, imagesDir: string, o: { captureRequired: boolean; log?: Logger }): Promise<void> {
+  const stdio = agentStdio(vps); // before CRIU runs: a dump that ends the processes takes their fds along
+  const [d, n] = await Promise.allSettled([dump(), saveNetwork(vps, imagesDir)]);
   if (d.status === 'rejected') throw d.reason;
+  await writeDescriptors(imagesDir, stdio);
   if (n.status === 'rejected') {
     if (o.captureRequired) throw n.reason;
     o.log?.warn({ err: n.reason, vpsId: vps.id }, "the VPS's network configuration could not be read: it moves with its base network only");
@@ -207,7 +234,7 @@ export async function snapshot(engine: RuncEngine, vps: RuncVps, out: { imagesDi
   const frozenAt = Date.now();
   let resumedAt = frozenAt;
   try {
-    await dumpWithNetwork(execOk(checkpointArgs(engine.runc, vps.id, { imagePath: out.imagesDir, workPath, leaveRunning: true }), { timeoutMs: 120_000 }), vps, out.imagesDir, { captureRequired: true });
+    await dumpWithNetwork(() => execOk(checkpointArgs(engine.runc, vps.id, { imagePath: out.imagesDir, workPath, leaveRunning: true }), { timeoutMs: 120_000 }), vps, out.imagesDir, { captureRequired: true });
     const thaw = await freezeLayer(p);
     try {
       await execOk(['cp', '--sparse=always', p.image, out.diskImage], { timeoutMs: 300_000 });
@@ -250,7 +277,7 @@ export async function dumpForMove(
   try {
     // CRIU would take output still in the pipe into its images and not hand it back: read it first.
     await old.drained();
-    await dumpWithNetwork(execOk(checkpointArgs(engine.runc, vps.id, { imagePath: imagesDir, workPath, leaveRunning: false }), { timeoutMs: 120_000 }), vps, imagesDir, {
+    await dumpWithNetwork(() => execOk(checkpointArgs(engine.runc, vps.id, { imagePath: imagesDir, workPath, leaveRunning: false }), { timeoutMs: 120_000 }), vps, imagesDir, {
       captureRequired: false,
       log: engine.opts.log,
     });

@@ -112,7 +112,8 @@ export async function lazyDumpForMove(engine: RuncEngine, vps: RuncVps, outDir: 
     }
     const statusPipe = new net.Socket({ fd: status.read, readable: true, writable: false });
     try {
-      await dumpWithNetwork(pageServerReady(statusPipe, dump.result, workPath), vps, imagesDir, { captureRequired: false, log: engine.opts.log });
+      const started = dump;
+      await dumpWithNetwork(() => pageServerReady(statusPipe, started.result, workPath), vps, imagesDir, { captureRequired: false, log: engine.opts.log });
     } finally {
       statusPipe.destroy();
     }

@@ -187,9 +187,9 @@ describe('live migration', () => {
   });
 
   it('six moves in a row, back and forth, modes mixed, each right after the last: the job comes back to a host still destroying its previous copy, and runs on', async () => {
-    // The issue-12 case (EPIPE after stop-and-copy): a VPS that came back to a host while that host
-    // was still destroying its previous copy under the same runc id lost its agent to that destroy.
-    // A move's target now gives the VPS an id of its own.
+    // The issue-12 pattern (back and forth, modes mixed): a VPS coming back to a host still destroying
+    // its previous copy (a move's target gives it an id of its own), restores of restored VPSs
+    // (descriptors.json written from the agent's own fds), every restore's stdio checked.
     const script = 'i=0; while [ $i -lt 150 ]; do echo "p $i"; i=$((i+1)); sleep 0.1; done';
     const created = await c.json<Job>('/v1/jobs', { body: { script } });
     let job = await c.waitStatus(created.id, isRunning, 'the job to run');

@@ -1,4 +1,5 @@
 import fs from 'node:fs/promises';
+import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkpoint, restore } from '../../runtime/checkpoint/checkpoint.js';
@@ -47,6 +48,32 @@ describe('checkpoint and restore (CRIU) on the same host', () => {
       expect(r.exitCode).toBe(0);
       const lines = out.trim().split('\n');
       expect(lines).toEqual(Array.from({ length: 60 }, (_, i) => `${i} counter-box`));
+    } finally {
+      await t.engine.destroy(vps.id);
+    }
+  });
+
+  it("a restore connects the agent to this host's pipes even when runc's record of them is wrong (descriptors.json from the agent's own fds)", async () => {
+    const vps = await t.create();
+    let out = '';
+    const running = vps.run({
+      argv: ['sh', '-c', 'i=0; while [ $i -lt 30 ]; do echo $i; i=$((i+1)); sleep 0.05; done'],
+      timeoutSec: 60,
+      outputBytes: 1 << 20,
+      onOutput: (_s, d) => (out += d.toString()),
+    });
+    try {
+      await waitFor(() => out.split('\n').length > 5, 'output', 10_000);
+      // What runc recorded when a CRIU wrapper had its stdin on a file for a moment (issue 12).
+      const stateFile = path.join(t.engine.runc.root, vps.id, 'state.json');
+      const state = JSON.parse(await fs.readFile(stateFile, 'utf8')) as { external_descriptors: string[] };
+      state.external_descriptors = ['/proc/sys/kernel/random/boot_id', state.external_descriptors[1]!, '/dev/null'];
+      await fs.writeFile(stateFile, JSON.stringify(state));
+      const cp = await checkpoint(t.engine, vps, { leaveRunning: false });
+      expect(JSON.parse(await fs.readFile(path.join(cp.imagePath, 'descriptors.json'), 'utf8'))).toEqual([expect.stringMatching(/^pipe:/), expect.stringMatching(/^pipe:/), expect.stringMatching(/^pipe:/)]);
+      await restore(t.engine, vps, cp.imagePath); // refused if the agent's stdin were not this host's pipe
+      expect((await running).exitCode).toBe(0);
+      expect(out.trim().split('\n')).toEqual(Array.from({ length: 30 }, (_, i) => String(i)));
     } finally {
       await t.engine.destroy(vps.id);
     }

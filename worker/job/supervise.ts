@@ -98,7 +98,7 @@ export async function supervise(deps: JobDeps, ctx: SuperviseContext, vps: RuncV
     } catch (e) {
       // The host could not talk to the VPS (e.g. its agent's pipe broke): what runs there, if
       // anything, is out of reach. Lost, whatever it was doing.
-      log.error({ err: e, adopted: mode.kind === 'adopt' }, 'supervising the VPS failed');
+      log.error({ err: e, adopted: mode.kind === 'adopt', vps: vps.diagnose() }, 'supervising the VPS failed');
       await writer.flush();
       return { kind: 'lost', code: mode.kind === 'adopt' ? 'restore_failed' : 'vps_lost', message: `the host lost contact with the job's VPS: ${(e as Error).message}` };
     }
