@@ -137,6 +137,8 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
         }
       }
     };
+    // Awaited after the moves; until then a failure of the events must not end the process (unhandled).
+    events.catch(() => undefined);
     await Promise.all(Array.from({ length: o.parallel }, mover));
     await events;
     const moveMin = (Date.now() - phaseStart) / 60_000;

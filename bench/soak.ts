@@ -14,8 +14,8 @@ export const soak: Benchmark = {
   options: {
     hosts: { default: 3, min: 2, help: 'cluster hosts' },
     jobs: { default: 32, min: 4, help: 'concurrent jobs (counters, SQLite-over-TCP, memory, files)' },
-    'job-sec': { default: 300, min: 20, help: 'seconds each job works' },
-    moves: { default: 320, min: 1, help: 'live moves to attempt' },
+    'job-sec': { default: 420, min: 20, help: 'seconds each job works' },
+    moves: { default: 360, min: 1, help: 'live moves to attempt' },
     parallel: { default: 3, min: 1, help: 'moves at a time' },
     kill: { default: 1, min: 0, help: '1: kill a host halfway' },
   },

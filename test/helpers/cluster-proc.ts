@@ -1,4 +1,4 @@
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
@@ -90,8 +90,18 @@ export class TestCluster {
       }
     }
     const root = path.join(this.stateDir, 'cluster', 'hosts', hostId, 'runc');
-    const list = JSON.parse(execFileSync('runc', ['--root', root, 'list', '--format', 'json']).toString() || 'null') as Array<{ id: string }> | null;
-    for (const ct of list ?? []) execFileSync('runc', ['--root', root, 'kill', '--all', ct.id, 'KILL']);
+    // runc list fails when a container's dir goes away while it reads them (one being destroyed): again.
+    for (let attempt = 1; ; attempt++) {
+      const list = spawnSync('runc', ['--root', root, 'list', '--format', 'json']);
+      if (list.status !== 0) {
+        if (attempt < 20) continue;
+        throw new Error(`runc list failed: ${list.stderr.toString()}`);
+      }
+      for (const ct of (JSON.parse(list.stdout.toString() || 'null') as Array<{ id: string }> | null) ?? []) {
+        spawnSync('runc', ['--root', root, 'kill', '--all', ct.id, 'KILL']); // one that ended meanwhile is fine
+      }
+      break;
+    }
   }
 
   /** Stops the cluster (`runbox cluster down`); `keepState` leaves its state dir for a look at what is left. */
