@@ -33,8 +33,9 @@ fi
 
 # ---- b. Debian packages -------------------------------------------------------------------------
 # openssl: each worker makes its migration-channel certificate with it (worker/migration/credentials.ts).
+# strace: a test checks that the CRIU wrapper never moves its own stdio (test/integration/criu-wrapper.test.ts).
 PACKAGES=(runc iproute2 nftables iptables redis-server busybox-static gcc libc6-dev make e2fsprogs
-  util-linux procps psmisc kmod ca-certificates debootstrap umoci skopeo openssl)
+  util-linux procps psmisc kmod ca-certificates debootstrap umoci skopeo openssl strace)
 installed="$(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' "${PACKAGES[@]}" 2>/dev/null || true)"
 missing=()
 for p in "${PACKAGES[@]}"; do
