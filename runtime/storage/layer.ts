@@ -157,19 +157,26 @@ export async function mountLayerImage(p: LayerPaths, lowerdir: string, image: { 
  * linked as a consistent disk (no journal: mounting it warns "unchecked fs", harmlessly). A sync
  * alone is not enough: a process that dies afterwards (CRIU ends a post-copy source's processes
  * after their last page) still makes ext4 free the files it held unlinked, writing to the image
- * while it is sent. Idempotent thaw; an unmount thaws too (gc after a crash).
+ * while it is sent. Idempotent thaw. An unmount does NOT thaw: a frozen file system unmounted
+ * stays alive, detached and frozen, with its loop device, until reboot; so unmountLayer thaws the
+ * layers this process froze first, and gc thaws those a crashed process left frozen.
  */
 export async function freezeLayer(p: LayerPaths): Promise<() => Promise<void>> {
   await execOk(['fsfreeze', '--freeze', p.layerMount], { timeoutMs: 60_000 });
+  frozenLayers.add(path.resolve(p.layerMount));
   let thawed: Promise<void> | undefined;
   return () =>
     (thawed ??= exec(['fsfreeze', '--unfreeze', p.layerMount], { timeoutMs: 60_000 }).then(async (r) => {
+      frozenLayers.delete(path.resolve(p.layerMount));
       // Not frozen any more ("Invalid argument"), or unmounted meanwhile (which thaws): fine.
       if (r.code !== 0 && !/Invalid argument/.test(r.stderr) && (await isMountPoint(p.layerMount))) {
         throw new RunboxError('internal', `thawing ${p.layerMount} failed: ${r.stderr.trim()}`);
       }
     }));
 }
+
+/** Layer mounts this process froze and has not thawed (unmountLayer thaws them). */
+const frozenLayers = new Set<string>();
 
 /** Bytes the sparse image really takes (what copying or sending it costs). */
 export async function allocatedBytes(file: string): Promise<number> {
@@ -179,6 +186,12 @@ export async function allocatedBytes(file: string): Promise<number> {
 /** Idempotent: unmounts whatever of the layer is still mounted and removes the image. */
 export async function unmountLayer(p: LayerPaths): Promise<void> {
   const mounted = await mountPoints();
+  const layer = path.resolve(p.layerMount);
+  if (frozenLayers.has(layer)) {
+    // Destroyed before its thaw (a moved VPS whose disk was still being sent): thaw it first.
+    if (mounted.has(layer)) await exec(['fsfreeze', '--unfreeze', layer], { timeoutMs: 60_000 });
+    frozenLayers.delete(layer);
+  }
   // Overlay first, then the disk under it; one umount process for both.
   const targets = [p.rootfs, p.layerMount].filter((t) => mounted.has(path.resolve(t)));
   if (targets.length > 0) {

@@ -23,6 +23,7 @@ afterAll(async () => {
 
 describe('stop-and-copy move of a running VPS', () => {
   it('continues on the other host: same PIDs, memory, files, hostname, network config; output without gap or repeat', async () => {
+    const before = [await hostSnapshot(a.engine), await hostSnapshot(b.engine)];
     const src = await a.create({ hostname: 'moving-box', network: 'private' });
     let out = '';
     const script = [
@@ -76,6 +77,9 @@ describe('stop-and-copy move of a running VPS', () => {
       await b.engine.destroy(src.id);
       await fs.rm(dir, { recursive: true, force: true });
     }
+    // The source was destroyed while its disk was still frozen for sending: an unmount alone
+    // would leave the file system alive, detached, with its loop device, until reboot.
+    expect([await hostSnapshot(a.engine), await hostSnapshot(b.engine)]).toEqual(before);
   });
 });
 
