@@ -27,6 +27,7 @@ import { checkInterrupted, MiB, note, report, sleep, TEMPLATES_DIR, type BenchCo
 import { loadCredentials, type MigrationCredentials } from '../worker/migration/credentials.js';
 import { receiveFiles } from '../worker/migration/files.js';
 import { checkpointFiles, parseMessage, seal, type Move } from '../worker/migration/protocol.js';
+import { FileSender } from '../worker/migration/sender.js';
 import { ChannelServer, request, type ChannelRequest } from '../worker/migration/transport.js';
 
 const NAME = 'migrate';
@@ -37,8 +38,14 @@ const EARLY_RATE_WINDOW_MS = 500;
 /** Post-copy: how long the last page may take to arrive after the job resumed on B. */
 const PAGES_TIMEOUT_MS = 120_000;
 
-type Mode = 'stop-and-copy' | 'post-copy';
-const MODES: readonly Mode[] = ['stop-and-copy', 'post-copy'];
+/**
+ * stop-and-copy and post-copy send the move's files as the worker does (from its file sender's
+ * thread, worker/migration/sender.ts); stop-and-copy-inline sends them from this thread, for A/B
+ * runs (not measured by default).
+ */
+type Mode = 'stop-and-copy' | 'post-copy' | 'stop-and-copy-inline';
+const MODES: readonly Mode[] = ['stop-and-copy', 'post-copy', 'stop-and-copy-inline'];
+const DEFAULT_MODES: readonly Mode[] = ['stop-and-copy', 'post-copy'];
 
 /**
  * What the "target host" needs besides the stream: in the worker the job store and the header say
@@ -208,7 +215,18 @@ function windowRate(out: JobOutput, t0: number, windowMs: number): number {
   return ((b.ticks - a.ticks) / (b.ms - a.ms)) * 1000;
 }
 
-async function oneMove(ctx: BenchContext, a: RuncEngine, b: RuncEngine, recv: Receiver, from: MigrationCredentials, program: Buffer, size: number, mode: Mode, prepare: boolean): Promise<Sample> {
+async function oneMove(
+  ctx: BenchContext,
+  a: RuncEngine,
+  b: RuncEngine,
+  recv: Receiver,
+  from: MigrationCredentials,
+  sender: FileSender,
+  program: Buffer,
+  size: number,
+  mode: Mode,
+  prepare: boolean,
+): Promise<Sample> {
   const s = { mode, lazyStart: NaN, pagesIn: NaN } as Sample;
   const id = newId();
   const spec = await memJobSpec(ctx, id, size);
@@ -259,10 +277,12 @@ async function oneMove(ctx: BenchContext, a: RuncEngine, b: RuncEngine, recv: Re
     const { hostname, network, memoryMb, cpus, pids, diskMb } = info.spec;
     const wireSpec = { template: { name: info.spec.template.name, hash: info.spec.template.hash }, hostname, network, memoryMb, cpus, pids, diskMb };
     const header = seal(
-      { kind: 'move', jobId: id, migrationId: id, vpsId: id, spec: wireSpec, network: { mode: network }, frozenAt: dumped.frozenAt, mode, ...(pageServer ? { pageServer } : {}) },
+      { kind: 'move', jobId: id, migrationId: id, vpsId: id, spec: wireSpec, network: { mode: network }, frozenAt: dumped.frozenAt, mode: mode === 'post-copy' ? 'post-copy' : 'stop-and-copy', ...(pageServer ? { pageServer } : {}) },
       { from: 'a', to: 'b' },
     );
-    const answer = await request(from, benchHost('b', recv.port, recv.credentials), header, { files: checkpointFiles(moveDir, wireSpec), timeoutMs: 180_000 });
+    const to = benchHost('b', recv.port, recv.credentials);
+    const send = { files: checkpointFiles(moveDir, wireSpec), timeoutMs: 180_000 };
+    const answer = await (mode === 'stop-and-copy-inline' ? request(from, to, header, send) : sender.send(from, to, header, send));
     await dumped.releaseDisk();
     if (!answer.ok) throw new Error(`the target refused the move: ${answer.message}`);
     src.handOver();
@@ -338,9 +358,9 @@ export const migrateBench: ListBenchmark = {
     prepare: { default: 1, min: 0, help: "1: host B makes the VPS's network and disk before the freeze, as a worker does (0: inside the restore)" },
   },
   listOptions: { sizes: SIZES_OPTION },
-  nameOptions: { modes: { default: [...MODES], choices: [...MODES], help: 'migration modes to measure, comma-separated' } },
+  nameOptions: { modes: { default: [...DEFAULT_MODES], choices: [...MODES], help: 'migration modes to measure, comma-separated (stop-and-copy-inline: files sent from the main thread, for A/B)' } },
   async run(ctx, opts, lists, names) {
-    const modes = (names?.modes ?? [...MODES]) as Mode[];
+    const modes = (names?.modes ?? [...DEFAULT_MODES]) as Mode[];
     const runs = opts.runs!;
     const sizes = lists?.sizes ?? SIZES_OPTION.default;
     note(`modes: ${modes.join(', ')}`);
@@ -359,6 +379,8 @@ export const migrateBench: ListBenchmark = {
     const credsA = await loadCredentials({ stateDir: path.join(ctx.stateDir, 'host-a-tls'), hostId: 'a', files: {}, log });
     const credsB = await loadCredentials({ stateDir: path.join(ctx.stateDir, 'host-b-tls'), hostId: 'b', files: {}, log });
     const recv = new Receiver(b.engine, path.join(ctx.stateDir, 'incoming'), credsB, () => benchHost('a', 0, credsA));
+    const sender = new FileSender();
+    sender.warm();
     let failure: unknown;
     try {
       await recv.listen();
@@ -370,7 +392,7 @@ export const migrateBench: ListBenchmark = {
           const order = (i + opts.warmup!) % 2 === 0 ? modes : [...modes].reverse();
           for (const mode of order) {
             checkInterrupted();
-            const s = await oneMove(ctx, a.engine, b.engine, recv, credsA, program, size, mode, opts.prepare !== 0);
+            const s = await oneMove(ctx, a.engine, b.engine, recv, credsA, sender, program, size, mode, opts.prepare !== 0);
             note(
               `${size} MB ${mode} ${i < 0 ? 'warm-up' : `${i + 1}/${runs}`}: total ${s.total} ms, frozen ${s.frozen} ms (job saw ${s.jobPause}) = ` +
                 `dump ${s.dump} + transfer ${s.transfer} + restore ${s.restore}${mode === 'post-copy' ? ` (lazy-pages start ${s.lazyStart})` : ''} + first line ${s.firstOutput}; ${(s.bytes / MiB).toFixed(1)} MiB; ` +
@@ -422,6 +444,7 @@ export const migrateBench: ListBenchmark = {
       failure = err;
     } finally {
       await recv.close();
+      await sender.close();
       const problems = [...(await b.cleanup()), ...(await a.cleanup())];
       for (const p of problems) note(`LEAK/cleanup problem: ${p}`);
       await fs.rm(path.join(ctx.stateDir, 'incoming'), { recursive: true, force: true });

@@ -30,7 +30,7 @@ import { LeaseStore } from '../core/store/leases.js';
 import { CAP_SYS_RESOURCE, hasCapability } from '../runtime/host/caps.js';
 import { ensurePrivateDirs } from '../runtime/host/private-dirs.js';
 import { newId } from '../core/ids.js';
-import { labelFaults, loadCredentials, MigrationServer, NoFaults, type MigrationDeps } from './migration/index.js';
+import { FileSender, labelFaults, loadCredentials, MigrationServer, NoFaults, type MigrationDeps } from './migration/index.js';
 import { postCopySupport } from '../runtime/checkpoint/lazy.js';
 import { RunboxError } from '../core/errors.js';
 import { JobQueue } from '../core/queue.js';
@@ -178,6 +178,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     address: migrationAddress,
     credentials,
     hosts: registry,
+    sender: new FileSender(),
     faults: config.faultInjection ? labelFaults(jobs) : NoFaults,
     adopt: (jobId, vps, note, gate) => adoptJob(runDeps, running, jobId, vps, note, gate).catch((e) => hlog.error({ err: e, jobId }, 'adopted job failed')),
     recover: async (jobId, why) => {
@@ -280,6 +281,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
         reaper.stop();
         await recoveryQueue.close();
         await migrationServer.close();
+        await migrationDeps.sender?.close();
         await Promise.all(pools.map((p) => p.close()));
         await heartbeat.stop().catch(() => undefined);
         // Whatever is left (VPSs being destroyed in the background) goes now.

@@ -9,6 +9,7 @@ import type { RuncVps } from '../../runtime/runc-vps.js';
 import type { RunningJobs } from '../running.js';
 import type { MigrationCredentials } from './credentials.js';
 import type { MigrationFaults } from './faults.js';
+import type { FileSender } from './sender.js';
 import type { MigrationMode } from './protocol.js';
 
 /** What a caller asks for; `auto` is post-copy where both hosts can do it. */
@@ -39,6 +40,8 @@ export interface MigrationDeps {
   credentials: MigrationCredentials;
   /** Live hosts: the certificates they publish are the only ones the channel accepts. */
   hosts: { list(): Promise<Host[]> };
+  /** Sends a move's files from a thread of its own (sender.ts); absent: from this thread. */
+  sender?: FileSender;
   /** Failure injection (faults.ts); absent: none. */
   faults?: MigrationFaults;
   /** Template recipes, to build the version an incoming job needs (default: templates/ of this checkout). */

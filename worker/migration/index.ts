@@ -7,5 +7,6 @@
 export { loadCredentials, type MigrationCredentials } from './credentials.js';
 export type { MigrationDeps, MigrationPreference, MigrationResult } from './deps.js';
 export { labelFaults, NoFaults, type MigrationFaults } from './faults.js';
+export { FileSender } from './sender.js';
 export { migrateOut } from './source.js';
 export { MigrationServer } from './target.js';

@@ -60,6 +60,7 @@ export async function migrateOut(d: MigrationDeps, entry: RunningJob, target: Ho
   if (!vps) throw new RunboxError('conflict', `job ${entry.jobId} has not started yet`);
   if (entry.leaving) throw new RunboxError('conflict', `job ${entry.jobId} is already moving away from ${d.hostId}`);
   if (!target.address || !target.migrationPort) throw new RunboxError('unavailable', `host ${target.id} does not accept migrations`);
+  d.sender?.warm();
   const t0 = Date.now();
   const startedAt = new Date(t0).toISOString();
   const migrationId = newId(8);
@@ -119,7 +120,8 @@ async function moveOut(d: MigrationDeps, entry: RunningJob, vps: RuncVps, target
     const move = seal({ kind: 'move', jobId: entry.jobId, migrationId, ...moving, frozenAt: dumped.frozenAt, ...dumped.header }, route);
     let answer: Answer;
     try {
-      answer = await request(d.credentials, target, move, { files: checkpointFiles(dir, moving.spec), breakMidway: fault === 'send', timeoutMs: ANSWER_TIMEOUT_MS });
+      const send = { files: checkpointFiles(dir, moving.spec), breakMidway: fault === 'send', timeoutMs: ANSWER_TIMEOUT_MS };
+      answer = await (d.sender ? d.sender.send(d.credentials, target, move, send) : request(d.credentials, target, move, send));
     } catch (e) {
       answer = { ok: false, code: 'unavailable', message: errorMessage(e) };
     }
