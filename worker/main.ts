@@ -178,7 +178,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     address: migrationAddress,
     credentials,
     hosts: registry,
-    sender: new FileSender(),
+    sender: new FileSender({ log: hlog }),
     faults: config.faultInjection ? labelFaults(jobs) : NoFaults,
     adopt: (jobId, vps, note, gate) => adoptJob(runDeps, running, jobId, vps, note, gate).catch((e) => hlog.error({ err: e, jobId }, 'adopted job failed')),
     recover: async (jobId, why) => {

@@ -115,9 +115,23 @@ describe('the file sender thread', () => {
       await new Promise((r) => setTimeout(r, 300));
       await sender.close(); // terminates the thread
       await expect(pending).rejects.toMatchObject({ code: 'unavailable', message: expect.stringMatching(/file sender thread exited/) });
+      expect(sender.threaded).toBe(true); // it ran: a later send starts another thread
       hung?.abort(new Error('the test is over')); // its connection goes (the server closes at the end)
       receiver();
       expect(await sender.send(a, host('b', port, b), { hello: 'again' }, { files, timeoutMs: 30_000 })).toEqual({ ok: true, message: 'again' });
+    } finally {
+      await sender.close();
+    }
+  });
+
+  it('a thread that cannot start (its script missing: an unbuilt checkout) sends from the main thread instead, also the request that found out', async () => {
+    receiver();
+    const sender = new FileSender({ script: new URL(`file://${path.join(tmp, 'no-such-thread.js')}`) });
+    const files = checkpointFiles(path.join(tmp, 'src'), spec);
+    try {
+      expect(await sender.send(a, host('b', port, b), { hello: 'inline' }, { files, timeoutMs: 30_000 })).toEqual({ ok: true, message: 'inline' });
+      expect(sender.threaded).toBe(false);
+      expect(await sender.send(a, host('b', port, b), { hello: 'still' }, { files, timeoutMs: 30_000 })).toEqual({ ok: true, message: 'still' });
     } finally {
       await sender.close();
     }

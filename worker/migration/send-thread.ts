@@ -9,6 +9,7 @@ import type { SendRequest, SendResult } from './sender.js';
  */
 const port = parentPort;
 if (!port) throw new Error('send-thread.ts runs as a worker thread (see sender.ts)');
+port.postMessage({ ready: true }); // loaded: from now on a failure is this request's, not a missing script's
 port.on('message', (r: SendRequest) => {
   request(r.creds, r.to, r.message, { files: r.files, breakMidway: r.breakMidway, timeoutMs: r.timeoutMs }).then(
     (answer) => port.postMessage({ id: r.id, answer } satisfies SendResult),

@@ -5,7 +5,8 @@ import { RunboxError, type ErrorCode } from '../../core/errors.js';
 import type { MigrationCredentials } from './credentials.js';
 import type { FileSpec } from './files.js';
 import type { Answer } from './protocol.js';
-import type { PeerAddress } from './transport.js';
+import { request, type PeerAddress } from './transport.js';
+import type { Logger } from '../../core/log.js';
 
 /**
  * Sends a move's request with its checkpoint files from a worker thread of its own: tar's output
@@ -13,6 +14,8 @@ import type { PeerAddress } from './transport.js';
  * that keeps this host's jobs, leases and heartbeats going, and beside the receiving side when
  * both hosts share a machine (tests, benchmarks). The thread starts once (`warm`, before a
  * freeze) and stays; if it dies, its requests fail `unavailable` and the next one starts another.
+ * A thread that cannot start at all (its script missing: a checkout that was never built) is not
+ * retried: moves then send from this thread, and the host log says so once.
  */
 export interface SendRequest {
   id: number;
@@ -32,7 +35,16 @@ const THREAD_GRACE_MS = 10_000;
 export class FileSender {
   private thread?: Worker;
   private nextId = 1;
-  private readonly pending = new Map<number, { resolve: (a: Answer) => void; reject: (e: Error) => void }>();
+  private readonly pending = new Map<number, { resolve: (a: Answer) => void; reject: (e: Error) => void; inline: () => void }>();
+  /** Set when a thread failed before it ran: every send is made in this thread from then on. */
+  private cannotStart = false;
+
+  constructor(private readonly o: { log?: Logger; script?: URL } = {}) {}
+
+  /** Whether sends run in the thread (false once it could not start). */
+  get threaded(): boolean {
+    return !this.cannotStart;
+  }
 
   /** Starts the thread ahead of use (its start-up, ~50 ms, must not fall into a move's pause). */
   warm(): void {
@@ -41,6 +53,7 @@ export class FileSender {
 
   /** As transport.ts `request`, with the files; made in the thread. */
   send(creds: MigrationCredentials, to: PeerAddress, message: object, o: { files: readonly FileSpec[]; breakMidway?: boolean; timeoutMs: number }): Promise<Answer> {
+    if (this.cannotStart) return request(creds, to, message, o);
     const id = this.nextId++;
     const thread = this.worker();
     return new Promise<Answer>((resolve, reject) => {
@@ -52,7 +65,12 @@ export class FileSender {
         if (r instanceof Error) reject(r);
         else resolve(r);
       };
-      this.pending.set(id, { resolve: settle, reject: settle });
+      const inline = () => {
+        clearTimeout(timer);
+        this.pending.delete(id);
+        request(creds, to, message, o).then(resolve, reject);
+      };
+      this.pending.set(id, { resolve: settle, reject: settle, inline });
       thread.ref();
       thread.postMessage({ id, creds, to, message, files: o.files, breakMidway: o.breakMidway, timeoutMs: o.timeoutMs } satisfies SendRequest);
     });
@@ -66,16 +84,29 @@ export class FileSender {
 
   private worker(): Worker {
     if (this.thread) return this.thread;
-    const thread = new Worker(threadScript());
+    const thread = new Worker(this.o.script ?? threadScript());
     thread.unref();
-    thread.on('message', (r: SendResult) => {
+    let online = false; // its script loaded (it says so first)
+    thread.on('message', (r: SendResult | { ready: true }) => {
+      if ('ready' in r) {
+        online = true;
+        return;
+      }
       const p = this.pending.get(r.id);
       if (!p) return;
       if ('answer' in r) p.resolve(r.answer);
       else p.reject(new RunboxError(r.error.code, r.error.message));
     });
     const lost = (why: string) => {
-      if (this.thread === thread) this.thread = undefined;
+      const current = this.thread === thread; // not one close() ended
+      if (current) this.thread = undefined;
+      if (current && !online && !this.cannotStart) {
+        // Nothing was sent from it: its requests are made here instead, and all later ones.
+        this.cannotStart = true;
+        this.o.log?.warn({ why }, 'the file sender thread cannot start; moves send their files from the main thread');
+        for (const p of [...this.pending.values()]) p.inline();
+        return;
+      }
       for (const p of [...this.pending.values()]) p.reject(new RunboxError('unavailable', `the file sender thread ${why}`));
     };
     thread.on('error', (e) => lost(`failed: ${e.message}`));
