@@ -28,7 +28,7 @@ import { loadCredentials, type MigrationCredentials } from '../worker/migration/
 import { receiveFiles } from '../worker/migration/files.js';
 import { checkpointFiles, parseMessage, seal, type Move } from '../worker/migration/protocol.js';
 import { FileSender } from '../worker/migration/sender.js';
-import { ChannelServer, request, type ChannelRequest } from '../worker/migration/transport.js';
+import { ChannelServer, request, within as withinOr, type ChannelRequest } from '../worker/migration/transport.js';
 
 const NAME = 'migrate';
 /** Job time before and after the move over which its tick rate is taken. */
@@ -194,8 +194,7 @@ interface Sample {
 }
 
 function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms)))]).finally(() => clearTimeout(timer));
+  return withinOr(p, ms, () => new Error(`${what}: not within ${ms} ms`));
 }
 
 /**

@@ -11,7 +11,19 @@ import { Keys } from './keys.js';
  * transition, writes the fields, appends history, counts statuses and publishes an event, all
  * atomically: a cancel racing a finish cannot both win.
  */
-const TRANSITION = `
+/** Lua: takes a job out of its tenant's queued work (hash `q`: job → request bytes, '#' → total). */
+const UNQUEUE = `
+local function unqueue(q, job)
+  local b = redis.call('HGET', q, job)
+  if b then
+    redis.call('HDEL', q, job)
+    redis.call('HINCRBY', q, '#', -tonumber(b))
+    if redis.call('HLEN', q) == 1 then redis.call('DEL', q) end
+  end
+end
+`;
+
+const TRANSITION = `${UNQUEUE}
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {err='not_found'} end
 local allowed = false
@@ -31,12 +43,7 @@ if cur == 'queued' or s == 'queued' then
     local b = redis.call('STRLEN', KEYS[7])
     if redis.call('HSETNX', q, KEYS[1], b) == 1 then redis.call('HINCRBY', q, '#', b) end
   elseif s ~= 'queued' then
-    local b = redis.call('HGET', q, KEYS[1])
-    if b then
-      redis.call('HDEL', q, KEYS[1])
-      redis.call('HINCRBY', q, '#', -tonumber(b))
-      if redis.call('HLEN', q) == 1 then redis.call('DEL', q) end
-    end
+    unqueue(q, KEYS[1])
   end
 end
 -- The index of live jobs (on some host): what the reaper checks against host heartbeats.
@@ -108,18 +115,13 @@ return {'created', ARGV[4]}
  * command may grow memory (DEL, ZREM, HDEL may not; see scriptVerifyOOM in Redis's script.c), so
  * this runs to the end on a full Redis too and leaves nothing of the job behind.
  */
-const DISCARD = `
+const DISCARD = `${UNQUEUE}
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
 local q = KEYS[7] .. redis.call('HGET', KEYS[1], 'tenant')
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[1])
 if KEYS[5] ~= '' and string.find(redis.call('GET', KEYS[5]) or '', ARGV[1] .. '|', 1, true) == 1 then redis.call('DEL', KEYS[5]) end
-local b = redis.call('HGET', q, KEYS[1])
-if b then
-  redis.call('HDEL', q, KEYS[1])
-  redis.call('HINCRBY', q, '#', -tonumber(b))
-  if redis.call('HLEN', q) == 1 then redis.call('DEL', q) end
-end
+unqueue(q, KEYS[1])
 redis.call('HINCRBY', KEYS[6], 'queued', -1)
 return 1
 `;

@@ -5,7 +5,7 @@ import path from 'node:path';
 import net from 'node:net';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Job } from '../../core/job.js';
+import { isTerminal, type Job } from '../../core/job.js';
 import { TestCluster, TOKENS } from '../helpers/cluster-proc.js';
 
 /** Live migration between two hosts of a `runbox cluster` (separate network namespaces, TCP). */
@@ -44,7 +44,7 @@ async function hostNetns(hostId: string): Promise<string> {
   return ns;
 }
 const isRunning = (j: Job) => j.status === 'running';
-const isDone = (j: Job) => ['succeeded', 'failed', 'canceled', 'timed_out'].includes(j.status);
+const isDone = (j: Job) => isTerminal(j.status);
 
 describe('live migration', () => {
   it.each(['stop-and-copy', 'post-copy'] as const)('%s: moves a running job: no gap or repeat in its log, memory and files intact, same PID and hostname', async (mode) => {

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Job } from '../../core/job.js';
+import { isTerminal, type Job } from '../../core/job.js';
 import { TestCluster } from '../helpers/cluster-proc.js';
 
 /**
@@ -22,7 +22,7 @@ afterAll(async () => {
 });
 
 const isRunning = (j: Job) => j.status === 'running';
-const isDone = (j: Job) => ['succeeded', 'failed', 'canceled', 'timed_out'].includes(j.status);
+const isDone = (j: Job) => isTerminal(j.status);
 const COUNT = 60;
 const script = (tag: string) => `i=0; while [ $i -lt ${COUNT} ]; do echo "${tag} $i"; i=$((i+1)); sleep 0.1; done`;
 

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { z } from 'zod';
-import { ERROR_CODES, RunboxError } from '../../core/errors.js';
+import { ERROR_CODES, RunboxError, type ErrorCode } from '../../core/errors.js';
 import { HostnameSchema, NetworkModeSchema, TemplateNameSchema } from '../../core/vps-request.js';
 import type { VpsSpec } from '../../runtime/vps.js';
 import type { FileSpec } from './files.js';
@@ -121,26 +121,29 @@ export function seal<B extends Body<Message>>(body: B, route: { from: string; to
 
 /** A request line, validated; any other shape is refused without echoing it. */
 export function parseMessage(line: string): Message {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(line);
-  } catch {
-    throw new RunboxError('invalid_argument', 'migration refused: the request is not JSON');
-  }
-  const parsed = MessageSchema.safeParse(raw);
-  if (!parsed.success) throw new RunboxError('invalid_argument', `migration refused: malformed request (${issues(parsed.error)})`);
-  return parsed.data;
+  return parseLine(line, MessageSchema, 'invalid_argument', {
+    notJson: 'migration refused: the request is not JSON',
+    malformed: (why) => `migration refused: malformed request (${why})`,
+  });
 }
 
 export function parseAnswer(line: string): Answer {
+  return parseLine(line, AnswerSchema, 'unavailable', {
+    notJson: 'the target answered something that is not JSON',
+    malformed: (why) => `the target's answer is malformed (${why})`,
+  });
+}
+
+/** One JSON line checked against `schema`, or a RunboxError with `code` that never echoes the line. */
+function parseLine<T>(line: string, schema: z.ZodType<T>, code: ErrorCode, say: { notJson: string; malformed: (issues: string) => string }): T {
   let raw: unknown;
   try {
     raw = JSON.parse(line);
   } catch {
-    throw new RunboxError('unavailable', 'the target answered something that is not JSON');
+    throw new RunboxError(code, say.notJson);
   }
-  const parsed = AnswerSchema.safeParse(raw);
-  if (!parsed.success) throw new RunboxError('unavailable', `the target's answer is malformed (${issues(parsed.error)})`);
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) throw new RunboxError(code, say.malformed(issues(parsed.error)));
   return parsed.data;
 }
 
