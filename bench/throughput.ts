@@ -5,6 +5,7 @@ import { newId } from '../core/ids.js';
 import { exec, execOk } from '../runtime/exec.js';
 import { DEFAULT_REFILL_CONCURRENCY } from '../runtime/pool.js';
 import { goldenImage, overlayOptions } from '../runtime/storage/layer.js';
+import { copySparse, mount, mountLoop, MS, netnsAdd, netnsDel, umount } from '../runtime/native/sys.js';
 import { checkInterrupted, median, note, now, report, run, RUNC, sleep, type BenchContext, type Benchmark } from './lib.js';
 import { benchServiceConfig, BenchSubmitter, cpuBusyMs, ownCpuMs, processCpuMs, startBenchRedis, startBenchWorker, type BenchRedis, type ServiceKnobs } from './services.js';
 
@@ -99,7 +100,8 @@ interface StepCost {
 /**
  * Where one VPS's time goes, step by step, sequentially on an otherwise idle engine: the engine's
  * create (split at "runc started"), the job, the destroy; then the helper processes the engine
- * runs, each alone: cp/mount/umount of the layer, `runc run -d` + `runc delete` of a bare
+ * runs, each alone: cp/mount/umount of the layer and ip netns add/del, then the same made as syscalls
+ * in this process (what the engine does now), `runc run -d` + `runc delete` of a bare
  * container, and the floor of any process / any Go process (`true`, `runc --version`).
  */
 async function profile(ctx: BenchContext, iterations: number): Promise<Record<string, StepCost & { cgroupCpu?: number }>> {
@@ -155,6 +157,25 @@ async function profile(ctx: BenchContext, iterations: number): Promise<Record<st
       await step('helper: umount overlay + loop', () => exec(['umount', root, layer]));
     }
     await fs.rm(img, { force: true });
+    // The same steps as the engine makes them now: syscalls in this process (runtime/native/sys.ts).
+    await step('sys: copySparse (golden image)', () => copySparse(golden, img));
+    await step('sys: mountLoop ext4', () => mountLoop(img, layer, 'ext4', { flags: MS.NOSUID | MS.NODEV }));
+    try {
+      await fs.mkdir(path.join(layer, 'upper'));
+      await fs.mkdir(path.join(layer, 'work'));
+      await step('sys: mount overlay', () => mount('overlay', root, 'overlay', { data: overlayOptions(lower, layer) }));
+    } finally {
+      await step('sys: umount overlay + loop', async () => {
+        await umount(root).catch(() => undefined);
+        await umount(layer);
+      });
+    }
+    await fs.rm(img, { force: true });
+    const ns = `rbprof-${newId()}`;
+    await step('helper: ip netns add', () => execOk(['ip', 'netns', 'add', ns]));
+    await step('helper: ip netns del', () => execOk(['ip', 'netns', 'del', ns]));
+    await step('sys: netnsAdd', () => netnsAdd(ns));
+    await step('sys: netnsDel', () => netnsDel(ns));
     const bid = `prof-${newId()}`;
     const started = await step('helper: runc run -d (bare, true)', () => run(ctx.bareArgs('run', '--detach', '--bundle', bundle, bid), { stdio: 'ignore' }));
     if (started.code !== 0) throw new Error(`runc run -d ${bid} failed (${started.code ?? started.signal})`);

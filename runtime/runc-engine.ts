@@ -20,6 +20,8 @@ import { denyTunAfterStart } from './oci/devices.js';
 import { RuncVps, startWithPipes, waitReady } from './runc-vps.js';
 import { mountLayer, mountLayerImage, unmountLayer } from './storage/layer.js';
 import { writeCriuConfig } from './checkpoint/criu-config.js';
+import { seccompFilter } from './native/sys.js';
+import { isFilterProgram, readCachedFilter, seccompCacheFile, seccompCacheKey, writeCachedFilter } from './oci/seccomp-bpf.js';
 import { parseVpsRecord } from './vps-record.js';
 import type { VpsEngine, VpsId, VpsSpec } from './vps.js';
 
@@ -37,6 +39,12 @@ export interface RuncEngineOptions {
   vpsTun?: boolean;
   /** Port-53 destinations of egress VPSs (default: the host's nameservers; tests name their own). */
   nameservers?: readonly string[];
+  /**
+   * Who compiles the VPS seccomp profile: 'agent' (default) installs the program runc compiled for
+   * an earlier VPS (oci/seccomp-bpf.ts), 'runc' makes runc compile it for every VPS (as before;
+   * also what 'agent' falls back to when the program cannot be had).
+   */
+  seccomp?: 'agent' | 'runc';
 }
 
 /** What vps.json records: enough to destroy (or, with a checkpoint, restore) the VPS later. */
@@ -119,6 +127,9 @@ export class RuncEngine implements VpsEngine {
   /** VPSs whose network and disk were made ahead of a restore (prepareRestore), not yet created. */
   private readonly prepared = new Map<VpsId, PreparedRestore>();
   private criuConfigWritten?: Promise<string | undefined>;
+  /** The compiled seccomp program (hex) new VPSs' agents install; undefined while runc compiles it. */
+  private seccompHex?: string;
+  private seccompCache?: Promise<string | undefined>;
   private emptyDirMade?: Promise<string>;
   private readonly sysDirsHidden = SYS_DIRS_HIDDEN.filter((d) => existsSync(d));
 
@@ -149,6 +160,54 @@ export class RuncEngine implements VpsEngine {
     ));
   }
 
+  /**
+   * The program for a new VPS's agent, when known: read from the host's cache once per engine (its
+   * key names the runc build, see seccompCacheKey). When it is not there, runc compiles the profile
+   * and the VPS's init gives the program back (captureSeccomp).
+   */
+  private async agentSeccomp(): Promise<string | undefined> {
+    if (this.opts.seccomp === 'runc') return undefined;
+    if (this.seccompHex) return this.seccompHex;
+    const file = await (this.seccompCache ??= execOk([this.runc.runc, '--version'], { timeoutMs: 30_000 }).then(
+      (r) => seccompCacheFile(this.layout.cacheDir, seccompCacheKey(r.stdout)),
+      (e: unknown) => {
+        this.opts.log.warn({ err: e }, 'cannot read the runc version: runc compiles the seccomp profile for every VPS');
+        return undefined;
+      },
+    ));
+    const cached = file && !this.seccompHex ? await readCachedFilter(file) : undefined;
+    if (cached) this.seccompHex ??= cached.toString('hex');
+    return this.seccompHex;
+  }
+
+  /**
+   * Reads the filter runc installed in a fresh VPS's init and keeps it (cache file, this engine)
+   * for the VPSs after it. Best effort: a failure leaves runc compiling, logged once.
+   */
+  private async captureSeccomp(init: ProcessRef, log: Logger): Promise<void> {
+    const file = await this.seccompCache;
+    if (!file || this.seccompHex || this.seccompCaptureFailed) return;
+    try {
+      const program = await seccompFilter(init.pid);
+      if (!isFilterProgram(program)) throw new Error(`${program.length} bytes are not a seccomp program`);
+      await writeCachedFilter(file, program);
+      this.seccompHex ??= program.toString('hex');
+      log.debug({ instructions: program.length / 8, file }, 'seccomp program captured from runc; agents install it from now on');
+    } catch (e) {
+      this.seccompCaptureFailed = true;
+      log.warn({ err: e }, 'cannot read back the seccomp program runc compiled: runc compiles it for every VPS');
+    }
+  }
+  private seccompCaptureFailed = false;
+
+  private async forgetSeccomp(hex: string, log: Logger): Promise<void> {
+    if (this.seccompHex !== hex) return;
+    this.seccompHex = undefined;
+    const file = await this.seccompCache;
+    if (file) await fs.rm(file, { force: true });
+    log.warn({ file }, 'the agent could not install the cached seccomp program: removed; runc compiles the profile again');
+  }
+
   /** Made once per engine (every create names it). */
   private emptyDir(): Promise<string> {
     return (this.emptyDirMade ??= fs.mkdir(this.layout.emptyDir, { recursive: true, mode: 0o555 }).then(
@@ -177,6 +236,7 @@ export class RuncEngine implements VpsEngine {
     // Written once more below, with its network (begin() wrote the first version).
     const record: VpsRecord = prepared ? { ...prepared.record, spec } : await this.begin(id, spec);
     const t0 = performance.now();
+    let agentSeccomp: string | undefined;
     const phaseMs: Record<string, number> = {};
     const mark = (name: string, since: number) => (phaseMs[name] = Math.round(performance.now() - since));
     try {
@@ -195,6 +255,7 @@ export class RuncEngine implements VpsEngine {
         const { skipped } = await applyNetnsConfig(network.netns, restore.imagesDir, log);
         if (skipped.length) log.warn({ skipped }, 'network configuration of links the job created itself was not restored');
       }
+      agentSeccomp = await this.agentSeccomp();
       const config = buildSpec({
         rootfs: p.rootfs,
         hostname: spec.hostname,
@@ -209,6 +270,7 @@ export class RuncEngine implements VpsEngine {
         sysDirsHidden: this.sysDirsHidden,
         criuConfig: await this.criuConfig(),
         tun: this.opts.vpsTun,
+        agentSeccomp,
       });
       await fs.writeFile(p.config, JSON.stringify(config));
       // CRIU's work dir (its log, its cgroup yard) under this host's transfers, never beside the
@@ -249,6 +311,9 @@ export class RuncEngine implements VpsEngine {
       this.live.set(id, vps);
       // A restored agent said "ready" long ago, on its first host; it is running a job now.
       if (!restore) await waitReady(channel);
+      // A fresh VPS runc gave the profile to: its agent (exec'd, so under the filter) holds the
+      // compiled program, and no job has run yet.
+      if (!restore && !agentSeccomp && record.init && this.opts.seccomp !== 'runc') await this.captureSeccomp(record.init, log);
       vps.transition('markReady');
       if (!restore && spec.network === 'egress') {
         const resolv = await hostResolvConf();
@@ -259,6 +324,9 @@ export class RuncEngine implements VpsEngine {
       log.debug({ template: spec.template.name, network: spec.network, restored: !!restore, phaseMs }, 'vps ready');
       return vps;
     } catch (e) {
+      // An agent that could not install the program (one this kernel refuses): forget it, runc
+      // compiles the profile for the next VPS and gives the program back anew.
+      if (agentSeccomp && e instanceof Error && /seccomp: /.test(e.message)) await this.forgetSeccomp(agentSeccomp, log);
       await this.destroy(id).catch((cleanupErr: unknown) => {
         log.error({ err: cleanupErr }, 'cleanup after a failed create also failed');
         throw new RunboxError('internal', `creating VPS ${id} failed and so did its cleanup`, { cause: new AggregateError([e, cleanupErr]) });

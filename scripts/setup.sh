@@ -82,24 +82,33 @@ elif [ ! -e "$AGENT_BIN" ] || [ "$AGENT_SRC" -nt "$AGENT_BIN" ]; then
   mv -f "$AGENT_BIN.tmp" "$AGENT_BIN"
 fi
 
-# ---- f. pipe.node (N-API addon: real pipes for container stdio) -----------------------------------
-PIPE_SRC=runtime/native/pipe.c
-PIPE_BIN=build/pipe.node
-if [ ! -e "$PIPE_BIN" ] || [ "$PIPE_SRC" -nt "$PIPE_BIN" ]; then
-  log "compiling $PIPE_BIN"
-  node_inc="$(node -p 'process.execPath.replace(/bin\/node$/, "include/node")')"
-  if [ ! -e "$node_inc/node_api.h" ]; then # npm's nodedir setting, then node-gyp's header cache
+# ---- f. N-API addons: pipe.node (real pipes for container stdio), sys.node (mounts, loop devices,
+#         netns, freeze: the syscalls a VPS's life needs, made in-process) -----------------------------
+node_include_dir() {
+  local inc
+  inc="$(node -p 'process.execPath.replace(/bin\/node$/, "include/node")')"
+  if [ ! -e "$inc/node_api.h" ]; then # npm's nodedir setting, then node-gyp's header cache
+    local nodedir cand
     nodedir="$(npm config get nodedir 2>/dev/null || true)"
     for cand in "$nodedir/include/node" "${HOME:-/root}/.cache/node-gyp/$(node -p 'process.versions.node')/include/node"; do
-      if [ -e "$cand/node_api.h" ]; then node_inc="$cand"; break; fi
+      if [ -e "$cand/node_api.h" ]; then inc="$cand"; break; fi
     done
   fi
-  [ -e "$node_inc/node_api.h" ] || die "Node's C headers (node_api.h) were not found." \
+  [ -e "$inc/node_api.h" ] || die "Node's C headers (node_api.h) were not found." \
     "Install Node's headers (the nodejs package ships /usr/include/node) or run 'npx node-gyp install', then rerun."
-  gcc -shared -fPIC -O2 -Wall -Wextra -I"$node_inc" -o "$PIPE_BIN.tmp" "$PIPE_SRC" ||
-    { rm -f "$PIPE_BIN.tmp"; die "compiling $PIPE_SRC failed (errors above)."; }
-  mv -f "$PIPE_BIN.tmp" "$PIPE_BIN"
-fi
+  echo "$inc"
+}
+for addon in pipe sys; do
+  src="runtime/native/$addon.c"
+  bin="build/$addon.node"
+  if [ ! -e "$bin" ] || [ "$src" -nt "$bin" ]; then
+    log "compiling $bin"
+    node_inc="$(node_include_dir)"
+    gcc -shared -fPIC -O2 -Wall -Wextra -I"$node_inc" -o "$bin.tmp" "$src" -lpthread ||
+      { rm -f "$bin.tmp"; die "compiling $src failed (errors above)."; }
+    mv -f "$bin.tmp" "$bin"
+  fi
+done
 
 # ---- g. TypeScript ------------------------------------------------------------------------------
 TS_DIRS=()

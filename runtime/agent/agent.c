@@ -43,6 +43,8 @@
 #include <glob.h>
 #include <grp.h>
 #include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <net/if.h>
 #include <poll.h>
 #include <signal.h>
@@ -1139,6 +1141,40 @@ static int drop_net_admin(void) {
     return 0;
 }
 
+/* The VPS's seccomp filter, installed by the agent itself as its first act (RUNBOX_AGENT_SECCOMP:
+ * the program as hex of struct sock_filter records). runc compiles the OCI profile with libseccomp
+ * at every start (~30 ms of a VPS's create); the host instead reads the program runc compiled once
+ * (runtime/oci/seccomp-bpf.ts) and hands it over here. No job process exists yet, the agent's own
+ * code is trusted, and runc has set no_new_privs, so the result is the one runc would have made.
+ * Returns 0 when there is none to install or it is in place; -1 (logged) when it cannot be: the
+ * agent then exits, and the VPS never reports ready (fail closed). */
+static int install_seccomp(void) {
+    const char *hex = getenv("RUNBOX_AGENT_SECCOMP");
+    if (!hex) return 0;
+    size_t n = strlen(hex), rec = 2 * sizeof(struct sock_filter);
+    if (n == 0 || n % rec != 0 || n / rec > BPF_MAXINSNS) { logmsg("seccomp: malformed program (%zu hex digits)", n); return -1; }
+    unsigned short len = (unsigned short)(n / rec);
+    unsigned char *bytes = malloc(n / 2);
+    if (!bytes) { logmsg("seccomp: out of memory"); return -1; }
+    for (size_t i = 0; i < n / 2; i++) {
+        unsigned v = 0;
+        for (int k = 0; k < 2; k++) {
+            char c = hex[2 * i + k];
+            int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+            if (d < 0) { logmsg("seccomp: malformed program (not hex)"); free(bytes); return -1; }
+            v = v * 16 + (unsigned)d;
+        }
+        bytes[i] = (unsigned char)v;
+    }
+    struct sock_fprog prog = { len, (struct sock_filter *)bytes };
+    int rc = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog);
+    int e = errno;
+    free(bytes);
+    if (rc != 0) { logmsg("seccomp: cannot install the filter: %s", strerror(e)); return -1; }
+    unsetenv("RUNBOX_AGENT_SECCOMP");
+    return 0;
+}
+
 /* /dev is a directory of the VPS's own layer, not a tmpfs (runtime/oci/spec.ts): POSIX shared
  * memory and semaphores need /dev/shm, sticky and writable by all, as a tmpfs would have been. */
 static void dev_shm(void) {
@@ -1147,6 +1183,7 @@ static void dev_shm(void) {
 }
 
 int main(void) {
+    if (install_seccomp() != 0) return 1;
     /* fds 0-2 must be taken, or our pipes could land there and be clobbered by dup2. */
     for (int fd = 0; fd < 3; fd++)
         if (fcntl(fd, F_GETFD) < 0) {

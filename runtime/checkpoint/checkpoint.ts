@@ -10,6 +10,7 @@ import type { RuncVps } from '../runc-vps.js';
 import { next } from '../state.js';
 import { saveNetnsConfig } from '../net/netns-config.js';
 import { allocatedBytes, freezeLayer } from '../storage/layer.js';
+import { copySparse } from '../native/sys.js';
 
 export interface CheckpointInfo {
   imagePath: string;
@@ -237,7 +238,7 @@ export async function snapshot(engine: RuncEngine, vps: RuncVps, out: { imagesDi
     await dumpWithNetwork(() => execOk(checkpointArgs(engine.runc, vps.id, { imagePath: out.imagesDir, workPath, leaveRunning: true }), { timeoutMs: 120_000 }), vps, out.imagesDir, { captureRequired: true });
     const thaw = await freezeLayer(p);
     try {
-      await execOk(['cp', '--sparse=always', p.image, out.diskImage], { timeoutMs: 300_000 });
+      await copySparse(p.image, out.diskImage);
     } finally {
       await thaw();
     }

@@ -1,7 +1,4 @@
-import { createRequire } from 'node:module';
-import path from 'node:path';
-import { REPO_ROOT } from '../../core/config.js';
-import { RunboxError } from '../../core/errors.js';
+import { loadAddon } from './load.js';
 
 /**
  * Real anonymous pipes. Node's child_process gives children unix socketpairs, not pipes, and CRIU
@@ -27,13 +24,5 @@ export function pipe2(): { read: number; write: number } {
 }
 
 function load(): PipeAddon {
-  if (!addon) {
-    const file = path.join(REPO_ROOT, 'build/pipe.node');
-    try {
-      addon = createRequire(import.meta.url)(file) as PipeAddon;
-    } catch (e) {
-      throw new RunboxError('unavailable', `cannot load ${file}; run "npm run setup" first`, { cause: e });
-    }
-  }
-  return addon;
+  return (addon ??= loadAddon<PipeAddon>('pipe'));
 }

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { exec, execOk } from '../exec.js';
+import { errnoCode, netnsAdd, netnsDel } from '../native/sys.js';
 import { RunboxError } from '../../core/errors.js';
 import { gateway, ipToInt, parseCidr, poolSize, vpsAddress, type Cidr } from './addr.js';
 import { firewallScript, peerHostsScript, portGuardElements, portGuardScript, vpsElementsScript, vpsMac } from './firewall.js';
@@ -180,17 +181,9 @@ export class HostNetwork {
   async setup(vpsId: string, mode: NetworkMode, wantedAddress?: string, restoring = false): Promise<VpsNetwork> {
     if (mode === 'none') {
       const netns = this.netnsName(vpsId);
-      await execOk(['ip', 'netns', 'add', netns]);
-      // A fresh agent brings loopback up itself (one helper process less per VPS); a restored VPS's
-      // sockets need it up before CRIU reconnects them.
-      if (restoring) {
-        try {
-          await execOk(['ip', '-n', netns, 'link', 'set', 'lo', 'up']);
-        } catch (e) {
-          await exec(['ip', 'netns', 'del', netns]);
-          throw e;
-        }
-      }
+      // A fresh agent brings loopback up itself; a restored VPS's sockets need it up before CRIU
+      // reconnects them.
+      await netnsAdd(netns, { loopbackUp: restoring });
       return { mode, netns };
     }
     await this.ensure();
@@ -208,7 +201,7 @@ export class HostNetwork {
       const done = await Promise.allSettled([
         execOk(['nft', '-f', '-'], { input: elements }),
         (async () => {
-          await execOk(['ip', 'netns', 'add', netns]);
+          await netnsAdd(netns);
           // The VPS end is created inside the netns (with the MAC its port is pinned to) and the
           // host end moved to the network namespace this process runs in (by pid: a worker of
           // `runbox cluster` runs in a namespace of its own, not in PID 1's): one ip process per
@@ -247,14 +240,14 @@ export class HostNetwork {
   /** Idempotent. Deletes the veth explicitly: netns removal frees its devices only asynchronously. */
   async teardown(vpsId: string, net: VpsNetwork): Promise<void> {
     if (net.mode === 'none') {
-      if (net.netns) await exec(['ip', 'netns', 'del', net.netns]);
+      if (net.netns) await removeNetns(net.netns);
       return;
     }
     const veth = net.hostVeth ?? this.vethName(vpsId);
     // The pin and any egress element of the address go in one run (a no-op when absent).
     const unpin = net.address ? unpinScript(this.table, veth, net.address, net.mac) : undefined;
     await Promise.all([unpin && exec(['nft', '-f', '-'], { input: unpin }), exec(['ip', 'link', 'del', veth])]);
-    await exec(['ip', 'netns', 'del', net.netns ?? this.netnsName(vpsId)]);
+    await removeNetns(net.netns ?? this.netnsName(vpsId));
     if (net.address) await fs.rm(path.join(this.addrDir, net.address), { force: true });
   }
 
@@ -283,6 +276,13 @@ export class HostNetwork {
       files.map(async (address) => ({ address, vpsId: (await fs.readFile(path.join(this.addrDir, address), 'utf8').catch(() => '')).trim() })),
     );
   }
+}
+
+/** Idempotent `ip netns del` (in this process): a netns already gone is fine. */
+async function removeNetns(name: string): Promise<void> {
+  await netnsDel(name).catch((e: unknown) => {
+    if (errnoCode(e) !== 'ENOENT') throw e;
+  });
 }
 
 /** The teardown script of a VPS's elements; undefined when its record holds nothing valid (never throws). */

@@ -1,5 +1,6 @@
 import { deviceRules, TUN_NODE } from './devices.js';
 import { vpsSeccompProfile } from './seccomp.js';
+import { AGENT_SECCOMP_ENV } from './seccomp-bpf.js';
 
 /** Where the agent binary appears inside every VPS (bind-mounted read-only from the host). */
 export const AGENT_PATH_IN_VPS = '/.runbox/agent';
@@ -63,6 +64,11 @@ export interface SpecInput {
   criuConfig?: string;
   /** RUNBOX_VPS_TUN: /dev/net/tun exists and is allowed, and jobs keep CAP_NET_ADMIN to use it. */
   tun?: boolean;
+  /**
+   * The seccomp program runc compiled from the profile once (oci/seccomp-bpf.ts), as hex: the agent
+   * installs it itself, and runc is given no profile to compile. Absent: runc compiles the profile.
+   */
+  agentSeccomp?: string;
 }
 
 const CFS_PERIOD_US = 100_000;
@@ -77,7 +83,11 @@ export function buildSpec(input: SpecInput): Record<string, unknown> {
       user: { uid: 0, gid: 0 },
       args: [AGENT_PATH_IN_VPS],
       // The agent's own environment (a job's is built from its spec).
-      env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', ...(input.tun ? [AGENT_KEEP_NET_ADMIN] : [])],
+      env: [
+        'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+        ...(input.tun ? [AGENT_KEEP_NET_ADMIN] : []),
+        ...(input.agentSeccomp ? [`${AGENT_SECCOMP_ENV}=${input.agentSeccomp}`] : []),
+      ],
       cwd: '/',
       capabilities: { bounding: caps, effective: caps, permitted: caps, inheritable: [], ambient: [] },
       rlimits: [{ type: 'RLIMIT_NOFILE', hard: input.nofile, soft: input.nofile }],
@@ -122,7 +132,7 @@ export function buildSpec(input: SpecInput): Record<string, unknown> {
       },
       maskedPaths: MASKED_PATHS,
       readonlyPaths: READONLY_PATHS,
-      seccomp: vpsSeccompProfile(),
+      ...(input.agentSeccomp ? {} : { seccomp: vpsSeccompProfile() }),
     },
   };
 }

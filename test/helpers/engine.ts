@@ -21,7 +21,7 @@ let subnet = 0;
  * A runtime instance of its own for one test file: own state dir, own runc root, own cgroup
  * parent, own bridge and address range (10.<200-250>.<k>.0/24), all removed by `cleanup()`.
  */
-export async function testEngine(name: string, extra: Partial<Pick<RuncEngineOptions, 'egressAllow' | 'vpsTun' | 'nameservers'>> = {}): Promise<TestEngine> {
+export async function testEngine(name: string, extra: Partial<Pick<RuncEngineOptions, 'egressAllow' | 'vpsTun' | 'nameservers' | 'seccomp'>> = {}): Promise<TestEngine> {
   const stateDir = await fs.mkdtemp(path.join(os.tmpdir(), `runbox-test-${name}-`));
   // Distinct /24 per engine: derived from the pid and a counter so parallel test files differ.
   const k = (process.pid * 7 + subnet++) % 12800;

@@ -9,6 +9,7 @@ import { resolveTemplate, type TemplateRef } from '../../runtime/templates/store
 import { TEMPLATES_DIR, testEngine, type TestEngine } from '../helpers/engine.js';
 import { waitFor } from '../helpers/net.js';
 import { evaluateBpf, type BpfInsn } from './seccomp-bpf.js';
+import { AGENT_SECCOMP_ENV, readCachedFilter, seccompCacheFile, seccompCacheKey, writeCachedFilter } from '../../runtime/oci/seccomp-bpf.js';
 
 /**
  * Root inside a VPS tries one syscall of every dangerous family (test/security/seccomp-probe.c,
@@ -27,6 +28,17 @@ let probe: Buffer;
 let results: Map<string, number>;
 let transcript: string;
 let exitCode: number | null;
+/** config.json of the engine's first VPS (runc compiled its profile: nothing was cached yet). */
+let firstConfig: OciConfig;
+
+interface OciConfig {
+  process: { env: string[] };
+  linux: { seccomp?: unknown };
+}
+
+const vpsConfig = async (engine: TestEngine, id: string): Promise<OciConfig> =>
+  JSON.parse(await fs.readFile(engine.engine.layout.vps(id).config, 'utf8')) as OciConfig;
+const agentInstalls = (c: OciConfig): boolean => c.linux.seccomp === undefined && c.process.env.some((e) => e.startsWith(`${AGENT_SECCOMP_ENV}=`));
 
 beforeAll(async () => {
   tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'runbox-seccomp-'));
@@ -34,7 +46,12 @@ beforeAll(async () => {
   await run('gcc', ['-static', '-O1', '-o', probeBin, path.join(import.meta.dirname, 'seccomp-probe.c'), '-lpthread'], { timeout: 120_000 });
   t = await testEngine('seccomp');
   probe = await fs.readFile(probeBin);
-  const r = await t.run(['/probe-seccomp'], { inside: (vps) => vps.writeFile('/probe-seccomp', probe, 0o755) });
+  const r = await t.run(['/probe-seccomp'], {
+    inside: async (vps) => {
+      firstConfig = await vpsConfig(t, vps.id);
+      await vps.writeFile('/probe-seccomp', probe, 0o755);
+    },
+  });
   exitCode = r.exitCode;
   transcript = r.stdout + r.stderr;
   results = parseProbe(r.stdout);
@@ -205,6 +222,119 @@ describe('a checkpoint and restore keep the filter', () => {
       for (const [name, errno] of results) expect(after.get(name), `${name} after restore`).toBe(errno);
     } finally {
       await t.engine.destroy(vps.id);
+    }
+  });
+});
+
+const toInsns = (buf: Buffer): BpfInsn[] =>
+  Array.from({ length: buf.length / 8 }, (_, i) => ({ code: buf.readUInt16LE(i * 8), jt: buf[i * 8 + 2]!, jf: buf[i * 8 + 3]!, k: buf.readUInt32LE(i * 8 + 4) }));
+
+/**
+ * Where two filters answer differently: every syscall number 0..599 of x86-64, x32, x86 and
+ * aarch64, with the argument values the profile's rules look at (clone flags, socket families,
+ * personalities) and without.
+ */
+function sameAnswers(a: BpfInsn[], b: BpfInsn[]): string[] {
+  const argSets: bigint[][] = [[], [0n], [2n], [16n], [40n], [44n], [0x1_0000_0028n], [0x10000000n | 17n], [0x3d0f00n], [0x40000n], [0x8n], [0xffffffffn]];
+  const differ: string[] = [];
+  for (const [arch, base] of [[0xc000003e, 0], [0xc000003e, 0x40000000], [0x40000003, 0], [0xc00000b7, 0]] as const) {
+    for (let nr = 0; nr < 600; nr++) {
+      for (const args of argSets) {
+        const d = { arch, nr: base | nr, args };
+        if (evaluateBpf(a, d) !== evaluateBpf(b, d)) differ.push(`${arch.toString(16)} ${base | nr} ${args.join(',')}`);
+      }
+    }
+  }
+  return differ.slice(0, 20);
+}
+
+describe('the agent installs the program runc compiled once (runc compiles no profile per VPS)', () => {
+  it('the first VPS was made by runc from the profile; the next ones by their agent, with the same program', async () => {
+    expect(firstConfig.linux.seccomp, 'the first VPS: runc compiles').toBeDefined();
+    expect(agentInstalls(firstConfig)).toBe(false);
+    const byRunc = await testEngine('seccomp-runc', { seccomp: 'runc' });
+    const ours = await t.create();
+    try {
+      const theirs = await byRunc.create();
+      expect(agentInstalls(await vpsConfig(t, ours.id)), 'a later VPS: its agent installs the program').toBe(true);
+      expect((await vpsConfig(byRunc, theirs.id)).linux.seccomp, "seccomp: 'runc' keeps runc compiling").toBeDefined();
+      const program = await dumpFilter(ours.initPid);
+      expect(program.length).toBeGreaterThan(100);
+      // Exactly the cached program (the one runc gave back from the engine's first VPS)...
+      const cached = await readCachedFilter(seccompCacheFile(t.engine.layout.cacheDir, seccompCacheKey((await run('runc', ['--version'])).stdout)));
+      expect(cached, 'the engine cached the program').toBeDefined();
+      expect(program).toEqual(toInsns(cached!));
+      // ...and the same answers as the program runc compiles for a VPS now. Not the same bytes:
+      // runc orders the architectures' sections differently from one compile to the next.
+      expect(sameAnswers(program, await dumpFilter(theirs.initPid))).toEqual([]);
+      // The job, a child of the agent, runs under it too, and does not see the program's variable.
+      let out = '';
+      const r = await ours.run({
+        argv: ['sh', '-c', 'grep -E "^Seccomp(_filters)?:" /proc/self/status; env'],
+        timeoutSec: 30,
+        outputBytes: 1 << 20,
+        onOutput: (_s, d) => (out += d.toString()),
+      });
+      expect(r.exitCode, out).toBe(0);
+      expect(out).toMatch(/^Seccomp:\s+2$/m);
+      expect(out).toMatch(/^Seccomp_filters:\s+1$/m);
+      expect(out).not.toContain(AGENT_SECCOMP_ENV);
+    } finally {
+      await t.engine.destroy(ours.id);
+      await byRunc.cleanup();
+    }
+  });
+
+  it('every probe gets the same answer in a VPS whose agent installed the filter', async () => {
+    let config: OciConfig | undefined;
+    const r = await t.run(['/probe-seccomp'], {
+      inside: async (vps) => {
+        config = await vpsConfig(t, vps.id);
+        await vps.writeFile('/probe-seccomp', probe, 0o755);
+      },
+    });
+    expect(agentInstalls(config!)).toBe(true);
+    expect(r.exitCode, r.stdout + r.stderr).toBe(0);
+    expect(parseProbe(r.stdout)).toEqual(results);
+  });
+
+  it('a damaged cached program is not used: runc compiles again and the cache is mended', async () => {
+    const e = await testEngine('seccomp-damaged');
+    try {
+      const file = seccompCacheFile(e.engine.layout.cacheDir, seccompCacheKey((await run('runc', ['--version'])).stdout));
+      await fs.mkdir(path.dirname(file), { recursive: true });
+      const good = await readCachedFilter(seccompCacheFile(t.engine.layout.cacheDir, path.basename(file).slice(8, -4)));
+      expect(good, "the first engine's cache holds the program").toBeDefined();
+      const damaged = Buffer.concat([Buffer.alloc(32), good!]); // digest of zeros
+      await fs.writeFile(file, damaged);
+      const vps = await e.create();
+      expect((await vpsConfig(e, vps.id)).linux.seccomp, 'runc compiled').toBeDefined();
+      const mended = await readCachedFilter(file);
+      expect(mended, 'the cache holds a program again').toBeDefined();
+      expect(toInsns(mended!)).toEqual(await dumpFilter(vps.initPid));
+      await e.engine.destroy(vps.id);
+      const next = await e.create();
+      expect(agentInstalls(await vpsConfig(e, next.id))).toBe(true);
+    } finally {
+      await e.cleanup();
+    }
+  });
+
+  it('a program the kernel refuses fails that create (the agent never runs unfiltered), and the next VPS is made by runc', async () => {
+    const e = await testEngine('seccomp-refused');
+    try {
+      const file = seccompCacheFile(e.engine.layout.cacheDir, seccompCacheKey((await run('runc', ['--version'])).stdout));
+      // One instruction with an opcode classic BPF does not have: the kernel answers EINVAL.
+      await writeCachedFilter(file, Buffer.from([0xff, 0xff, 0, 0, 0, 0, 0, 0]));
+      await expect(e.create()).rejects.toThrow(/seccomp: cannot install the filter/);
+      expect(await e.engine.list()).toEqual([]);
+      expect(await readCachedFilter(file), 'the refused program is forgotten').toBeUndefined();
+      const vps = await e.create();
+      expect((await vpsConfig(e, vps.id)).linux.seccomp).toBeDefined();
+      const r = await vps.run({ argv: ['true'], timeoutSec: 30, outputBytes: 1024 });
+      expect(r.exitCode).toBe(0);
+    } finally {
+      await e.cleanup();
     }
   });
 });

@@ -1,0 +1,95 @@
+import path from 'node:path';
+import { RunboxError } from '../../core/errors.js';
+import { loadAddon } from './load.js';
+
+/**
+ * The host-side syscalls of a VPS's life, made in this process (build/sys.node, runtime/native/
+ * sys.c) instead of by a helper process each (cp, mount, umount, ip netns, fsfreeze): a fork+exec
+ * from a Node process costs more than the work. Each call runs on libuv's thread pool and rejects
+ * with a Node-style error (code, errno, syscall, path), having undone what it did.
+ */
+interface SysAddon {
+  mount(source: string, target: string, fstype: string, data: string, flags: number): Promise<void>;
+  mountLoop(image: string, target: string, fstype: string, data: string, flags: number, readOnly: boolean): Promise<string>;
+  umount(target: string, flags: number): Promise<void>;
+  copySparse(src: string, dst: string): Promise<number>;
+  freeze(dir: string): Promise<void>;
+  thaw(dir: string): Promise<void>;
+  netnsAdd(runDir: string, file: string, loopbackUp: boolean): Promise<void>;
+  netnsDel(file: string): Promise<void>;
+  seccompFilter(pid: number): Promise<Buffer>;
+}
+
+/** mount(2) flags (linux/mount.h). */
+export const MS = { RDONLY: 1, NOSUID: 2, NODEV: 4, NOEXEC: 8 } as const;
+/** umount2(2) flags. */
+export const MNT_DETACH = 2;
+
+/** Where `ip netns` keeps its names: the same place, so `ip netns`, `ip -n` and runc see ours. */
+export const NETNS_RUN_DIR = '/run/netns';
+/** Names `ip netns add` would accept and that cannot leave the run dir. */
+const NETNS_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
+
+let addon: SysAddon | undefined;
+
+function load(): SysAddon {
+  return (addon ??= loadAddon<SysAddon>('sys'));
+}
+
+export interface MountOptions {
+  /** MS.* flags, or'd. */
+  flags?: number;
+  /** The file system's own options (the `-o` text mount(8) passes on). */
+  data?: string;
+}
+
+export const mount = (source: string, target: string, fstype: string, o: MountOptions = {}): Promise<void> =>
+  load().mount(source, target, fstype, o.data ?? '', o.flags ?? 0);
+
+/**
+ * Attaches `image` to a free loop device (autoclear: it detaches at the unmount, as with
+ * `mount -o loop`) and mounts it on `target`. Resolves to the device used.
+ */
+export const mountLoop = (image: string, target: string, fstype: string, o: MountOptions & { readOnly?: boolean } = {}): Promise<string> =>
+  load().mountLoop(image, target, fstype, o.data ?? '', o.flags ?? 0, !!o.readOnly);
+
+export const umount = (target: string, o: { lazy?: boolean } = {}): Promise<void> => load().umount(target, o.lazy ? MNT_DETACH : 0);
+
+/** Copies `src`'s data extents to a new file `dst` of the same size (holes stay holes). Resolves to the bytes copied. */
+export const copySparse = (src: string, dst: string): Promise<number> => load().copySparse(src, dst);
+
+/** FIFREEZE / FITHAW on the file system mounted at `dir`. */
+export const freezeFs = (dir: string): Promise<void> => load().freeze(dir);
+export const thawFs = (dir: string): Promise<void> => load().thaw(dir);
+
+/**
+ * `ip netns add name` (with `loopbackUp`: and `ip -n name link set lo up`), in this process: a
+ * new network namespace bind-mounted at /run/netns/<name>. EEXIST when the name is taken.
+ */
+export function netnsAdd(name: string, o: { loopbackUp?: boolean } = {}): Promise<void> {
+  checkName(name);
+  return load().netnsAdd(NETNS_RUN_DIR, path.join(NETNS_RUN_DIR, name), !!o.loopbackUp);
+}
+
+/** `ip netns del name`; ENOENT when there is no such netns. */
+export function netnsDel(name: string): Promise<void> {
+  checkName(name);
+  return load().netnsDel(path.join(NETNS_RUN_DIR, name));
+}
+
+/**
+ * The seccomp filter process `pid` runs under (one filter; E2BIG for a stack of them, EINVAL for
+ * none), as `struct sock_filter` records, read with ptrace as CRIU does: the exact program to
+ * install elsewhere with seccomp(SECCOMP_SET_MODE_FILTER). The process is stopped for a moment.
+ */
+export function seccompFilter(pid: number): Promise<Buffer> {
+  if (!Number.isInteger(pid) || pid <= 1) throw new RunboxError('invalid_argument', `invalid pid ${pid}`);
+  return load().seccompFilter(pid);
+}
+
+function checkName(name: string): void {
+  if (!NETNS_NAME.test(name) || name === '.' || name === '..') throw new RunboxError('invalid_argument', `invalid netns name "${name}"`);
+}
+
+/** The errno code of a rejection from this module ("ENOENT", ...), if it is one. */
+export const errnoCode = (e: unknown): string | undefined => (e as NodeJS.ErrnoException | undefined)?.code;
