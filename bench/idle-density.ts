@@ -19,6 +19,7 @@ import {
   type BenchContext,
   type Benchmark,
 } from './lib.js';
+import { headroom, hostLimits, hostUsage, type Headroom } from './host-limits.js';
 
 const NAME = 'idle-density';
 const SETTLE_MS = 2000;
@@ -34,6 +35,10 @@ interface Density {
   procs: number;
   /** Seconds to start all N. */
   startSec: number;
+  /** Seconds to stop all N. */
+  stopSec: number;
+  /** Host limits, the first one first (measured for the VPSs, not the bare containers). */
+  headroom?: Headroom[];
 }
 
 /** memory.stat of one cgroup (v1 or v2), for the breakdown notes. */
@@ -106,8 +111,11 @@ async function measure(ctx: BenchContext, kind: Kind, count: number): Promise<De
   const prepared: string[] = [];
   const started: string[] = [];
   const parents = [ctx.engine.layout.cgroupParent, ctx.bareCgroupParent];
+  let d: Omit<Density, 'stopSec'> | undefined;
+  let stopSec = NaN;
   try {
     for (let i = 0; i < count; i++) prepared.push(await kind.prepare());
+    const usage0 = await hostUsage();
     const scan0 = await scanProcesses(parents);
     const info0 = await meminfo();
     const mem0 = await memAvailableMedian();
@@ -125,12 +133,13 @@ async function measure(ctx: BenchContext, kind: Kind, count: number): Promise<De
     let cg = 0;
     for (const id of started) cg += (await new VpsCgroup(ctx.engine.cgroups, kind.cgroupPath(id)).usage()).memoryCurrentBytes;
     const neighbours = scan1.othersAnonBytes - scan0.othersAnonBytes;
-    const d: Density = {
+    d = {
       hostBytes: (mem0 - mem1) / count,
       hostBytesCorrected: (mem0 - mem1 - neighbours) / count,
       cgroupBytes: cg / count,
       procs: (scan1.own - scan0.own) / count,
       startSec,
+      headroom: headroom(usage0, await hostUsage(), count, await hostLimits()),
     };
     note(
       `  ${kind.label}: started ${count} in ${startSec.toFixed(1)} s; per instance: ${mib(d.hostBytes)} MiB host ` +
@@ -139,13 +148,19 @@ async function measure(ctx: BenchContext, kind: Kind, count: number): Promise<De
     );
     note(`    meminfo change per instance (MiB): ${meminfoDelta(info0, info1, count)}`);
     note(`    one instance's memory.stat: ${describeStat(await memoryStat(ctx, kind.cgroupPath(started[0]!)), ctx.engine.cgroups.kind === 'v1')}`);
-    return d;
+    note(`    host limits, the first one first (per instance; VPSs more until the limit):`);
+    for (const h of d.headroom!) {
+      const per = h.resource === 'memAvailable' ? `${mib(h.perVps)} MiB` : h.perVps.toFixed(2);
+      note(`      ${h.resource.padEnd(13)} ${per.padStart(10)} each, ${String(h.used).padStart(12)} used of ${String(h.limit).padStart(12)}: ${h.moreVps === Infinity ? 'no limit reached' : `${h.moreVps} more`}`);
+    }
   } finally {
     const t = now();
     for (const id of started) await kind.stop(id);
     await fs.rm(ctx.bareBundles, { recursive: true, force: true });
-    if (started.length) note(`    stopped ${started.length} in ${((now() - t) / 1000).toFixed(1)} s`);
+    stopSec = (now() - t) / 1000;
+    if (started.length) note(`    stopped ${started.length} in ${stopSec.toFixed(1)} s`);
   }
+  return { ...d, stopSec };
 }
 
 export const idleDensity: Benchmark = {
@@ -188,6 +203,12 @@ export const idleDensity: Benchmark = {
     metric('cgroup_mem_per_vps', 'MiB', (d) => d.cgroupBytes / MiB);
     metric('host_procs_per_vps', 'processes', (d) => d.procs);
     metric('start_all', 's', (d) => d.startSec);
+    metric('stop_all', 's', (d) => d.stopSec);
+    const first = results.ours.at(-1)?.headroom?.[0];
+    if (first) {
+      report(NAME, { metric: `first_limit_${first.resource}_more_vps`, value: first.moreVps, unit: 'VPSs' });
+      note(`first host limit for VPSs: ${first.resource} (${first.perVps.toFixed(2)} per VPS, ${first.moreVps} more VPSs until ${first.limit})`);
+    }
     note(
       `target: host memory ≤ 4 MB (3.81 MiB) per VPS; got ${med('ours', (d) => d.hostBytes / MiB).toFixed(2)} MiB ` +
         `(${med('ours', (d) => d.hostBytesCorrected / MiB).toFixed(2)} without neighbours), median of ${rounds} rounds`,
