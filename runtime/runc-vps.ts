@@ -1,5 +1,4 @@
 import fs from 'node:fs';
-import { spawn } from 'node:child_process';
 import { RunboxError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { AgentChannel } from './agent/channel.js';
@@ -10,6 +9,7 @@ import { collectThrough, type CollectOptions, type CollectResult } from './agent
 import { VpsCgroup } from './cgroups/cgroup.js';
 import type { CgroupUsage } from './cgroups/stats.js';
 import { pipe2 } from './native/pipe.js';
+import { spawnProcess } from './native/sys.js';
 import { runcKill, type RuncGlobal } from './oci/runc.js';
 import { execOk } from './exec.js';
 import { next, type VpsOp, type VpsState } from './state.js';
@@ -35,24 +35,21 @@ export async function startWithPipes(argv: string[], log: Logger, timeoutMs = RU
   const channel = new AgentChannel(out.read, ctl.write, err.read);
   const what = argv.slice(3, 5).join(' ');
   try {
+    // Its own session and process group, so that past the deadline the CRIU runc started for a
+    // restore goes too. posix_spawn (runtime/native/sys.ts): no copy of this process's page tables.
+    const child = spawnProcess(argv, { fds: [ctl.read, out.write, err.write], newSession: true });
     const code = await new Promise<number | null>((resolve, reject) => {
-      // Its own process group, so that past the deadline the CRIU runc started for a restore goes too.
-      const child = spawn(argv[0]!, argv.slice(1), { stdio: [ctl.read, out.write, err.write], detached: true });
       const deadline = setTimeout(() => {
         try {
-          process.kill(-child.pid!, 'SIGKILL');
+          process.kill(-child.pid, 'SIGKILL');
         } catch {
           /* it ended just now */
         }
         reject(new RunboxError('unavailable', `${what} did not finish within ${timeoutMs / 1000} s`));
       }, timeoutMs);
-      child.on('error', (e) => {
+      void child.exit.then((e) => {
         clearTimeout(deadline);
-        reject(e);
-      });
-      child.on('exit', (c) => {
-        clearTimeout(deadline);
-        resolve(c);
+        resolve(e.code);
       });
     });
     if (code !== 0) {

@@ -1,3 +1,4 @@
+import os from 'node:os';
 import path from 'node:path';
 import { RunboxError } from '../../core/errors.js';
 import { loadAddon } from './load.js';
@@ -18,6 +19,7 @@ interface SysAddon {
   netnsAdd(runDir: string, file: string, loopbackUp: boolean): Promise<void>;
   netnsDel(file: string): Promise<void>;
   seccompFilter(pid: number): Promise<Buffer>;
+  spawn(file: string, argv: string[], envp: string[] | null, cwd: string, fds: [number, number, number], newSession: boolean): [number, Promise<[number | null, number | null]>];
 }
 
 /** mount(2) flags (linux/mount.h). */
@@ -31,6 +33,11 @@ export const NETNS_RUN_DIR = '/run/netns';
 const NETNS_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
 
 let addon: SysAddon | undefined;
+
+/** Loads the addon (throws `unavailable` when it is not built). */
+export function loadSys(): void {
+  load();
+}
 
 function load(): SysAddon {
   return (addon ??= loadAddon<SysAddon>('sys'));
@@ -86,6 +93,32 @@ export function seccompFilter(pid: number): Promise<Buffer> {
   if (!Number.isInteger(pid) || pid <= 1) throw new RunboxError('invalid_argument', `invalid pid ${pid}`);
   return load().seccompFilter(pid);
 }
+
+export interface SpawnedProcess {
+  pid: number;
+  /** Settles when it exited: its code, or the signal that ended it (both null: reaped by someone else). */
+  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/**
+ * Starts a process with posix_spawn (vfork: nothing of this process is copied, whatever its size)
+ * and watches its exit with a pidfd on the event loop. `fds` become its 0/1/2 (-1: /dev/null);
+ * `newSession`: its own session and process group (kill(-pid) reaches what it starts). Throws a
+ * Node-style error (ENOENT for a missing program) when it cannot start.
+ */
+export function spawnProcess(
+  argv: readonly string[],
+  o: { env?: NodeJS.ProcessEnv; cwd?: string; fds?: [number, number, number]; newSession?: boolean } = {},
+): SpawnedProcess {
+  const [file] = argv;
+  if (!file) throw new RunboxError('internal', 'spawn: empty argv');
+  const envp = o.env ? Object.entries(o.env).filter((e): e is [string, string] => e[1] !== undefined).map(([k, v]) => `${k}=${v}`) : null;
+  const [pid, exit] = load().spawn(file, [...argv], envp, o.cwd ?? '', o.fds ?? [-1, -1, -1], !!o.newSession);
+  return { pid, exit: exit.then(([code, sig]) => ({ code, signal: sig === null ? null : signalName(sig) })) };
+}
+
+const signalName = (n: number): NodeJS.Signals =>
+  (Object.entries(os.constants.signals).find(([, v]) => v === n)?.[0] ?? 'SIGKILL') as NodeJS.Signals;
 
 function checkName(name: string): void {
   if (!NETNS_NAME.test(name) || name === '.' || name === '..') throw new RunboxError('invalid_argument', `invalid netns name "${name}"`);

@@ -5,7 +5,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { newId } from '../../core/ids.js';
-import { copySparse, freezeFs, mount, mountLoop, MS, netnsAdd, netnsDel, seccompFilter, thawFs, umount } from '../../runtime/native/sys.js';
+import { exec } from '../../runtime/exec.js';
+import { copySparse, freezeFs, mount, mountLoop, MS, netnsAdd, netnsDel, seccompFilter, spawnProcess, thawFs, umount } from '../../runtime/native/sys.js';
 import { mkfsArgs } from '../../runtime/storage/layer.js';
 
 /**
@@ -132,7 +133,7 @@ describe('mountLoop, mount, umount, freeze', () => {
 
   it('refuses arguments it cannot pass to the kernel', async () => {
     expect(() => mount('a\0b', '/x', 'tmpfs')).toThrow(/NUL/);
-    expect(() => mount('x'.repeat(5000), '/x', 'tmpfs')).toThrow(/at most 4095/);
+    expect(() => mount('x'.repeat(5000), '/x', 'tmpfs')).toThrow(/at most 4095 bytes/);
   });
 });
 
@@ -198,5 +199,64 @@ describe('seccompFilter', () => {
     await expect(seccompFilter(child.pid!)).rejects.toMatchObject({ code: 'ESRCH' });
     expect(() => seccompFilter(1)).toThrow(/invalid pid/);
     expect(() => seccompFilter(-5)).toThrow(/invalid pid/);
+  });
+});
+
+describe('spawnProcess and exec (posix_spawn, exit watched by a pidfd)', () => {
+  it('exit codes, signals, stdin, stdout and stderr as child_process gives them', async () => {
+    expect(await exec(['sh', '-c', 'echo out; echo err >&2; cat; exit 3'], { input: 'in\n' })).toEqual({ code: 3, signal: null, stdout: 'out\nin\n', stderr: 'err\n' });
+    expect(await exec(['sh', '-c', 'kill -TERM $$'])).toMatchObject({ code: null, signal: 'SIGTERM' });
+    expect((await exec(['sh', '-c', 'pwd; echo "$RB_X"'], { cwd: '/tmp', env: { PATH: process.env.PATH, RB_X: 'y' } })).stdout).toBe('/tmp\ny\n');
+  });
+
+  it('the child gets default signal dispositions (Node ignores SIGPIPE) and an empty mask', async () => {
+    const r = await exec(['sh', '-c', 'yes | head -n 1; grep -E "^Sig(Blk|Ign):" /proc/self/status']);
+    expect(r.stderr).toBe(''); // yes died of SIGPIPE instead of complaining of EPIPE
+    expect(r.stdout).toMatch(/^SigBlk:\s+0+$/m);
+  });
+
+  it('a missing program is an error naming it; nothing is left open', async () => {
+    const fds = fsSync.readdirSync('/proc/self/fd').length;
+    await expect(exec(['/nonexistent/prog'])).rejects.toThrow(/cannot run \/nonexistent\/prog: .*No such file/);
+    expect(fsSync.readdirSync('/proc/self/fd').length).toBe(fds);
+  });
+
+  it('a timeout kills the whole group of a `group` process, and no zombie is left', async () => {
+    const marker = path.join(dir, 'grandchild.pid');
+    await expect(exec(['sh', '-c', `sleep 30 & echo $! > ${marker}; wait`], { timeoutMs: 300, group: true })).rejects.toThrow(/did not finish within 300 ms/);
+    const grandchild = Number(await fs.readFile(marker, 'utf8'));
+    await new Promise((r) => setTimeout(r, 100));
+    // Dead: gone, or a zombie left to PID 1 (which reaps it when it gets to it).
+    const state = fsSync.existsSync(`/proc/${grandchild}`) ? fsSync.readFileSync(`/proc/${grandchild}/stat`, 'utf8').split(') ')[1]?.[0] : 'gone';
+    expect(['gone', 'Z', 'X']).toContain(state);
+    const p = spawnProcess(['true']);
+    expect(await p.exit).toEqual({ code: 0, signal: null });
+    expect(fsSync.existsSync(`/proc/${p.pid}`), 'reaped').toBe(false);
+  });
+
+  it('hands fds over as 0/1/2 and starts a new session when asked', async () => {
+    const out = path.join(dir, 'fd-out');
+    const fd = fsSync.openSync(out, 'w');
+    try {
+      const p = spawnProcess(['sh', '-c', 'echo hi; ps -o sid= -p $$ 2>/dev/null || cut -d" " -f6 /proc/$$/stat'], { fds: [-1, fd, -1], newSession: true });
+      expect((await p.exit).code).toBe(0);
+      const [line, sid] = fsSync.readFileSync(out, 'utf8').trim().split('\n');
+      expect(line).toBe('hi');
+      expect(Number(sid)).toBe(p.pid);
+    } finally {
+      fsSync.closeSync(fd);
+    }
+  });
+
+  it('caps what it captures at 1 MiB and still drains the rest', async () => {
+    const r = await exec(['sh', '-c', 'head -c 3000000 /dev/zero | tr "\\0" x']);
+    expect(r.code).toBe(0);
+    expect(r.stdout.length).toBeGreaterThanOrEqual(1024 * 1024);
+    expect(r.stdout.length).toBeLessThan(3_000_000);
+  });
+
+  it('many at once', async () => {
+    const rs = await Promise.all(Array.from({ length: 50 }, (_, i) => exec(['sh', '-c', `echo ${i}`])));
+    expect(rs.map((r) => r.stdout.trim())).toEqual(Array.from({ length: 50 }, (_, i) => String(i)));
   });
 });
