@@ -50,7 +50,10 @@ export async function readCachedFilter(file: string): Promise<Buffer | undefined
   return isFilterProgram(program) && digest(program).equals(raw.subarray(0, DIGEST_BYTES)) ? Buffer.from(program) : undefined;
 }
 
-/** Written under a unique name and renamed: a reader never sees half a program. */
+/**
+ * Written under a unique name and renamed: a reader never sees half a program. Programs cached
+ * under other keys (an older runc, an older profile) are removed: one per host is in use.
+ */
 export async function writeCachedFilter(file: string, buf: Buffer): Promise<void> {
   if (!isFilterProgram(buf)) throw new Error(`not a seccomp program (${buf.length} bytes)`);
   await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
@@ -61,4 +64,7 @@ export async function writeCachedFilter(file: string, buf: Buffer): Promise<void
   } finally {
     await fs.rm(tmp, { force: true });
   }
+  const dir = path.dirname(file);
+  const stale = (await fs.readdir(dir)).filter((n) => /^seccomp-[0-9a-f]+\.bpf$/.test(n) && n !== path.basename(file));
+  await Promise.all(stale.map((n) => fs.rm(path.join(dir, n), { force: true })));
 }
