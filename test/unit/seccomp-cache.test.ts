@@ -37,7 +37,7 @@ describe('the cached seccomp program', () => {
     expect(await readCachedFilter(file)).toEqual(program(10));
     expect((await fs.stat(file)).mode & 0o777).toBe(0o600);
     const raw = await fs.readFile(file);
-    raw[40] ^= 0xff;
+    raw[40] = raw[40]! ^ 0xff;
     await fs.writeFile(file, raw);
     expect(await readCachedFilter(file)).toBeUndefined();
     await fs.writeFile(file, raw.subarray(0, 36));
