@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
+import type { Readable } from 'node:stream';
 import { RunboxError } from '../core/errors.js';
 import { pipe2 } from './native/pipe.js';
 import { loadSys, spawnProcess, type SpawnedProcess } from './native/sys.js';
@@ -71,15 +72,10 @@ async function execSpawned(argv: readonly string[], opts: ExecOptions): Promise<
     // The child has its copies; ours would keep its output open after it exits.
     for (const fd of [out.write, err.write, inp?.read]) if (fd !== undefined) fs.closeSync(fd);
   }
-  const lines = opts.onLine && { stdout: new LineSplitter('stdout', opts.onLine), stderr: new LineSplitter('stderr', opts.onLine) };
-  const captured = { stdout: '', stderr: '' };
+  const output = new Output(opts.onLine);
   const drained = (['stdout', 'stderr'] as const).map((name) => {
     const sock = new net.Socket({ fd: name === 'stdout' ? out.read : err.read, readable: true, writable: false });
-    sock.setEncoding('utf8');
-    sock.on('data', (d: string) => {
-      if (captured[name].length < MAX_CAPTURE) captured[name] += d;
-      lines?.[name].push(d);
-    });
+    output.capture(name, sock);
     return new Promise<void>((resolve) => {
       sock.on('error', () => sock.destroy());
       sock.on('close', () => resolve());
@@ -90,25 +86,61 @@ async function execSpawned(argv: readonly string[], opts: ExecOptions): Promise<
     w.on('error', () => w.destroy()); // EPIPE: it exited without reading all of it
     w.end(opts.input ?? '');
   }
-  let timedOut = false;
-  const timer =
-    opts.timeoutMs === undefined
-      ? undefined
-      : setTimeout(() => {
-          timedOut = true;
-          try {
-            process.kill(opts.group ? -proc.pid : proc.pid, 'SIGKILL');
-          } catch {
-            /* gone already */
-          }
-        }, opts.timeoutMs);
+  const deadline = new Deadline(opts.timeoutMs, () => killQuietly(proc.pid, !!opts.group, 'SIGKILL'));
   const exit = await proc.exit;
-  clearTimeout(timer);
+  deadline.clear();
   await Promise.all(drained);
-  lines?.stdout.end();
-  lines?.stderr.end();
-  if (timedOut) throw new RunboxError('unavailable', `${file} ${args[0] ?? ''} did not finish within ${opts.timeoutMs} ms`);
-  return { code: exit.code, signal: exit.signal, ...captured };
+  output.end();
+  if (deadline.fired) throw timeoutError(file, args, opts.timeoutMs);
+  return { code: exit.code, signal: exit.signal, ...output.captured };
+}
+
+/** stdout and stderr of a process: captured up to MAX_CAPTURE each, and passed on line by line. */
+class Output {
+  readonly captured = { stdout: '', stderr: '' };
+  private readonly lines?: Record<'stdout' | 'stderr', LineSplitter>;
+  constructor(onLine?: ExecOptions['onLine']) {
+    if (onLine) this.lines = { stdout: new LineSplitter('stdout', onLine), stderr: new LineSplitter('stderr', onLine) };
+  }
+  capture(name: 'stdout' | 'stderr', stream: Readable | null | undefined): void {
+    stream?.setEncoding('utf8').on('data', (d: string) => {
+      if (this.captured[name].length < MAX_CAPTURE) this.captured[name] += d;
+      this.lines?.[name].push(d);
+    });
+  }
+  end(): void {
+    this.lines?.stdout.end();
+    this.lines?.stderr.end();
+  }
+}
+
+/** Calls `kill` once `ms` have passed (never without `ms`), unless cleared first. */
+class Deadline {
+  fired = false;
+  private readonly timer?: NodeJS.Timeout;
+  constructor(ms: number | undefined, kill: () => void) {
+    if (ms !== undefined) {
+      this.timer = setTimeout(() => {
+        this.fired = true;
+        kill();
+      }, ms);
+    }
+  }
+  clear(): void {
+    clearTimeout(this.timer);
+  }
+}
+
+const timeoutError = (file: string, args: readonly string[], ms: number | undefined) =>
+  new RunboxError('unavailable', `${file} ${args[0] ?? ''} did not finish within ${ms} ms`);
+
+/** Signals pid (its whole group with `group`); a process already gone is not an error. */
+function killQuietly(pid: number, group: boolean, sig: NodeJS.Signals): void {
+  try {
+    process.kill(group ? -pid : pid, sig);
+  } catch {
+    /* gone already */
+  }
 }
 
 /** A started process: its handle (for extra stdio, or to kill it) and its result once it exits. */
@@ -130,48 +162,25 @@ export function start(argv: readonly string[], opts: ExecOptions = {}): Started 
     detached: opts.group ?? false,
   });
   const result = new Promise<ExecResult>((resolve, reject) => {
-    let stdout = '';
-    let stderr = '';
-    const lines = opts.onLine && { stdout: new LineSplitter('stdout', opts.onLine), stderr: new LineSplitter('stderr', opts.onLine) };
-    child.stdout?.setEncoding('utf8').on('data', (d: string) => {
-      if (stdout.length < MAX_CAPTURE) stdout += d;
-      lines?.stdout.push(d);
-    });
-    child.stderr?.setEncoding('utf8').on('data', (d: string) => {
-      if (stderr.length < MAX_CAPTURE) stderr += d;
-      lines?.stderr.push(d);
-    });
+    const output = new Output(opts.onLine);
+    output.capture('stdout', child.stdout);
+    output.capture('stderr', child.stderr);
     if (opts.input !== undefined) child.stdin?.end(opts.input);
-    let timedOut = false;
-    const timer =
-      opts.timeoutMs === undefined
-        ? undefined
-        : setTimeout(() => {
-            timedOut = true;
-            child.kill('SIGKILL');
-          }, opts.timeoutMs);
+    const deadline = new Deadline(opts.timeoutMs, () => child.kill('SIGKILL'));
     child.on('error', (err) => {
-      clearTimeout(timer);
+      deadline.clear();
       reject(new RunboxError('unavailable', `cannot run ${file}: ${err.message}`, { cause: err }));
     });
     child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      lines?.stdout.end();
-      lines?.stderr.end();
-      if (timedOut) {
-        reject(new RunboxError('unavailable', `${file} ${args[0] ?? ''} did not finish within ${opts.timeoutMs} ms`));
-        return;
-      }
-      resolve({ code, signal, stdout, stderr });
+      deadline.clear();
+      output.end();
+      if (deadline.fired) reject(timeoutError(file, args, opts.timeoutMs));
+      else resolve({ code, signal, ...output.captured });
     });
   });
   const signal = (sig: NodeJS.Signals) => {
     if (!child.pid || child.exitCode !== null || child.signalCode !== null) return;
-    try {
-      process.kill(opts.group ? -child.pid : child.pid, sig);
-    } catch {
-      /* gone already */
-    }
+    killQuietly(child.pid, !!opts.group, sig);
   };
   return { child, result, signal };
 }

@@ -226,6 +226,10 @@ describe('a checkpoint and restore keep the filter', () => {
   });
 });
 
+/** Where an engine caches the program for this host's runc (the key the engine computes). */
+const cacheFileOf = async (e: TestEngine): Promise<string> =>
+  seccompCacheFile(e.engine.layout.cacheDir, seccompCacheKey((await run('runc', ['--version'])).stdout));
+
 const toInsns = (buf: Buffer): BpfInsn[] =>
   Array.from({ length: buf.length / 8 }, (_, i) => ({ code: buf.readUInt16LE(i * 8), jt: buf[i * 8 + 2]!, jf: buf[i * 8 + 3]!, k: buf.readUInt32LE(i * 8 + 4) }));
 
@@ -261,7 +265,7 @@ describe('the agent installs the program runc compiled once (runc compiles no pr
       const program = await dumpFilter(ours.initPid);
       expect(program.length).toBeGreaterThan(100);
       // Exactly the cached program (the one runc gave back from the engine's first VPS)...
-      const cached = await readCachedFilter(seccompCacheFile(t.engine.layout.cacheDir, seccompCacheKey((await run('runc', ['--version'])).stdout)));
+      const cached = await readCachedFilter(await cacheFileOf(t));
       expect(cached, 'the engine cached the program').toBeDefined();
       expect(program).toEqual(toInsns(cached!));
       // ...and the same answers as the program runc compiles for a VPS now. Not the same bytes:
@@ -301,9 +305,9 @@ describe('the agent installs the program runc compiled once (runc compiles no pr
   it('a damaged cached program is not used: runc compiles again and the cache is mended', async () => {
     const e = await testEngine('seccomp-damaged');
     try {
-      const file = seccompCacheFile(e.engine.layout.cacheDir, seccompCacheKey((await run('runc', ['--version'])).stdout));
+      const file = await cacheFileOf(e);
       await fs.mkdir(path.dirname(file), { recursive: true });
-      const good = await readCachedFilter(seccompCacheFile(t.engine.layout.cacheDir, path.basename(file).slice(8, -4)));
+      const good = await readCachedFilter(await cacheFileOf(t));
       expect(good, "the first engine's cache holds the program").toBeDefined();
       const damaged = Buffer.concat([Buffer.alloc(32), good!]); // digest of zeros
       await fs.writeFile(file, damaged);
@@ -323,7 +327,7 @@ describe('the agent installs the program runc compiled once (runc compiles no pr
   it('a program the kernel refuses fails that create (the agent never runs unfiltered), and the next VPS is made by runc', async () => {
     const e = await testEngine('seccomp-refused');
     try {
-      const file = seccompCacheFile(e.engine.layout.cacheDir, seccompCacheKey((await run('runc', ['--version'])).stdout));
+      const file = await cacheFileOf(e);
       // One instruction with an opcode classic BPF does not have: the kernel answers EINVAL.
       await writeCachedFilter(file, Buffer.from([0xff, 0xff, 0, 0, 0, 0, 0, 0]));
       await expect(e.create()).rejects.toThrow(/seccomp: cannot install the filter/);
