@@ -18,6 +18,7 @@ import {
   report,
   run,
   RUNC,
+  RUNTIME,
   runOk,
   sleep,
   stats,
@@ -306,6 +307,7 @@ export async function criuEngine(ctx: BenchContext, sub: string, log: Logger = s
     stateDir,
     templatesDir: TEMPLATES_DIR,
     runcPath: RUNC,
+    runtime: RUNTIME,
     criuPath: CRIU,
     agentPath: AGENT,
     netCidr: ctx.netCidr,
@@ -340,7 +342,7 @@ export async function criuEngine(ctx: BenchContext, sub: string, log: Logger = s
       for (const d of await cgroupDirs()) await fs.rmdir(d).catch(() => undefined);
     });
     await step('runc list', async () => {
-      const r = await run([RUNC, '--root', engine.layout.runcRoot, 'list', '--format', 'json']);
+      const r = await run([engine.runc.runc, '--root', engine.runc.root, 'list', '--format', 'json']);
       if (r.code !== 0 && !/no such file|does not exist/i.test(r.stderr)) throw new Error(r.stderr.trim());
       const left = (JSON.parse(r.stdout.trim() || 'null') as Array<{ id: string }> | null) ?? [];
       if (left.length) throw new Error(`containers left: ${left.map((c) => c.id).join(', ')}`);

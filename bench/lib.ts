@@ -16,6 +16,8 @@ import type { VpsSpec } from '../runtime/vps.js';
 /** Built once by setup; benchmarks only read it. */
 export const TEMPLATES_DIR = process.env.RUNBOX_TEMPLATES_DIR ?? '/var/lib/runbox/templates';
 export const RUNC = process.env.RUNBOX_RUNC ?? 'runc';
+/** The OCI runtime of runbox's engines (RUNBOX_RUNTIME, as for a worker): A/B runs set it. The bare baselines stay runc. */
+export const RUNTIME = (process.env.RUNBOX_RUNTIME ?? 'auto') as 'auto' | 'runc' | 'crun';
 export const AGENT = path.join(REPO_ROOT, 'build/runbox-agent');
 export const RUNBOX_BIN = path.join(REPO_ROOT, 'bin/runbox');
 
@@ -375,10 +377,12 @@ export class BenchContext {
       stateDir,
       templatesDir: TEMPLATES_DIR,
       runcPath: RUNC,
+      runtime: RUNTIME,
       agentPath: AGENT,
       netCidr,
       log: eventLogger(times),
     });
+    note(`${name}: runbox's VPSs run under ${engine.ociRuntime.kind} (${engine.ociRuntime.reason})`);
     return new BenchContext(name, stateDir, engine, times, netnsBefore);
   }
 
@@ -500,7 +504,7 @@ export class BenchContext {
       }
     }
     await step('runc list (engine)', async () => {
-      const left = await runcList([RUNC, '--root', this.engine.layout.runcRoot, 'list', '--format', 'json']);
+      const left = await runcList([this.engine.runc.runc, '--root', this.engine.runc.root, 'list', '--format', 'json']);
       if (left.length) throw new Error(`containers left: ${left.join(', ')}`);
     });
     await step('runc list (bare)', async () => {

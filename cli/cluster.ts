@@ -168,6 +168,8 @@ async function cleanHosts(dir: string, hosts: number): Promise<void> {
     const engine = new RuncEngine({
       stateDir: path.join(dir, 'hosts', `h${i}`),
       runcPath: config.runcPath,
+      crunPath: config.crunPath,
+      runtime: config.runtime,
       agentPath: config.agentPath,
       netCidr: config.netCidr,
       log: createLogger('warn'),

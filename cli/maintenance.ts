@@ -11,6 +11,8 @@ export function engineFromEnv(): RuncEngine {
     stateDir: cfg.stateDir,
     templatesDir: cfg.templatesDir,
     runcPath: cfg.runcPath,
+    crunPath: cfg.crunPath,
+    runtime: cfg.runtime,
     criuPath: cfg.criuPath,
     agentPath: cfg.agentPath,
     netCidr: cfg.netCidr,
@@ -39,7 +41,7 @@ export async function gcCommand(args: string[]): Promise<number> {
 export async function doctorCommand(args: string[]): Promise<number> {
   if (args.length) throw new RunboxError('invalid_argument', 'doctor takes no arguments');
   const cfg = runtimeConfigFromEnv(process.env);
-  const checks = await runDoctor({ criuPath: cfg.criuPath, stateDir: cfg.stateDir, agentPath: cfg.agentPath });
+  const checks = await runDoctor({ criuPath: cfg.criuPath, stateDir: cfg.stateDir, agentPath: cfg.agentPath, runtime: cfg.runtime, runcPath: cfg.runcPath, crunPath: cfg.crunPath });
   process.stdout.write(`${formatDoctor(checks)}\n`);
   return checks.some((c) => !c.ok && !c.optional) ? 1 : 0;
 }

@@ -24,6 +24,8 @@ export async function runCommand(args: string[]): Promise<number> {
     stateDir: cfg.stateDir,
     templatesDir: cfg.templatesDir,
     runcPath: cfg.runcPath,
+    crunPath: cfg.crunPath,
+    runtime: cfg.runtime,
     criuPath: cfg.criuPath,
     agentPath: cfg.agentPath,
     netCidr: cfg.netCidr,

@@ -64,6 +64,9 @@ export const EnvSchema = z.object({
     .default('base'),
   RUNBOX_RUNC: z.string().min(1).default('runc'),
   RUNBOX_CRIU: z.string().min(1).default('/opt/runbox/criu/bin/criu'),
+  /** The OCI runtime: auto (crun where it works, else runc), runc or crun (runtime/oci/runtime-choice.ts). */
+  RUNBOX_RUNTIME: z.enum(['auto', 'runc', 'crun'], { message: 'auto, runc or crun' }).default('auto'),
+  RUNBOX_CRUN: z.string().min(1).default('/opt/runbox/criu/bin/crun'),
   RUNBOX_AGENT: z.string().min(1).default(path.join(REPO_ROOT, 'build/runbox-agent')),
   RUNBOX_NET_CIDR: z
     .string()
@@ -147,6 +150,9 @@ export interface RuntimeConfig {
   /** Built templates (default <stateDir>/templates). */
   templatesDir: string;
   runcPath: string;
+  crunPath: string;
+  /** RUNBOX_RUNTIME: which OCI runtime starts VPSs (auto: crun where it works). */
+  runtime: Env['RUNBOX_RUNTIME'];
   criuPath: string;
   agentPath: string;
   netCidr: string;
@@ -176,6 +182,8 @@ export function runtimeConfigFromEnv(raw: NodeJS.ProcessEnv): RuntimeConfig {
     stateDir: path.resolve(e.RUNBOX_STATE_DIR),
     templatesDir: path.resolve(e.RUNBOX_TEMPLATES_DIR ?? path.join(e.RUNBOX_STATE_DIR, 'templates')),
     runcPath: e.RUNBOX_RUNC,
+    crunPath: e.RUNBOX_CRUN,
+    runtime: e.RUNBOX_RUNTIME,
     criuPath: e.RUNBOX_CRIU,
     agentPath: path.resolve(e.RUNBOX_AGENT),
     netCidr: e.RUNBOX_NET_CIDR,

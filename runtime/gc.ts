@@ -1,4 +1,5 @@
 import fs from 'node:fs/promises';
+import type { CgroupLayout } from './cgroups/layout.js';
 import path from 'node:path';
 import { exec } from './exec.js';
 import { isAlive, selfRef } from './host/proc.js';
@@ -47,10 +48,13 @@ export async function gc(engine: RuncEngine, opts: { all?: boolean } = {}): Prom
     report.vps.push(id);
   }
 
-  for (const c of await runcList(engine.runc).catch(() => [])) {
-    if (kept.has(c.id)) continue;
-    await runcDelete(engine.runc, c.id);
-    report.containers.push(c.id);
+  // Also the other runtime's containers, left by a run of this instance with another RUNBOX_RUNTIME.
+  for (const runtime of [engine.runc, ...engine.formerRuntimes()]) {
+    for (const c of await runcList(runtime).catch(() => [])) {
+      if (kept.has(c.id) && runtime === engine.runc) continue;
+      await runcDelete(runtime, c.id).catch(() => undefined);
+      report.containers.push(c.id);
+    }
   }
 
   const prefix = `rb${engine.layout.instance}-`;
@@ -178,8 +182,7 @@ async function staleCgroups(engine: RuncEngine, kept: Set<string>, removeParent:
     for (const child of children) {
       if (!child.isDirectory() || kept.has(child.name)) continue;
       const dir = path.join(parent, child.name);
-      await killCgroup(dir);
-      if (await fs.rmdir(dir).then(() => true, () => false)) removed.push(dir);
+      if (await removeCgroupTree(dir)) removed.push(dir);
     }
     if (removeParent) await fs.rmdir(parent).catch(() => undefined);
   }
@@ -190,6 +193,27 @@ async function staleCgroups(engine: RuncEngine, kept: Set<string>, removeParent:
 async function hierarchies(root: string): Promise<string[]> {
   const entries = await fs.readdir(root, { withFileTypes: true });
   return entries.filter((e) => e.isDirectory()).map((e) => path.join(root, e.name));
+}
+
+/** Removes one VPS's cgroup from every hierarchy, where the runtime left it (a failed create). */
+export async function removeVpsCgroup(layout: CgroupLayout, cgroupsPath: string): Promise<void> {
+  const roots = layout.kind === 'v2' ? [layout.root] : await hierarchies(layout.root);
+  await Promise.all(roots.map((root) => removeCgroupTree(path.join(root, cgroupsPath))));
+}
+
+/**
+ * Kills what is in a cgroup and below it and removes it, innermost first: crun leaves a nested
+ * `.proxy-crun` cgroup in a VPS's when a restore fails, which a plain rmdir cannot remove (EBUSY).
+ * Resolves whether the cgroup is gone (true when it was not there).
+ */
+export async function removeCgroupTree(dir: string): Promise<boolean> {
+  const children = await fs.readdir(dir, { withFileTypes: true }).catch(() => []);
+  for (const c of children) if (c.isDirectory()) await removeCgroupTree(path.join(dir, c.name));
+  await killCgroup(dir);
+  return fs.rmdir(dir).then(
+    () => true,
+    (e: NodeJS.ErrnoException) => e.code === 'ENOENT',
+  );
 }
 
 async function killCgroup(dir: string): Promise<void> {

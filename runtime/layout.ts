@@ -11,7 +11,7 @@ import path from 'node:path';
  *   <state>/vps/<id>/layer/upper      the overlay upper dir: all its filesystem changes
  *   <state>/vps/<id>/bundle/          OCI bundle: config.json, rootfs/ (the overlay mount)
  *   <state>/vps/<id>/checkpoints/     CRIU images
- *   <state>/runc/                     runc's own state (--root)
+ *   <state>/runc/ or crun/            the OCI runtime's own state (--root)
  *   <state>/cache/                    golden layer images
  *   <state>/net/addrs/                address leases
  */
@@ -26,8 +26,9 @@ export class Layout {
     this.instance = createHash('sha256').update(path.resolve(stateDir)).digest('hex').slice(0, 6);
   }
 
-  get runcRoot(): string {
-    return path.join(this.stateDir, 'runc');
+  /** The OCI runtime's own state (--root): one dir per runtime, their formats differ. */
+  runtimeRoot(kind: 'runc' | 'crun'): string {
+    return path.join(this.stateDir, kind);
   }
   get vpsRoot(): string {
     return path.join(this.stateDir, 'vps');
@@ -67,6 +68,8 @@ export class Layout {
       config: path.join(dir, 'bundle', 'config.json'),
       rootfs: path.join(dir, 'bundle', 'rootfs'),
       checkpoints: path.join(dir, 'checkpoints'),
+      /** crun only: this VPS's CRIU options (a link to the instance's, or those of one dump or restore). */
+      criuConfig: path.join(dir, 'criu.conf'),
       cgroupsPath: `${this.cgroupParent}/${id}`,
     };
   }

@@ -10,10 +10,11 @@ import { detectCgroupLayout, type CgroupLayout } from './cgroups/layout.js';
 import { isAlive, processStart, selfRef, type ProcessRef } from './host/proc.js';
 import { Layout, VPS_ID } from './layout.js';
 import { HostNetwork, type VpsNetwork } from './net/network.js';
-import { transferDir } from './gc.js';
+import { removeVpsCgroup, transferDir } from './gc.js';
 import { applyNetnsConfig } from './net/netns-config.js';
 import { hostResolvConf } from './net/dns.js';
-import { restoreArgs, runArgs, runcDelete, runcKill, type RuncGlobal } from './oci/runc.js';
+import { lazyCriuOptions, restoreArgs, runArgs, runcDelete, runcKill, type RuncGlobal } from './oci/runc.js';
+import { DEFAULT_CRUN, resolveOciRuntime, type OciRuntimeChoice, type OciRuntimePreference } from './oci/runtime-choice.js';
 import { execOk } from './exec.js';
 import { buildSpec, SYS_DIRS_HIDDEN } from './oci/spec.js';
 import { denyTunAfterStart } from './oci/devices.js';
@@ -29,6 +30,10 @@ export interface RuncEngineOptions {
   stateDir: string;
   templatesDir?: string;
   runcPath: string;
+  /** crun's binary (default: the one scripts/setup.sh installs). */
+  crunPath?: string;
+  /** Which OCI runtime starts this engine's VPSs (oci/runtime-choice.ts); default auto. */
+  runtime?: OciRuntimePreference;
   criuPath?: string;
   agentPath: string;
   netCidr: string;
@@ -122,6 +127,8 @@ export class RuncEngine implements VpsEngine {
   readonly layout: Layout;
   readonly net: HostNetwork;
   readonly runc: RuncGlobal;
+  /** The OCI runtime this engine uses, and why. */
+  readonly ociRuntime: OciRuntimeChoice;
   readonly cgroups: CgroupLayout;
   private readonly live = new Map<VpsId, RuncVps>();
   /** VPSs whose network and disk were made ahead of a restore (prepareRestore), not yet created. */
@@ -136,7 +143,9 @@ export class RuncEngine implements VpsEngine {
   constructor(readonly opts: RuncEngineOptions) {
     this.layout = new Layout(opts.stateDir, opts.templatesDir);
     this.net = new HostNetwork(this.layout.instance, opts.netCidr, this.layout.addrDir, { egressAllow: opts.egressAllow, nameservers: opts.nameservers });
-    this.runc = { runc: opts.runcPath, root: this.layout.runcRoot, criu: opts.criuPath };
+    this.ociRuntime = resolveOciRuntime(opts.runtime ?? 'auto', { runc: opts.runcPath, crun: opts.crunPath });
+    const kind = this.ociRuntime.kind;
+    this.runc = { kind, runc: this.ociRuntime.path, root: this.layout.runtimeRoot(kind), criu: opts.criuPath };
     this.cgroups = detectCgroupLayout();
   }
 
@@ -208,6 +217,53 @@ export class RuncEngine implements VpsEngine {
     log.warn({ file }, 'the agent could not install the cached seccomp program: removed; runc compiles the profile again');
   }
 
+  /**
+   * The CRIU configuration file a new VPS names. runc: the instance's. crun: the VPS's own, a link
+   * to the instance's, because crun has no flags for lazy pages: setCriuOptions puts them there for
+   * one dump or restore.
+   */
+  private async vpsCriuConfig(id: VpsId): Promise<string | undefined> {
+    const base = await this.criuConfig();
+    if (!base || this.runc.kind !== 'crun') return base;
+    const file = this.layout.vps(id).criuConfig;
+    await fs.rm(file, { force: true });
+    await fs.link(base, file);
+    return file;
+  }
+
+  /**
+   * Adds CRIU options (long names, one per line) to VPS `id`'s configuration file for its next
+   * dump or restore, under crun (runc takes them as flags: nothing to do). CRIU reads the file when
+   * it starts; the returned function puts the plain file back and must run once CRIU has started
+   * (a lazy dump's page server is ready, a restore returned), whatever happened.
+   */
+  async setCriuOptions(id: VpsId, lines: readonly string[]): Promise<() => Promise<void>> {
+    if (this.runc.kind !== 'crun' || lines.length === 0) return async () => undefined;
+    const base = await this.criuConfig();
+    if (!base) throw new RunboxError('host_unsupported', 'crun takes lazy-pages options only from a CRIU configuration file, and none could be written');
+    const file = this.layout.vps(id).criuConfig;
+    const replace = async (write: (tmp: string) => Promise<void>) => {
+      const tmp = `${file}.${process.pid}.tmp`;
+      await fs.rm(tmp, { force: true });
+      await write(tmp);
+      await fs.rename(tmp, file);
+    };
+    await replace(async (tmp) => fs.writeFile(tmp, `${await fs.readFile(base, 'utf8')}${lines.join('\n')}\n`));
+    return () => replace((tmp) => fs.link(base, tmp));
+  }
+
+  /**
+   * crun restores a VPS's cgroup v1 mounts (/sys/fs/cgroup/<controller> inside) as bind mounts of
+   * the cgroups crun itself runs in, read from its /proc/self/cgroup: the worker's, the host's root
+   * here, which would show a restored VPS every cgroup of the host and none of its own limits.
+   * runc maps them to the container's cgroup. These CRIU options map them so under crun, one line
+   * per hierarchy crun would name (the same /proc/self/cgroup, which crun inherits from us).
+   */
+  private restoreCgroupMounts(cgroupsPath: string): string[] {
+    if (this.runc.kind !== 'crun' || this.cgroups.kind === 'v2') return [];
+    return v1Hierarchies().map((h) => `ext-mount-map /sys/fs/cgroup/${h}:${path.join('/sys/fs/cgroup', h, cgroupsPath)}`);
+  }
+
   /** Made once per engine (every create names it). */
   private emptyDir(): Promise<string> {
     return (this.emptyDirMade ??= fs.mkdir(this.layout.emptyDir, { recursive: true, mode: 0o555 }).then(
@@ -217,6 +273,15 @@ export class RuncEngine implements VpsEngine {
         throw e;
       },
     ));
+  }
+
+  /** The other OCI runtime's state of this instance, where an earlier run used it (gc clears it). */
+  formerRuntimes(): RuncGlobal[] {
+    const other = this.runc.kind === 'crun'
+      ? { kind: 'runc' as const, runc: this.opts.runcPath }
+      : { kind: 'crun' as const, runc: this.opts.crunPath ?? DEFAULT_CRUN };
+    const root = this.layout.runtimeRoot(other.kind);
+    return existsSync(root) && (other.kind === 'runc' || existsSync(other.runc)) ? [{ ...other, root, criu: this.runc.criu }] : [];
   }
 
   get(id: VpsId): RuncVps | undefined {
@@ -268,7 +333,7 @@ export class RuncEngine implements VpsEngine {
         nofile: VPS_NOFILE,
         emptyDir: await this.emptyDir(),
         sysDirsHidden: this.sysDirsHidden,
-        criuConfig: await this.criuConfig(),
+        criuConfig: await this.vpsCriuConfig(id),
         tun: this.opts.vpsTun,
         agentSeccomp,
       });
@@ -279,15 +344,14 @@ export class RuncEngine implements VpsEngine {
       const workPath = restore ? restore.lazyPagesWorkDir ?? (await transferDir(this.layout.transfersDir, `restore-${id}`)) : '';
       await restore?.lazyPagesReady;
       const tRunc = performance.now();
-      const channel = await startWithPipes(
-        restore
-          ? restoreArgs(this.runc, id, { bundle: p.bundle, pidFile: p.pidFile, imagePath: restore.imagesDir, workPath, lazyPages: !!restore.lazyPagesWorkDir })
-          : runArgs(this.runc, id, p.bundle, p.pidFile),
-        log,
-      ).catch(async (e: unknown) => {
-        if (restore && !restore.lazyPagesWorkDir) await fs.rm(workPath, { recursive: true, force: true });
-        throw e;
-      });
+      const restoreOpts = restore && { bundle: p.bundle, pidFile: p.pidFile, imagePath: restore.imagesDir, workPath, lazyPages: !!restore.lazyPagesWorkDir };
+      const plainCriuConfig = restoreOpts ? await this.setCriuOptions(id, [...lazyCriuOptions(restoreOpts), ...this.restoreCgroupMounts(p.cgroupsPath)]) : undefined;
+      const channel = await startWithPipes(restoreOpts ? restoreArgs(this.runc, id, restoreOpts) : runArgs(this.runc, id, p.bundle, p.pidFile), log)
+        .catch(async (e: unknown) => {
+          if (restore && !restore.lazyPagesWorkDir) await fs.rm(workPath, { recursive: true, force: true });
+          throw e;
+        })
+        .finally(() => plainCriuConfig?.());
       mark(restore ? 'runcRestore' : 'runcRun', tRunc);
       record.init = await readInitRef(p.pidFile);
       if (restore) {
@@ -331,6 +395,9 @@ export class RuncEngine implements VpsEngine {
         log.error({ err: cleanupErr }, 'cleanup after a failed create also failed');
         throw new RunboxError('internal', `creating VPS ${id} failed and so did its cleanup`, { cause: new AggregateError([e, cleanupErr]) });
       });
+      // The runtime removes its cgroup on delete, but not always after a failed start or restore
+      // (crun leaves one with a nested .proxy-crun after a failed restore).
+      await removeVpsCgroup(this.cgroups, p.cgroupsPath);
       throw e;
     }
   }
@@ -492,7 +559,8 @@ export class RuncEngine implements VpsEngine {
   /** Starts a restored container for an existing VPS dir (see checkpoint/). */
   async startRestored(vps: RuncVps, argv: string[], o: { pidFile: string; workPath: string; imagesDir: string }): Promise<void> {
     const log = this.opts.log.child({ vpsId: vps.id });
-    const channel = await startWithPipes(argv, log);
+    const plainCriuConfig = await this.setCriuOptions(vps.id, this.restoreCgroupMounts(this.layout.vps(vps.id).cgroupsPath));
+    const channel = await startWithPipes(argv, log).finally(plainCriuConfig);
     try {
       await this.checkRestoredStdio(await readInitRef(o.pidFile), channel, o.workPath, o.imagesDir, log);
     } catch (e) {
@@ -504,6 +572,20 @@ export class RuncEngine implements VpsEngine {
     vps.endSwap(channel);
   }
 
+}
+
+/** The v1 hierarchies this process is in, named as crun names their mount points (criu.c restore_cgroup_v1_mount). */
+function v1Hierarchies(): string[] {
+  const names: string[] = [];
+  for (const line of fsSync.readFileSync('/proc/self/cgroup', 'utf8').split('\n')) {
+    let subsystem = line.split(':')[1] ?? '';
+    if (!subsystem) continue;
+    if (subsystem.startsWith('name=')) subsystem = subsystem.slice(5);
+    if (subsystem === 'net_prio,net_cls') subsystem = 'net_cls,net_prio';
+    if (subsystem === 'cpuacct,cpu') subsystem = 'cpu,cpuacct';
+    names.push(subsystem);
+  }
+  return names;
 }
 
 function samePlan(a: RestorePlan, b: RestorePlan): boolean {

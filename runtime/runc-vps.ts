@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import path from 'node:path';
 import { RunboxError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { AgentChannel } from './agent/channel.js';
@@ -10,7 +11,7 @@ import { VpsCgroup } from './cgroups/cgroup.js';
 import type { CgroupUsage } from './cgroups/stats.js';
 import { pipe2 } from './native/pipe.js';
 import { spawnProcess } from './native/sys.js';
-import { runcKill, type RuncGlobal } from './oci/runc.js';
+import { runcKill, subcommandOf, type RuncGlobal } from './oci/runc.js';
 import { execOk } from './exec.js';
 import { next, type VpsOp, type VpsState } from './state.js';
 import type { JobRun, RunResult, Vps, VpsInfo } from './vps.js';
@@ -33,7 +34,7 @@ export async function startWithPipes(argv: string[], log: Logger, timeoutMs = RU
   const out = pipe2();
   const err = pipe2();
   const channel = new AgentChannel(out.read, ctl.write, err.read);
-  const what = argv.slice(3, 5).join(' ');
+  const what = `${path.basename(argv[0] ?? 'runtime')} ${subcommandOf(argv)}`;
   try {
     // Its own session and process group, so that past the deadline the CRIU runc started for a
     // restore goes too. posix_spawn (runtime/native/sys.ts): no copy of this process's page tables.

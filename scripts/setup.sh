@@ -62,6 +62,35 @@ fi
 # ---- c. CRIU >= 4.2 (private prefix when the system one is older) -----------------------------------
 bash "$ROOT/scripts/install-criu.sh"
 
+# ---- c2. hybrid cgroups for crun ------------------------------------------------------------------
+# crun refuses the hybrid layout while any controller sits on its cgroup2 mount ("cgroups in hybrid
+# mode not supported, drop all controllers from cgroupv2"); on these VMs only hugetlb does, and
+# nothing uses it there. Such controllers are mounted as v1 hierarchies, once per boot, and only
+# while no cgroup below the cgroup2 root holds a process: changing the layout under running VPSs
+# breaks their checkpoints (docs/runtime-evaluation.md). When it cannot be done, runbox uses runc
+# (RUNBOX_RUNTIME=auto); pure cgroup v2 and pure v1 hosts need nothing.
+UNIFIED=/sys/fs/cgroup/unified
+if [ -x "${RUNBOX_CRIU_PREFIX:-/opt/runbox/criu}/bin/crun" ] && [ "$(stat -f -c %T "$UNIFIED" 2>/dev/null || true)" = cgroup2fs ] &&
+  [ -n "$(cat "$UNIFIED/cgroup.controllers" 2>/dev/null || true)" ]; then
+  busy=""
+  while IFS= read -r procs; do
+    if [ -n "$(head -c1 "$procs" 2>/dev/null || true)" ]; then busy="${procs%/cgroup.procs}"; break; fi
+  done < <(find "$UNIFIED" -mindepth 2 -name cgroup.procs 2>/dev/null)
+  if [ -n "$busy" ]; then
+    warn "cgroup $busy has processes: the cgroup2 controllers ($(cat "$UNIFIED/cgroup.controllers")) stay where they are and runbox uses runc, not crun"
+  else
+    for ctrl in $(cat "$UNIFIED/cgroup.controllers"); do
+      if mkdir -p "/sys/fs/cgroup/$ctrl" 2>/dev/null && mount -t cgroup -o "$ctrl" cgroup "/sys/fs/cgroup/$ctrl" 2>/dev/null; then
+        log "cgroup controller $ctrl moved from cgroup2 to a v1 hierarchy at /sys/fs/cgroup/$ctrl (crun needs hybrid hosts without cgroup2 controllers)"
+      else
+        rmdir "/sys/fs/cgroup/$ctrl" 2>/dev/null || true
+        warn "could not mount the $ctrl controller as a v1 hierarchy: runbox uses runc, not crun"
+        break
+      fi
+    done
+  fi
+fi
+
 # ---- d. npm dependencies ------------------------------------------------------------------------
 if [ ! -d node_modules ] || [ ! -e node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   log "installing npm dependencies (npm ci)"

@@ -81,6 +81,7 @@ export class JobCheckpointer {
           frozenMs: r.frozenMs,
           imagesBytes: r.imagesBytes,
           diskBytes: r.diskBytes,
+          runtime: this.deps.engine.runc.kind ?? 'runc',
         },
         staged.dir,
       );

@@ -76,12 +76,15 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     stateDir: config.stateDir,
     templatesDir: o.templatesDir ?? config.templatesDir,
     runcPath: config.runcPath,
+    crunPath: config.crunPath,
+    runtime: config.runtime,
     criuPath: config.criuPath,
     agentPath: config.agentPath,
     netCidr: config.netCidr,
     log: hlog,
     egressAllow: config.egressAllow, vpsTun: config.vpsTun,
   });
+  hlog.info({ runtime: engine.ociRuntime.kind, path: engine.ociRuntime.path, reason: engine.ociRuntime.reason }, 'OCI runtime');
   const cleaned = await gc(engine);
   if (cleaned.vps.length) hlog.info({ vps: cleaned.vps.length }, 'cleaned up VPSs left by a previous run');
 

@@ -5,7 +5,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { isRunboxError, RunboxError } from '../../core/errors.js';
 import { exec, execOk, start, type ExecResult } from '../exec.js';
-import { checkpointArgs, lazyPagesArgs, resumeArgs } from '../oci/runc.js';
+import { checkpointArgs, lazyCriuOptions, lazyPagesArgs, resumeArgs } from '../oci/runc.js';
 import { pipe2 } from '../native/pipe.js';
 import { within, type RuncEngine } from '../runc-engine.js';
 import type { RuncVps } from '../runc-vps.js';
@@ -102,13 +102,17 @@ export async function lazyDumpForMove(engine: RuncEngine, vps: RuncVps, outDir: 
     await old.drained();
     // A real pipe for CRIU's status byte: runc refuses the socket Node would make ("not writable").
     const status = pipe2();
+    const options = { imagePath: imagesDir, workPath, leaveRunning: false, lazy: { pageServer: `${listen.address}:${listen.port}`, statusFd: 3 } };
+    let plainCriuConfig: (() => Promise<void>) | undefined;
     try {
-      dump = start(checkpointArgs(engine.runc, vps.id, { imagePath: imagesDir, workPath, leaveRunning: false, lazy: { pageServer: `${listen.address}:${listen.port}`, statusFd: 3 } }), {
-        stdio: ['ignore', 'pipe', 'pipe', status.write],
-        group: true,
-      });
+      plainCriuConfig = await engine.setCriuOptions(vps.id, lazyCriuOptions(options)); // crun: no flags for these
+      dump = start(checkpointArgs(engine.runc, vps.id, options), { stdio: ['ignore', 'pipe', 'pipe', status.write], group: true });
     } finally {
       fsSync.closeSync(status.write);
+      if (!dump) {
+        fsSync.closeSync(status.read);
+        await plainCriuConfig?.();
+      }
     }
     const statusPipe = new net.Socket({ fd: status.read, readable: true, writable: false });
     try {
@@ -116,6 +120,7 @@ export async function lazyDumpForMove(engine: RuncEngine, vps: RuncVps, outDir: 
       await dumpWithNetwork(() => pageServerReady(statusPipe, started.result, workPath), vps, imagesDir, { captureRequired: false, log: engine.opts.log });
     } finally {
       statusPipe.destroy();
+      await plainCriuConfig?.();
     }
     disk = await linkDisk(engine, vps, outDir);
   } catch (e) {

@@ -31,6 +31,8 @@ export interface CheckpointMeta {
   imagesBytes: number;
   /** Allocated bytes of disk.img (sparse). */
   diskBytes: number;
+  /** The OCI runtime that ran the VPS (absent: runc, as before crun): only it can restore the images. */
+  runtime?: 'runc' | 'crun';
 }
 
 export interface CheckpointStore {
@@ -65,6 +67,7 @@ const CheckpointMetaSchema = z.looseObject({
   frozenMs: z.number().nonnegative(),
   imagesBytes: z.number().int().nonnegative(),
   diskBytes: z.number().int().nonnegative(),
+  runtime: z.enum(['runc', 'crun']).optional(),
 });
 // A field added to CheckpointMeta must be added to the schema too (this stops compiling otherwise).
 const _metaSchemaCoversMeta: z.ZodType<CheckpointMeta> = CheckpointMetaSchema;

@@ -1,4 +1,5 @@
 import os from 'node:os';
+import { resolveOciRuntime, type OciRuntimePreference } from '../oci/runtime-choice.js';
 import { execFile } from 'node:child_process';
 import { constants as fsc } from 'node:fs';
 import { access, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
@@ -25,6 +26,10 @@ export interface DoctorOptions {
   criuPath: string;
   stateDir: string;
   agentPath: string;
+  /** RUNBOX_RUNTIME and the binaries (default: auto, runc on PATH, setup's crun). */
+  runtime?: OciRuntimePreference;
+  runcPath?: string;
+  crunPath?: string;
 }
 
 interface RunResult {
@@ -258,6 +263,7 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
     { name: 'overlayfs', ok: overlay, detail: overlay ? 'in /proc/filesystems' : 'not in /proc/filesystems', fix: overlay ? undefined : 'modprobe overlay' },
     { name: 'loop devices', ok: loop, detail: loop ? '/dev/loop-control present' : '/dev/loop-control missing', fix: loop ? undefined : 'modprobe loop' },
     runc,
+    ociRuntimeCheck(opts),
     ...criu,
     nonRootCheckpointCheck(),
     nft,
@@ -268,6 +274,17 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
     openssl,
     setpriv,
   ];
+}
+
+/** Which OCI runtime VPSs get here, and why (a forced crun that cannot run fails the check). */
+export function ociRuntimeCheck(opts: Pick<DoctorOptions, 'runtime' | 'runcPath' | 'crunPath'>): DoctorCheck {
+  const name = 'OCI runtime (RUNBOX_RUNTIME)';
+  try {
+    const c = resolveOciRuntime(opts.runtime ?? 'auto', { runc: opts.runcPath ?? 'runc', crun: opts.crunPath });
+    return { name, ok: true, detail: `${c.kind} (${c.path}): ${c.reason}` };
+  } catch (e) {
+    return { name, ok: false, detail: (e as Error).message, fix: 'run scripts/setup.sh with no VPS running, or set RUNBOX_RUNTIME=runc' };
+  }
 }
 
 /** CRIU reads a dumped process's rlimits with prlimit(2): for another user's process that needs CAP_SYS_RESOURCE. */

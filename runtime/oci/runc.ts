@@ -1,12 +1,18 @@
 import { exec, execOk, type ExecResult } from '../exec.js';
 import { RunboxError } from '../../core/errors.js';
+import type { OciRuntimeKind } from './runtime-choice.js';
 
 /**
- * A thin driver for the runc CLI. Argument builders are pure (table-tested); the functions below
- * only hand their argv to exec(). Every call names our own --root, so runbox's containers never mix
- * with other runc users on the host, and two runbox instances never see each other's.
+ * A thin driver for the OCI runtime's CLI: runc, or crun, which takes the same commands and flags
+ * for everything here but post-copy (oci/runtime-choice.ts). Argument builders are pure
+ * (table-tested); the functions below only hand their argv to exec(). Every call names our own
+ * --root, so runbox's containers never mix with other users of the runtime on the host, and two
+ * runbox instances never see each other's.
  */
 export interface RuncGlobal {
+  /** Which runtime `runc` is (default runc). */
+  kind?: OciRuntimeKind;
+  /** The runtime's binary. */
   runc: string;
   root: string;
   criu?: string;
@@ -14,8 +20,28 @@ export interface RuncGlobal {
 
 export function globalArgs(g: RuncGlobal): string[] {
   const args = [g.runc, '--root', g.root];
-  if (g.criu) args.push('--criu', g.criu);
+  // crun runs CRIU through libcriu, which takes the `criu` on PATH (crun's wrapper puts runbox's first).
+  if (g.criu && g.kind !== 'crun') args.push('--criu', g.criu);
   return args;
+}
+
+/** The runtime's subcommand in an argv built here ("run", "restore", …), for messages. */
+export function subcommandOf(argv: readonly string[]): string {
+  return argv.find((a, i) => i > 0 && !a.startsWith('-') && argv[i - 1] !== '--root' && argv[i - 1] !== '--criu') ?? argv[0] ?? '?';
+}
+
+/**
+ * crun has no flags for lazy pages; CRIU takes them from the container's configuration file
+ * (`org.criu.config`), whose settings override what the runtime asks for. These are the lines a
+ * crun dump or restore needs there (RuncEngine.withCriuOptions), in CRIU's long option names.
+ */
+export function lazyCriuOptions(o: { lazy?: CheckpointOptions['lazy']; lazyPages?: boolean }): string[] {
+  if (o.lazy) {
+    const at = o.lazy.pageServer.lastIndexOf(':');
+    const address = o.lazy.pageServer.slice(0, at).replace(/^\[|\]$/g, '');
+    return ['lazy-pages', `address ${address}`, `port ${o.lazy.pageServer.slice(at + 1)}`, `status-fd ${o.lazy.statusFd}`];
+  }
+  return o.lazyPages ? ['lazy-pages'] : [];
 }
 
 export const runArgs = (g: RuncGlobal, id: string, bundle: string, pidFile: string): string[] => [
@@ -61,7 +87,7 @@ export function checkpointArgs(g: RuncGlobal, id: string, o: CheckpointOptions):
     '--file-locks',
     ...(o.leaveRunning ? ['--leave-running'] : []),
     ...(o.parentPath ? ['--parent-path', o.parentPath] : []),
-    ...(o.lazy ? ['--lazy-pages', '--page-server', o.lazy.pageServer, '--status-fd', String(o.lazy.statusFd)] : []),
+    ...(o.lazy && g.kind !== 'crun' ? ['--lazy-pages', '--page-server', o.lazy.pageServer, '--status-fd', String(o.lazy.statusFd)] : []),
     id,
   ];
 }
@@ -84,7 +110,7 @@ export function restoreArgs(g: RuncGlobal, id: string, o: RestoreOptions): strin
     '--work-path', o.workPath,
     '--tcp-established',
     '--file-locks',
-    ...(o.lazyPages ? ['--lazy-pages'] : []),
+    ...(o.lazyPages && g.kind !== 'crun' ? ['--lazy-pages'] : []),
     id,
   ];
 }
@@ -103,8 +129,10 @@ export async function runcKill(g: RuncGlobal, id: string, signal = 'KILL'): Prom
 /** Idempotent: deleting a container runc does not know resolves. */
 export async function runcDelete(g: RuncGlobal, id: string, force = true): Promise<void> {
   const r = await exec(deleteArgs(g, id, force), { timeoutMs: RUNC_TIMEOUT_MS });
-  if (r.code !== 0 && !/does not exist|not exist|container not found/i.test(r.stderr)) {
-    throw new RunboxError('internal', `runc delete ${id} failed: ${r.stderr.trim()}`);
+  // runc: "container does not exist"; crun: "container `x` does not exist" or, without --force,
+  // "cannot open directory `<root>/x`: No such file or directory".
+  if (r.code !== 0 && !/does not exist|container not found|cannot open directory .*No such file or directory/i.test(r.stderr)) {
+    throw new RunboxError('internal', `${g.kind ?? 'runc'} delete ${id} failed: ${r.stderr.trim()}`);
   }
 }
 

@@ -5,8 +5,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '../../core/config.js';
 import { runcList } from '../../runtime/oci/runc.js';
-import { Layout } from '../../runtime/layout.js';
-import { TEMPLATES_DIR } from '../helpers/engine.js';
+import { runtimeOf, TEMPLATES_DIR } from '../helpers/engine.js';
 import { freePort, waitFor } from '../helpers/net.js';
 
 /** The user's path: `runbox up` (what `npm start` runs), the CLI against it, Ctrl-C, start again. */
@@ -84,7 +83,7 @@ describe('runbox up', () => {
   it('Ctrl-C stops everything cleanly and leaves no VPS behind', async () => {
     up!.kill('SIGINT');
     expect(await exitOf(up!)).toBe(0);
-    expect(await runcList({ runc: 'runc', root: new Layout(stateDir).runcRoot })).toEqual([]);
+    expect(await runcList(runtimeOf(stateDir))).toEqual([]);
     expect(await fs.readdir(path.join(stateDir, 'vps')).catch(() => [])).toEqual([]);
     const r = await cli(['status', jobId]);
     expect(r.code).not.toBe(0); // the API is gone

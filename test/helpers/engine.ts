@@ -9,11 +9,22 @@ import { RuncEngine, type RuncEngineOptions } from '../../runtime/runc-engine.js
 import type { RuncVps } from '../../runtime/runc-vps.js';
 import { resolveTemplate, type TemplateRef } from '../../runtime/templates/store.js';
 import type { JobRun, RunResult, VpsSpec } from '../../runtime/vps.js';
+import { Layout } from '../../runtime/layout.js';
+import type { RuncGlobal } from '../../runtime/oci/runc.js';
+import { resolveOciRuntime, type OciRuntimePreference } from '../../runtime/oci/runtime-choice.js';
 
 /** Templates are built once by setup; tests share them read-only. */
 export const TEMPLATES_DIR = process.env.RUNBOX_TEMPLATES_DIR ?? path.join(process.env.RUNBOX_STATE_DIR ?? '/var/lib/runbox', 'templates');
 export const CRIU = process.env.RUNBOX_CRIU ?? '/opt/runbox/criu/bin/criu';
 export const AGENT = path.join(REPO_ROOT, 'build/runbox-agent');
+/** The OCI runtime tests run VPSs with (RUNBOX_RUNTIME, as for a worker; default auto). */
+export const RUNTIME = (process.env.RUNBOX_RUNTIME ?? 'auto') as OciRuntimePreference;
+
+/** How a state dir's containers are reached, as a worker on this host started with the same environment would. */
+export function runtimeOf(stateDir: string): RuncGlobal {
+  const { kind, path: bin } = resolveOciRuntime(RUNTIME, { runc: 'runc', crun: process.env.RUNBOX_CRUN });
+  return { kind, runc: bin, root: new Layout(stateDir).runtimeRoot(kind) };
+}
 
 let subnet = 0;
 
@@ -21,7 +32,7 @@ let subnet = 0;
  * A runtime instance of its own for one test file: own state dir, own runc root, own cgroup
  * parent, own bridge and address range (10.<200-250>.<k>.0/24), all removed by `cleanup()`.
  */
-export async function testEngine(name: string, extra: Partial<Pick<RuncEngineOptions, 'egressAllow' | 'vpsTun' | 'nameservers' | 'seccomp'>> = {}): Promise<TestEngine> {
+export async function testEngine(name: string, extra: Partial<Pick<RuncEngineOptions, 'egressAllow' | 'vpsTun' | 'nameservers' | 'seccomp' | 'runtime'>> = {}): Promise<TestEngine> {
   const stateDir = await fs.mkdtemp(path.join(os.tmpdir(), `runbox-test-${name}-`));
   // Distinct /24 per engine: derived from the pid and a counter so parallel test files differ.
   const k = (process.pid * 7 + subnet++) % 12800;
@@ -30,6 +41,7 @@ export async function testEngine(name: string, extra: Partial<Pick<RuncEngineOpt
     stateDir,
     templatesDir: TEMPLATES_DIR,
     runcPath: 'runc',
+    runtime: RUNTIME,
     criuPath: CRIU,
     agentPath: AGENT,
     netCidr: cidr,

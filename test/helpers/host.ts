@@ -1,4 +1,5 @@
 import fs from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import type { RuncEngine } from '../../runtime/runc-engine.js';
 
@@ -16,11 +17,12 @@ export interface HostSnapshot {
 }
 
 export async function hostSnapshot(engine: RuncEngine): Promise<HostSnapshot> {
-  const { stateDir, instance, runcRoot } = engine.layout;
+  const { stateDir, instance } = engine.layout;
   const mountinfo = await fs.readFile('/proc/self/mountinfo', 'utf8');
   const netns = await fs.readdir('/run/netns').catch(() => [] as string[]);
   const links = execFileSync('ip', ['-o', 'link', 'show']).toString().split('\n').filter((l) => l.includes(`master ${engine.net.bridge}`));
-  const runc = JSON.parse(execFileSync('runc', ['--root', runcRoot, 'list', '--format', 'json']).toString() || 'null') as unknown[] | null;
+  const { runc: bin, root } = engine.runc;
+  const runc = JSON.parse(execFileSync(bin, ['--root', root, 'list', '--format', 'json']).toString() || 'null') as unknown[] | null;
   const cgroups = await countCgroups(engine.layout.cgroupParent);
   const loops = execFileSync('losetup', ['--list', '--noheadings']).toString().split('\n').filter((l) => l.includes(stateDir));
   return {
@@ -36,7 +38,10 @@ export async function hostSnapshot(engine: RuncEngine): Promise<HostSnapshot> {
 /** VPS cgroups of one instance, in every hierarchy (v1) or the unified one (v2). */
 async function countCgroups(parent: string): Promise<number> {
   let n = 0;
-  for (const ctrl of ['memory', 'pids', 'cpu', 'cpuacct', 'freezer', 'devices', 'blkio', 'cpuset', '']) {
+  // Every mounted hierarchy (hybrid: v1 ones, hugetlb where setup moved it, "unified"), or v2's root.
+  const v2 = existsSync('/sys/fs/cgroup/cgroup.controllers');
+  const hierarchies = v2 ? [''] : (await fs.readdir('/sys/fs/cgroup', { withFileTypes: true })).filter((e) => e.isDirectory()).map((e) => e.name);
+  for (const ctrl of hierarchies) {
     const dir = ctrl ? `/sys/fs/cgroup/${ctrl}${parent}` : `/sys/fs/cgroup${parent}`;
     const kids = await fs.readdir(dir, { withFileTypes: true }).catch(() => []);
     n += kids.filter((k) => k.isDirectory()).length;

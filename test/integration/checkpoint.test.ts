@@ -19,9 +19,12 @@ describe('checkpoint and restore (CRIU) on the same host', () => {
     const vps = await t.create();
     try {
       const config = JSON.parse(await fs.readFile(t.engine.layout.vps(vps.id).config, 'utf8')) as { annotations?: Record<string, string> };
-      expect(config.annotations?.['org.criu.config']).toBe(t.engine.layout.criuConfig);
+      // crun: the VPS's own file (a link to the engine's), where a dump or restore adds what crun has no flags for.
+      const named = t.engine.runc.kind === 'crun' ? t.engine.layout.vps(vps.id).criuConfig : t.engine.layout.criuConfig;
+      expect(config.annotations?.['org.criu.config']).toBe(named);
       const nft = spawnSync(CRIU, ['check', '--network-lock', 'nftables']).status === 0;
-      expect((await fs.readFile(t.engine.layout.criuConfig, 'utf8')).includes('network-lock nftables')).toBe(nft);
+      expect((await fs.readFile(named, 'utf8')).includes('network-lock nftables')).toBe(nft);
+      expect(await fs.readFile(named, 'utf8')).toBe(await fs.readFile(t.engine.layout.criuConfig, 'utf8'));
     } finally {
       await t.engine.destroy(vps.id);
     }
@@ -31,7 +34,7 @@ describe('checkpoint and restore (CRIU) on the same host', () => {
     const vps = await t.create({ network: 'private', hostname: 'counter-box' });
     let out = '';
     const running = vps.run({
-      argv: ['sh', '-c', 'echo state > /tmp/before; i=0; while [ $i -lt 60 ]; do echo "$i $(hostname)"; i=$((i+1)); sleep 0.05; done'],
+      argv: ['sh', '-c', 'echo state > /tmp/before; i=0; while [ $i -lt 60 ]; do echo "$i $(hostname) $(cat /sys/fs/cgroup/pids/pids.max)"; i=$((i+1)); sleep 0.05; done'],
       timeoutSec: 60,
       outputBytes: 1 << 20,
       onOutput: (_s, d) => (out += d.toString()),
@@ -47,7 +50,8 @@ describe('checkpoint and restore (CRIU) on the same host', () => {
       const r = await running;
       expect(r.exitCode).toBe(0);
       const lines = out.trim().split('\n');
-      expect(lines).toEqual(Array.from({ length: 60 }, (_, i) => `${i} counter-box`));
+      // ...seeing its own cgroup (its pids limit) before and after: not the host's.
+      expect(lines).toEqual(Array.from({ length: 60 }, (_, i) => `${i} counter-box 256`));
     } finally {
       await t.engine.destroy(vps.id);
     }
@@ -65,9 +69,13 @@ describe('checkpoint and restore (CRIU) on the same host', () => {
     try {
       await waitFor(() => out.split('\n').length > 5, 'output', 10_000);
       // What runc recorded when a CRIU wrapper had its stdin on a file for a moment (issue 12).
-      const stateFile = path.join(t.engine.runc.root, vps.id, 'state.json');
-      const state = JSON.parse(await fs.readFile(stateFile, 'utf8')) as { external_descriptors: string[] };
-      state.external_descriptors = ['/proc/sys/kernel/random/boot_id', state.external_descriptors[1]!, '/dev/null'];
+      // runc keeps them in state.json as an array, crun in its status file as a JSON text.
+      const crun = t.engine.runc.kind === 'crun';
+      const stateFile = path.join(t.engine.runc.root, vps.id, crun ? 'status' : 'state.json');
+      const state = JSON.parse(await fs.readFile(stateFile, 'utf8')) as { external_descriptors: string[] | string };
+      const recorded = (crun ? JSON.parse(state.external_descriptors as string) : state.external_descriptors) as string[];
+      const wrong = ['/proc/sys/kernel/random/boot_id', recorded[1]!, '/dev/null'];
+      state.external_descriptors = crun ? JSON.stringify(wrong) : wrong;
       await fs.writeFile(stateFile, JSON.stringify(state));
       const cp = await checkpoint(t.engine, vps, { leaveRunning: false });
       expect(JSON.parse(await fs.readFile(path.join(cp.imagePath, 'descriptors.json'), 'utf8'))).toEqual([expect.stringMatching(/^pipe:/), expect.stringMatching(/^pipe:/), expect.stringMatching(/^pipe:/)]);

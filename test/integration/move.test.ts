@@ -35,6 +35,8 @@ describe('stop-and-copy move of a running VPS', () => {
       'echo "bg-still=$(kill -0 $(pidof sleep) && echo yes)"',
       '[ "$(stat -c %i /tmp/state.txt)" = "$ino" ] && [ "$(stat -L -c %i /proc/self/fd/3)" = "$ino" ] && echo inode-kept',
       'ip addr show dev lo | grep -q "10.123.0.1/32" && ip route | grep -q "10.124.0.0/24 dev eth0 .*metric 7" && echo net-kept',
+      // Its cgroup view: the VPS's own cgroup (limits of its spec) at the root of /sys/fs/cgroup.
+      'echo "limits $(cat /sys/fs/cgroup/memory/memory.limit_in_bytes) $(cat /sys/fs/cgroup/pids/pids.max)"',
     ].join('; ');
     const first = src.run({ argv: ['sh', '-c', script], timeoutSec: 60, outputBytes: 1 << 20, onOutput: (_s, d) => (out += d.toString()) });
     const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'runbox-move-'));
@@ -70,7 +72,10 @@ describe('stop-and-copy move of a running VPS', () => {
       const pid = lines[2]!.split(' ')[1];
       expect(lines[0]).toBe('ready');
       expect(lines.slice(2, 42)).toEqual(Array.from({ length: 40 }, (_, i) => `${i} ${pid} moving-box written-before`));
-      expect(lines.slice(-3)).toEqual(['bg-still=yes', 'inode-kept', 'net-kept']);
+      expect(lines.slice(-4)).toEqual(['bg-still=yes', 'inode-kept', 'net-kept', `limits ${spec.memoryMb * 1024 * 1024} ${spec.pids}`]);
+      // ...and from the host: its processes are in the target's cgroup of that VPS.
+      const cgroups = await fs.readFile(`/proc/${dst.initPid}/cgroup`, 'utf8');
+      expect(cgroups).toContain(`memory:${b.engine.layout.vps(src.id).cgroupsPath}\n`);
       const rules = await execOk(['nsenter', `--net=/run/netns/${dst.info().network.netns}`, 'nft', 'list', 'ruleset']);
       expect(rules.stdout).toMatch(/tcp dport 7777 drop/);
     } finally {

@@ -228,7 +228,7 @@ describe('a checkpoint and restore keep the filter', () => {
 
 /** Where an engine caches the program for this host's runc (the key the engine computes). */
 const cacheFileOf = async (e: TestEngine): Promise<string> =>
-  seccompCacheFile(e.engine.layout.cacheDir, seccompCacheKey((await run('runc', ['--version'])).stdout));
+  seccompCacheFile(e.engine.layout.cacheDir, seccompCacheKey((await run(e.engine.runc.runc, ['--version'])).stdout));
 
 const toInsns = (buf: Buffer): BpfInsn[] =>
   Array.from({ length: buf.length / 8 }, (_, i) => ({ code: buf.readUInt16LE(i * 8), jt: buf[i * 8 + 2]!, jf: buf[i * 8 + 3]!, k: buf.readUInt32LE(i * 8 + 4) }));

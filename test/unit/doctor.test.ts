@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { formatDoctor, nonRootCheckpointCheck, parseCriuMajor, runDoctor, type DoctorCheck } from '../../runtime/host/doctor.js';
+import { formatDoctor, nonRootCheckpointCheck, ociRuntimeCheck, parseCriuMajor, runDoctor, type DoctorCheck } from '../../runtime/host/doctor.js';
 
 describe('formatDoctor', () => {
   it('prints one line per check with marks and fix hints, then a summary', () => {
@@ -70,4 +70,12 @@ describe('runDoctor', () => {
     }
     expect(formatDoctor(checks).split('\n')).toHaveLength(checks.length + 1);
   }, 20_000);
+});
+
+describe('ociRuntimeCheck', () => {
+  it('says which runtime VPSs get and why; a forced crun that cannot run fails with the reason', () => {
+    expect(ociRuntimeCheck({ runtime: 'runc' })).toMatchObject({ ok: true, detail: expect.stringMatching(/^runc \(runc\): RUNBOX_RUNTIME=runc/) });
+    expect(ociRuntimeCheck({ runtime: 'auto', crunPath: '/nonexistent/crun' })).toMatchObject({ ok: true, detail: expect.stringMatching(/^runc .*not an executable/) });
+    expect(ociRuntimeCheck({ runtime: 'crun', crunPath: '/nonexistent/crun' })).toMatchObject({ ok: false, detail: expect.stringMatching(/RUNBOX_RUNTIME=crun, but/), fix: expect.any(String) });
+  });
 });

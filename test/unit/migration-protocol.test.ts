@@ -275,3 +275,20 @@ describe('socket reader', () => {
     expect(pipe.destroyed).toBe(true);
   });
 });
+
+describe('moves between OCI runtimes', () => {
+  it('are refused before the job stops; a host that does not say runs runc', async () => {
+    const { runtimeMismatch } = await import('../../worker/migration/source.js');
+    expect(runtimeMismatch('crun', 'crun')).toBeUndefined();
+    expect(runtimeMismatch(undefined, 'runc')).toBeUndefined();
+    expect(runtimeMismatch('runc', undefined)).toBeUndefined();
+    expect(runtimeMismatch('crun', undefined)).toMatch(/runs its VPSs with runc, this host with crun/);
+    expect(runtimeMismatch('runc', 'crun')).toMatch(/with crun, this host with runc/);
+  });
+
+  it("the target's answer names its runtime; anything else is refused", async () => {
+    const { AnswerSchema } = await import('../../worker/migration/protocol.js');
+    expect(AnswerSchema.parse({ ok: true, postCopy: true, runtime: 'crun' })).toEqual({ ok: true, postCopy: true, runtime: 'crun' });
+    expect(AnswerSchema.safeParse({ ok: true, runtime: 'youki' }).success).toBe(false);
+  });
+});

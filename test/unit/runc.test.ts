@@ -1,7 +1,8 @@
 import { describe, it, expect } from 'vitest';
 import {
-  checkpointArgs, deleteArgs, globalArgs, killArgs, lazyPagesArgs, listArgs, restoreArgs, runArgs, stateArgs, type RuncGlobal,
+  checkpointArgs, deleteArgs, globalArgs, killArgs, lazyCriuOptions, lazyPagesArgs, listArgs, restoreArgs, runArgs, stateArgs, subcommandOf, type RuncGlobal,
 } from '../../runtime/oci/runc.js';
+import { chooseOciRuntime } from '../../runtime/oci/runtime-choice.js';
 
 const G: RuncGlobal = { runc: '/usr/bin/runc', root: '/var/lib/runbox/runc' };
 const GC: RuncGlobal = { ...G, criu: '/opt/runbox/criu/bin/criu' };
@@ -99,5 +100,47 @@ describe('runc argument builders', () => {
     const a = globalArgs(G);
     a.push('--debug');
     expect(globalArgs(G)).toEqual(R);
+  });
+});
+
+describe('crun: the same commands, CRIU options where crun has no flags', () => {
+  const C: RuncGlobal = { kind: 'crun', runc: '/opt/runbox/criu/bin/crun', root: '/var/lib/runbox/crun', criu: '/opt/runbox/criu/bin/criu' };
+  const CR = ['/opt/runbox/criu/bin/crun', '--root', '/var/lib/runbox/crun'];
+  const lazy = { pageServer: '10.0.0.1:4000', statusFd: 3 };
+
+  it('names no --criu (libcriu runs the criu on PATH) and no lazy-pages flags', () => {
+    expect(globalArgs(C)).toEqual(CR);
+    expect(runArgs(C, 'v', '/b', '/p')).toEqual([...CR, 'run', '--detach', '--bundle', '/b', '--pid-file', '/p', 'v']);
+    expect(checkpointArgs(C, 'v', { ...CP, leaveRunning: false, lazy })).toEqual([...CR, 'checkpoint', '--image-path', CP.imagePath, '--work-path', CP.workPath, '--tcp-established', '--file-locks', 'v']);
+    expect(restoreArgs(C, 'v', { bundle: '/b', pidFile: '/p', ...CP, lazyPages: true })).not.toContain('--lazy-pages');
+  });
+
+  it('gives the lazy-pages settings as CRIU configuration lines instead', () => {
+    expect(lazyCriuOptions({ lazy })).toEqual(['lazy-pages', 'address 10.0.0.1', 'port 4000', 'status-fd 3']);
+    expect(lazyCriuOptions({ lazy: { pageServer: '[fd00::1]:4000', statusFd: 3 } })).toEqual(['lazy-pages', 'address fd00::1', 'port 4000', 'status-fd 3']);
+    expect(lazyCriuOptions({ lazyPages: true })).toEqual(['lazy-pages']);
+    expect(lazyCriuOptions({})).toEqual([]);
+  });
+
+  it('names the subcommand of an argv for messages', () => {
+    expect(subcommandOf(runArgs(GC, 'v', '/b', '/p'))).toBe('run');
+    expect(subcommandOf(restoreArgs(C, 'v', { bundle: '/b', pidFile: '/p', ...CP }))).toBe('restore');
+  });
+});
+
+describe('which OCI runtime a host uses', () => {
+  const paths = { runc: 'runc', crun: '/opt/runbox/criu/bin/crun' };
+  const ready = { crunExecutable: true, hybridV2Controllers: [] };
+
+  it('auto takes crun where it works, runc otherwise, and says why', () => {
+    expect(chooseOciRuntime('auto', paths, ready)).toMatchObject({ kind: 'crun', path: paths.crun });
+    expect(chooseOciRuntime('auto', paths, { ...ready, crunExecutable: false })).toMatchObject({ kind: 'runc', path: 'runc', reason: expect.stringMatching(/not an executable/) });
+    expect(chooseOciRuntime('auto', paths, { ...ready, hybridV2Controllers: ['hugetlb'] })).toMatchObject({ kind: 'runc', reason: expect.stringMatching(/hybrid.*hugetlb/) });
+  });
+
+  it('an explicit choice is kept, and crun where it cannot work is refused with the reason', () => {
+    expect(chooseOciRuntime('runc', paths, ready)).toMatchObject({ kind: 'runc' });
+    expect(chooseOciRuntime('crun', paths, ready)).toMatchObject({ kind: 'crun' });
+    expect(() => chooseOciRuntime('crun', paths, { ...ready, hybridV2Controllers: ['hugetlb'] })).toThrow(/RUNBOX_RUNTIME=crun, but crun refuses this hybrid cgroup layout/);
   });
 });

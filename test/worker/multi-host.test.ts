@@ -5,9 +5,8 @@ import type { ServiceConfig } from '../../core/config.js';
 import { REPO_ROOT } from '../../core/config.js';
 import { HostRegistry } from '../../core/store/hosts.js';
 import { runcList } from '../../runtime/oci/runc.js';
-import { Layout } from '../../runtime/layout.js';
 import { removeState, Submitter, testServiceConfig } from '../helpers/cluster.js';
-import { TEMPLATES_DIR } from '../helpers/engine.js';
+import { runtimeOf, TEMPLATES_DIR } from '../helpers/engine.js';
 import { waitFor } from '../helpers/net.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 
@@ -91,7 +90,7 @@ describe('several worker hosts on one Redis', () => {
       await waitFor(async () => (await s.jobs.get(id))?.job.status === 'running', 'the job to run on the victim', 20_000);
       victim.proc.kill('SIGKILL');
       await exited(victim.proc);
-      const runc = { runc: 'runc', root: new Layout(victim.cfg.stateDir).runcRoot };
+      const runc = runtimeOf(victim.cfg.stateDir);
       expect((await runcList(runc)).length).toBeGreaterThan(0); // its VPS outlived it
 
       await newHost('host-rescuer'); // picks up the stalled job
@@ -121,7 +120,7 @@ describe('several worker hosts on one Redis', () => {
       expect(await s.wait(id)).toMatchObject({ status: 'succeeded' });
       expect(await s.output(id)).toBe('finished\n');
       expect((await s.jobs.get(queuedLater))!.job.status).toBe('queued'); // not taken while stopping
-      expect(await runcList({ runc: 'runc', root: new Layout(host.cfg.stateDir).runcRoot })).toEqual([]);
+      expect(await runcList(runtimeOf(host.cfg.stateDir))).toEqual([]);
       expect((await new HostRegistry(s.redis, prefix).list()).map((h) => h.id)).not.toContain('host-graceful');
     } finally {
       await s.close();

@@ -12,9 +12,8 @@ import { Keys } from '../../core/store/keys.js';
 import { LeaseStore } from '../../core/store/leases.js';
 import { TenantSlots } from '../../core/store/slots.js';
 import { runcList } from '../../runtime/oci/runc.js';
-import { Layout } from '../../runtime/layout.js';
 import { removeState, Submitter, testServiceConfig } from '../helpers/cluster.js';
-import { TEMPLATES_DIR } from '../helpers/engine.js';
+import { runtimeOf, TEMPLATES_DIR } from '../helpers/engine.js';
 import { waitFor } from '../helpers/net.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 
@@ -112,7 +111,7 @@ describe('reconciliation and deadlines', () => {
       expect(job.history.at(-1)).toMatchObject({ status: 'timed_out', host: 'host-b', note: 'deadline enforced by the cluster' });
 
       a.proc.kill('SIGCONT');
-      const runc = { runc: 'runc', root: new Layout(a.cfg.stateDir).runcRoot };
+      const runc = runtimeOf(a.cfg.stateDir);
       await waitFor(async () => (await runcList(runc)).length === 0, "host-a to kill its fenced copy", 20_000);
       const after = (await s.jobs.get(id))!.job;
       expect(after.history).toEqual(job.history); // host-a recorded nothing over the cluster's result
@@ -163,7 +162,7 @@ describe('reconciliation and deadlines', () => {
       expect(second.instance).not.toBe(first.instance);
       const job = await s.wait(id, 30_000);
       expect(job).toMatchObject({ status: 'failed', error: { code: 'host_lost' } });
-      expect(await runcList({ runc: 'runc', root: new Layout(first.cfg.stateDir).runcRoot })).toEqual([]); // gc at start
+      expect(await runcList(runtimeOf(first.cfg.stateDir))).toEqual([]); // gc at start
     } finally {
       await s.close();
     }

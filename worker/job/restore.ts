@@ -1,4 +1,5 @@
 import { newId } from '../../core/ids.js';
+import { RunboxError } from '../../core/errors.js';
 import type { Job } from '../../core/job.js';
 import type { Logger } from '../../core/log.js';
 import { instanceHost } from '../../core/store/leases.js';
@@ -16,6 +17,11 @@ import { RESTORE_NOTE, type JobDeps } from './deps.js';
 export async function restoreFromCheckpoint(deps: JobDeps, job: Job, why: string, log: Logger): Promise<{ vps: RuncVps; checkpointId: string } | undefined> {
   const cp = await deps.checkpoints.restorable(job.id);
   if (!cp) return undefined;
+  // runc's and crun's CRIU images name the VPS's external mounts differently (RUNBOX_RUNTIME).
+  const runtime = deps.engine.runc.kind ?? 'runc';
+  if ((cp.meta.runtime ?? 'runc') !== runtime) {
+    throw new RunboxError('checkpoint_incompatible', `checkpoint ${cp.meta.id} was taken under ${cp.meta.runtime ?? 'runc'}; host ${deps.hostId} runs its VPSs with ${runtime}`);
+  }
   await deps.jobs.transition(job.id, 'migrating', { host: deps.hostId }, {
     from: ['running', 'checkpointing', 'migrating'],
     host: deps.hostId,

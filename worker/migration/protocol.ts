@@ -106,6 +106,8 @@ export const AnswerSchema = z
     code: z.enum(ERROR_CODES).optional(),
     message: z.string().max(16_384).optional(),
     postCopy: z.boolean().optional(),
+    /** The target's OCI runtime: CRIU images of runc and crun VPSs do not restore under the other. */
+    runtime: z.enum(['runc', 'crun']).optional(),
   })
   .strict();
 export type Answer = z.infer<typeof AnswerSchema>;

@@ -182,6 +182,8 @@ async function freezeAndDump(
   prepared: Answer,
   fault: FaultStep | undefined,
 ): Promise<{ mode: MigrationMode; dir: string; dumped: Dumped }> {
+  const mismatch = runtimeMismatch(d.engine.runc.kind, prepared.runtime);
+  if (mismatch) throw new RunboxError('checkpoint_incompatible', `host ${target.id}: ${mismatch}; the job keeps running on ${d.hostId}`);
   const canPostCopy = d.postCopy && prepared.postCopy && !!d.address;
   if (preference === 'post-copy' && !canPostCopy) {
     const who = !d.postCopy || !d.address ? d.hostId : target.id;
@@ -266,4 +268,14 @@ function causeChain(e: unknown): string {
   const lines: string[] = [];
   for (let c: unknown = e; c !== undefined && lines.length < 10; c = c instanceof Error ? c.cause : undefined) lines.push(errorMessage(c));
   return lines.join('\n');
+}
+
+/**
+ * Why a VPS of this host's OCI runtime cannot move to a target of `theirs`, or undefined: runc and
+ * crun name a VPS's external mounts differently in its CRIU images, and the other runtime cannot
+ * restore them ("No mapping for … mountpoint"). A host that does not say runs runc (older hosts).
+ */
+export function runtimeMismatch(ours: 'runc' | 'crun' | undefined, theirs: 'runc' | 'crun' | undefined): string | undefined {
+  const [a, b] = [ours ?? 'runc', theirs ?? 'runc'];
+  return a === b ? undefined : `it runs its VPSs with ${b}, this host with ${a}, and a VPS cannot move between them (RUNBOX_RUNTIME)`;
 }
