@@ -227,7 +227,7 @@ export class RuncEngine implements VpsEngine {
     if (!base || this.runc.kind !== 'crun') return base;
     const file = this.layout.vps(id).criuConfig;
     await fs.rm(file, { force: true });
-    await fs.link(base, file);
+    await linkOrCopy(base, file);
     return file;
   }
 
@@ -249,7 +249,7 @@ export class RuncEngine implements VpsEngine {
       await fs.rename(tmp, file);
     };
     await replace(async (tmp) => fs.writeFile(tmp, `${await fs.readFile(base, 'utf8')}${lines.join('\n')}\n`));
-    return () => replace((tmp) => fs.link(base, tmp));
+    return () => replace((tmp) => linkOrCopy(base, tmp));
   }
 
   /**
@@ -572,6 +572,14 @@ export class RuncEngine implements VpsEngine {
     vps.endSwap(channel);
   }
 
+}
+
+/** A hard link (no copy per VPS), or a copy where the VPS dirs are on another file system. */
+async function linkOrCopy(from: string, to: string): Promise<void> {
+  await fs.link(from, to).catch(async (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EXDEV') throw e;
+    await fs.copyFile(from, to);
+  });
 }
 
 /** The v1 hierarchies this process is in, named as crun names their mount points (criu.c restore_cgroup_v1_mount). */
