@@ -1,8 +1,4 @@
 import type { Context } from 'hono';
-import { RunboxError } from '../core/errors.js';
-import type { JobRequest } from '../core/job.js';
-import type { Limits } from '../core/limits.js';
-import { MiB } from '../core/units.js';
 import { invalid } from './validate.js';
 
 /** The longest a create request may be held by `?wait` / `Prefer: wait`. */
@@ -49,33 +45,4 @@ export function parseIdempotencyKey(raw: string | undefined): string | undefined
   return raw;
 }
 
-/** Strict base64 (padding optional). No grouped regex: on megabytes that overflows V8's stack. */
-function isBase64(s: string): boolean {
-  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(s)) return false;
-  return s.endsWith('=') ? s.length % 4 === 0 : s.length % 4 !== 1;
-}
 
-/**
- * Decodes every file once to check it: base64 must be well-formed (Node's decoder silently skips
- * garbage), and the files together must fit the job's disk.
- */
-export function checkFiles(files: JobRequest['files'], limits: Limits): void {
-  let total = 0;
-  const bad: Array<{ path: string; message: string }> = [];
-  for (const [p, f] of Object.entries(files)) {
-    if (f.encoding === 'base64') {
-      const s = f.content.replace(/\s+/g, '');
-      if (!isBase64(s)) bad.push({ path: `files[${JSON.stringify(p)}].content`, message: 'not valid base64' });
-      else total += Buffer.byteLength(s, 'base64');
-    } else {
-      total += Buffer.byteLength(f.content, 'utf8');
-    }
-  }
-  if (bad.length) throw invalid('files', bad);
-  const max = limits.diskMb * MiB;
-  if (total > max) {
-    throw new RunboxError('limit_exceeded', `files total ${total} bytes, more than the job's disk (limits.diskMb = ${limits.diskMb})`, {
-      meta: { field: 'files', max },
-    });
-  }
-}

@@ -1,5 +1,5 @@
 import type { z } from 'zod';
-import { RunboxError } from '../core/errors.js';
+import { invalidArgument, type RunboxError } from '../core/errors.js';
 import type { FieldError } from './problem.js';
 
 /** `limits.memoryMb`, `command[0]`, `files["/etc/x"]`: readable and unambiguous for any key. */
@@ -30,12 +30,7 @@ export function fieldErrors(issues: ReadonlyArray<z.core.$ZodIssue>, prefix: Pro
 }
 
 export function invalid(what: string, errors: FieldError[]): RunboxError {
-  const summary = errors
-    .slice(0, 5)
-    .map((e) => `${e.path}: ${e.message}`)
-    .join('; ');
-  const more = errors.length > 5 ? ` (and ${errors.length - 5} more)` : '';
-  return new RunboxError('invalid_argument', `invalid ${what}: ${summary}${more}`, { meta: { errors } });
+  return invalidArgument(what, errors);
 }
 
 /** Parses or throws `invalid_argument` listing every issue with its path. */

@@ -3,8 +3,7 @@ import { destination, pino, type Logger } from 'pino';
 import { serviceConfigFromEnv, type ServiceConfig } from '../core/config.js';
 import { newId } from '../core/ids.js';
 import { isTerminal, JobRequestSchema, type JobRequestInput, type JobStatus } from '../core/job.js';
-import { newJobRecord } from '../core/job-record.js';
-import { resolveLimits } from '../core/limits.js';
+import { submitJob } from '../core/submit.js';
 import { JobQueue } from '../core/queue.js';
 import { connectRedis } from '../core/redis.js';
 import { startEmbeddedRedis } from '../cli/embedded-redis.js';
@@ -99,8 +98,7 @@ export async function startBenchWorker(ctx: BenchContext, cfg: ServiceConfig, kn
 }
 
 /**
- * Submits jobs the way the API does (JobStore.create + JobQueue.enqueue, as test/helpers/cluster.ts
- * Submitter) and records when each reaches a terminal status (from the status events).
+ * Submits jobs the way the API does (core/submit.ts submitJob, as test/helpers/cluster.ts Submitter) and records when each reaches a terminal status (from the status events).
  */
 export class BenchSubmitter {
   private readonly redis;
@@ -123,19 +121,19 @@ export class BenchSubmitter {
   }
 
   async submit(input: JobRequestInput, tenant = 'bench'): Promise<string> {
-    const req = JobRequestSchema.parse(input);
-    const id = newId(10);
-    const limits = resolveLimits(req.limits, this.cfg.defaultLimits, this.cfg.maxLimits);
-    this.unwatch.push(
-      await this.events.watch(id, (s) => {
-        if (isTerminal(s) && !this.done.has(id)) {
-          this.done.set(id, { at: now(), status: s });
-          for (const w of this.waiters.splice(0)) w();
-        }
-      }),
-    );
-    await this.jobs.create(tenant, newJobRecord(id, req, limits), req);
-    await this.queue.enqueue({ jobId: id, tenant }, req.priority);
+    // The id is known only once stored: a terminal status published before the watch is
+    // registered is caught by the record check right after it.
+    const { job } = await submitJob({ jobs: this.jobs, queue: this.queue, limits: this.cfg }, { tenant, request: JobRequestSchema.parse(input) });
+    const id = job.id;
+    const finished = (s: JobStatus) => {
+      if (isTerminal(s) && !this.done.has(id)) {
+        this.done.set(id, { at: now(), status: s });
+        for (const w of this.waiters.splice(0)) w();
+      }
+    };
+    this.unwatch.push(await this.events.watch(id, finished));
+    const stored = await this.jobs.get(id);
+    if (stored) finished(stored.job.status);
     return id;
   }
 

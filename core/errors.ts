@@ -15,6 +15,16 @@ export const ERROR_CODES = [
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
+/** `invalid_argument` naming every bad field (`meta.errors`: path + message), at most 5 in the text. */
+export function invalidArgument(what: string, errors: Array<{ path: string; message: string }>): RunboxError {
+  const summary = errors
+    .slice(0, 5)
+    .map((e) => `${e.path}: ${e.message}`)
+    .join('; ');
+  const more = errors.length > 5 ? ` (and ${errors.length - 5} more)` : '';
+  return new RunboxError('invalid_argument', `invalid ${what}: ${summary}${more}`, { meta: { errors } });
+}
+
 export class RunboxError extends Error {
   readonly meta?: object;
   constructor(

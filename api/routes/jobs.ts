@@ -1,18 +1,15 @@
 import { Hono, type Context } from 'hono';
 import { isRunboxError, RunboxError } from '../../core/errors.js';
-import { newId } from '../../core/ids.js';
-import { newJobRecord } from '../../core/job-record.js';
 import { tenantCaps } from '../../core/config.js';
-import { isTerminal, JobRequestSchema, type Job, type JobRequest } from '../../core/job.js';
+import { isTerminal, JobRequestSchema, type Job } from '../../core/job.js';
 import { QueuedQuotaExceeded } from '../../core/store/jobs.js';
-import { resolveLimits } from '../../core/limits.js';
+import { submitJob, type Submission } from '../../core/submit.js';
 import { aborted, anySignal } from '../abort.js';
-import { canonicalJson, sha256Hex } from '../canonical-json.js';
 import type { ApiEnv, RouteDeps } from '../deps.js';
 import { ownJob } from '../own-job.js';
 import { ApiError } from '../problem.js';
 import { ListQuerySchema } from '../schemas.js';
-import { checkFiles, parseIdempotencyKey, parseWait, readJson } from '../request-input.js';
+import { parseIdempotencyKey, parseWait, readJson } from '../request-input.js';
 import { parseOr400 } from '../validate.js';
 
 /** One index prune per this many creates keeps the tenant index bounded without a cron. */
@@ -30,26 +27,9 @@ export function jobRoutes(deps: RouteDeps): Hono<ApiEnv> {
     const idemKey = parseIdempotencyKey(c.req.header('idempotency-key'));
     const req = parseOr400(JobRequestSchema, await readJson(c), 'job request');
 
-    const known = await deps.knownTemplates();
-    if (!known.includes(req.template)) {
-      throw new RunboxError('template_missing', `template "${req.template}" does not exist; known templates: ${known.join(', ') || '(none)'}`, {
-        meta: { template: req.template, known },
-      });
-    }
-    const limits = resolveLimits(req.limits, deps.config.defaultLimits, deps.config.maxLimits);
-    checkFiles(req.files, limits);
-
-    const idem = idemKey ? { key: idemKey, requestHash: sha256Hex(canonicalJson(req)) } : undefined;
-    const { job, created } = await createWithinQuota(deps, tenant, newJobRecord(newId(10), req, limits), req, idem);
+    const { job, created } = await submitWithinQuota(deps, c, { tenant, request: req, idempotencyKey: idemKey });
     c.set('jobId', job.id);
-    if (created) {
-      await enqueueOrDiscard(deps, c, job, tenant, idem?.key);
-      if (Math.random() < 1 / PRUNE_EVERY) pruneIndex(deps, c, tenant);
-    } else if (job.status === 'queued') {
-      // A retry of a create whose enqueue was lost (API crash between the two): BullMQ ignores an
-      // add whose jobId exists, so this never queues a job twice.
-      await deps.queue.enqueue({ jobId: job.id, tenant }, job.priority);
-    }
+    if (created && Math.random() < 1 / PRUNE_EVERY) pruneIndex(deps, c, tenant);
 
     let out = job;
     if (wait.sec > 0 && !isTerminal(job.status)) out = await holdUntilDone(deps, c, job, wait.sec);
@@ -107,13 +87,24 @@ export function jobRoutes(deps: RouteDeps): Hono<ApiEnv> {
   return app;
 }
 
-/** Stores the job unless the tenant's queued work is at RUNBOX_TENANT_MAX_QUEUED(_BYTES) (atomic, in Redis). */
-async function createWithinQuota(deps: RouteDeps, tenant: string, job: Job, req: JobRequest, idem?: { key: string; requestHash: string }) {
+/** submitJob (core/submit.ts) with the tenant's queued-work caps, a cap reached answered 429 with Retry-After. */
+async function submitWithinQuota(deps: RouteDeps, c: Context<ApiEnv>, s: Submission): Promise<{ job: Job; created: boolean }> {
   const caps = tenantCaps(deps.config);
   try {
-    return await deps.jobs.create(tenant, job, req, idem, { maxQueued: caps.tenantMaxQueued, maxQueuedBytes: caps.tenantMaxQueuedBytes });
+    return await submitJob(
+      {
+        jobs: deps.jobs,
+        queue: deps.queue,
+        limits: deps.config,
+        quota: { maxQueued: caps.tenantMaxQueued, maxQueuedBytes: caps.tenantMaxQueuedBytes },
+        knownTemplates: deps.knownTemplates,
+        log: c.get('log'),
+      },
+      s,
+    );
   } catch (e) {
     if (!(e instanceof QueuedQuotaExceeded)) throw e;
+    const { tenant, request: req } = s;
     const detail =
       e.quota === 'jobs'
         ? `tenant "${tenant}" already has ${e.used} queued jobs, the most allowed (RUNBOX_TENANT_MAX_QUEUED=${e.limit}); retry when some have started`
@@ -122,20 +113,6 @@ async function createWithinQuota(deps: RouteDeps, tenant: string, job: Job, req:
       meta: { quota: e.quota === 'jobs' ? 'queued_jobs' : 'queued_bytes', limit: e.limit, used: e.used },
       headers: { 'Retry-After': String(QUEUED_QUOTA_RETRY_SEC) },
     });
-  }
-}
-
-async function enqueueOrDiscard(deps: RouteDeps, c: Context<ApiEnv>, job: Job, tenant: string, idemKey: string | undefined): Promise<void> {
-  try {
-    await deps.queue.enqueue({ jobId: job.id, tenant }, job.priority);
-  } catch (e) {
-    c.get('log').error({ err: e, jobId: job.id }, 'enqueue failed');
-    // Undo the create (its idempotency key too), so the refused request leaves nothing behind: no
-    // record that never runs, nothing counted against the tenant's quota. Works on a full Redis.
-    await deps.jobs
-      .discard(tenant, job.id, idemKey)
-      .catch((e2: unknown) => c.get('log').error({ err: e2, jobId: job.id }, 'undoing the create failed too: its record stays queued, without a queue entry'));
-    throw new RunboxError('unavailable', 'the job could not be queued; retry later', { cause: e });
   }
 }
 

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { canonicalJson } from '../../api/canonical-json.js';
-import { checkFiles, parseWait } from '../../api/request-input.js';
+import { canonicalJson } from '../../core/canonical-json.js';
+import { parseWait } from '../../api/request-input.js';
+import { checkFiles } from '../../core/submit.js';
 import { formatPath } from '../../api/validate.js';
 import { isRunboxError } from '../../core/errors.js';
 import { MiB } from '../../core/units.js';

@@ -4,8 +4,7 @@ import path from 'node:path';
 import { serviceConfigFromEnv, type ServiceConfig } from '../../core/config.js';
 import { newId } from '../../core/ids.js';
 import { isTerminal, JobRequestSchema, type Job, type JobRequestInput } from '../../core/job.js';
-import { newJobRecord } from '../../core/job-record.js';
-import { resolveLimits } from '../../core/limits.js';
+import { submitJob } from '../../core/submit.js';
 import { createLogger } from '../../core/log.js';
 import { JobQueue } from '../../core/queue.js';
 import { connectRedis, connectSubscriber } from '../../core/redis.js';
@@ -70,12 +69,8 @@ export class Submitter {
   }
 
   async submit(input: JobRequestInput, tenant = 'default'): Promise<string> {
-    const req = JobRequestSchema.parse(input);
-    const id = newId(10);
-    const limits = resolveLimits(req.limits, this.cfg.defaultLimits, this.cfg.maxLimits);
-    await this.jobs.create(tenant, newJobRecord(id, req, limits), req);
-    await this.queue.enqueue({ jobId: id, tenant }, req.priority);
-    return id;
+    const { job } = await submitJob({ jobs: this.jobs, queue: this.queue, limits: this.cfg }, { tenant, request: JobRequestSchema.parse(input) });
+    return job.id;
   }
 
   async wait(id: string, timeoutMs = 30_000): Promise<Job> {
