@@ -16,7 +16,7 @@ export class Heartbeat {
 
   constructor(
     private readonly registry: HostRegistry,
-    private readonly info: { id: string; instance: string; checkpointNonRoot: boolean; address: string | null; capacity: number; templatesDir: string; version: string; migrationPort?: number; migrationFingerprint?: string },
+    private readonly info: { id: string; instance: string; checkpointNonRoot: boolean; address: string | null; capacity: number; templatesDir: string; version: string; migrationPort?: number; migrationFingerprint?: string; runtime?: 'runc' | 'crun' },
     private readonly pools: VpsPool[],
     private readonly running: RunningJobs,
   ) {}
@@ -45,6 +45,7 @@ export class Heartbeat {
       migrationFingerprint: this.info.migrationFingerprint,
       instance: this.info.instance,
       checkpointNonRoot: this.info.checkpointNonRoot,
+      runtime: this.info.runtime,
       jobs: this.running.held(),
     };
     await this.registry.heartbeat(host, HEARTBEAT_TTL_SEC);

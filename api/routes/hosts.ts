@@ -25,6 +25,7 @@ export const TenantHostSchema = HostSchema.pick({
   templates: true,
   version: true,
   checkpointNonRoot: true,
+  runtime: true,
 });
 export type TenantHost = z.infer<typeof TenantHostSchema>;
 

@@ -42,6 +42,8 @@ export const HostSchema = z.object({
   jobs: z.array(z.string()).optional(),
   /** Whether CRIU here can checkpoint processes of non-root users (root has CAP_SYS_RESOURCE). */
   checkpointNonRoot: z.boolean().optional(),
+  /** The OCI runtime of its VPSs (absent: runc): a VPS moves only between hosts of the same one. */
+  runtime: z.enum(['runc', 'crun']).optional(),
 });
 export type Host = z.infer<typeof HostSchema>;
 
@@ -82,11 +84,13 @@ export class HostRegistry {
 }
 
 /**
- * The host to move a job to: alive, not draining, not `exclude`, accepting (authenticated) migrations, with the
- * most free capacity (capacity - running); ties go to the first id.
+ * The host to move a job to: alive, not draining, not `exclude`, accepting (authenticated) migrations, running
+ * VPSs with the same OCI runtime as `runtime` (absent: runc), with the most free capacity (capacity - running);
+ * ties go to the first id.
  */
-export function pickTarget(hosts: Host[], exclude: string): Host | undefined {
+export function pickTarget(hosts: Host[], exclude: string, runtime: Host['runtime'] = 'runc'): Host | undefined {
   return hosts
     .filter((h) => h.id !== exclude && !h.draining && h.migrationPort && h.migrationFingerprint && h.address && h.capacity - h.running > 0)
+    .filter((h) => (h.runtime ?? 'runc') === runtime)
     .sort((a, b) => b.capacity - b.running - (a.capacity - a.running) || a.id.localeCompare(b.id))[0];
 }

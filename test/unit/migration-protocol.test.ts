@@ -292,3 +292,19 @@ describe('moves between OCI runtimes', () => {
     expect(AnswerSchema.safeParse({ ok: true, runtime: 'youki' }).success).toBe(false);
   });
 });
+
+describe('pickTarget', () => {
+  it('takes the live, non-draining host of the same OCI runtime with the most free capacity', async () => {
+    const { pickTarget } = await import('../../core/store/hosts.js');
+    const host = (id: string, o: Partial<import('../../core/store/hosts.js').Host> = {}) => ({
+      id, address: '10.0.0.1', startedAt: '', heartbeatAt: '', draining: false, running: 0, capacity: 4, pools: [], templates: [], version: '0.1.0',
+      migrationPort: 7000, migrationFingerprint: Array(32).fill('AB').join(':'), ...o,
+    });
+    const hosts = [host('a'), host('b', { runtime: 'crun', running: 1 }), host('c', { runtime: 'crun' }), host('d', { runtime: 'crun', draining: true }), host('e', { runtime: 'runc', capacity: 8 })];
+    expect(pickTarget(hosts, 'c', 'crun')?.id).toBe('b');
+    expect(pickTarget(hosts, 'b', 'crun')?.id).toBe('c');
+    expect(pickTarget(hosts, 'a', 'runc')?.id).toBe('e'); // a host that does not say runs runc
+    expect(pickTarget(hosts, 'e')?.id).toBe('a');
+    expect(pickTarget([host('x', { runtime: 'runc' })], 'y', 'crun')).toBeUndefined();
+  });
+});
