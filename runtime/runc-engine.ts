@@ -7,7 +7,7 @@ import type { Logger } from '../core/log.js';
 import { MiB } from '../core/units.js';
 import { VpsCgroup } from './cgroups/cgroup.js';
 import { detectCgroupLayout, type CgroupLayout } from './cgroups/layout.js';
-import { isAlive, processStart, selfRef, type ProcessRef } from './host/proc.js';
+import { hasExited, isAlive, processStart, selfRef, type ProcessRef } from './host/proc.js';
 import { Layout, VPS_ID } from './layout.js';
 import { HostNetwork, type VpsNetwork } from './net/network.js';
 import { removeVpsCgroup, transferDir } from './gc.js';
@@ -97,7 +97,7 @@ export async function readInitRef(pidFile: string): Promise<ProcessRef | undefin
 
 async function waitGone(ref: ProcessRef, ms: number): Promise<void> {
   const deadline = Date.now() + ms;
-  while (isAlive(ref) && Date.now() < deadline) await sleep(5);
+  while (!hasExited(ref) && Date.now() < deadline) await sleep(5);
 }
 
 /** Where a VPS restored from a checkpoint comes from. */
@@ -496,30 +496,40 @@ export class RuncEngine implements VpsEngine {
     const vps = this.live.get(id);
     if (vps && vps.state !== 'destroyed' && vps.state !== 'destroying') vps.transition('destroy');
     const record = await this.readRecord(id);
-    await this.stopContainer(id, record?.init, vps);
+    const gone = await this.killInit(record?.init, vps);
+    const deleted = this.deleteContainer(id);
+    // Its processes gone, the runtime's delete and the network teardown (ip, nft) are independent:
+    // in parallel. Otherwise the delete (forced) comes first. The disk is unmounted after the delete:
+    // alongside it, its umount made `none` destroys slower (measured, 15 → 18–21 ms p50).
+    if (!gone) await deleted;
     vps?.channel.close();
-    await unmountLayer(p);
-    await this.net.teardown(id, record?.network ?? { mode: 'private' });
+    await Promise.all([deleted.then(() => unmountLayer(p)), this.net.teardown(id, record?.network ?? { mode: 'private' })]);
     await fs.rm(p.dir, { recursive: true, force: true });
     this.live.delete(id);
     if (vps) vps.transition('markDestroyed');
   }
 
   /**
-   * Kills the VPS's init (the kernel then kills everything in its pid namespace), waits for the
-   * agent's pipe to close, and deletes the stopped container: ~10 ms, where `runc delete --force`
-   * takes ~100 ms because it polls. Falls back to the forced delete when anything is unexpected.
+   * Kills the VPS's init (the kernel then kills everything in its pid namespace) and waits for the
+   * agent's pipe to close (or the process to go). Resolves whether it is gone (true without one).
    */
-  private async stopContainer(id: VpsId, init: ProcessRef | undefined, vps: RuncVps | undefined): Promise<void> {
-    if (init && isAlive(init)) {
-      try {
-        process.kill(init.pid, 'SIGKILL');
-      } catch {
-        /* already gone */
-      }
-      if (vps) await within(vps.channel.whenClosed(), 2000);
-      else await waitGone(init, 2000);
+  private async killInit(init: ProcessRef | undefined, vps: RuncVps | undefined): Promise<boolean> {
+    if (!init || !isAlive(init)) return true;
+    try {
+      process.kill(init.pid, 'SIGKILL');
+    } catch {
+      /* already gone */
     }
+    if (vps) await within(vps.channel.whenClosed(), 2000);
+    else await waitGone(init, 2000);
+    return hasExited(init);
+  }
+
+  /**
+   * Deletes the stopped container: ~5–10 ms, where `delete --force` takes ~100 ms with runc
+   * because it polls. Falls back to the forced delete when anything is unexpected.
+   */
+  private async deleteContainer(id: VpsId): Promise<void> {
     try {
       await runcDelete(this.runc, id, false);
     } catch {

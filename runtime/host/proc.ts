@@ -24,3 +24,14 @@ export function selfRef(): ProcessRef {
 export function isAlive(ref: ProcessRef): boolean {
   return processStart(ref.pid) === ref.start;
 }
+
+/** Whether the process has ended: gone, another process under its pid, or a zombie not yet reaped. */
+export function hasExited(ref: ProcessRef): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${ref.pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(fields[19]) !== ref.start || fields[0] === 'Z' || fields[0] === 'X';
+  } catch {
+    return true;
+  }
+}
