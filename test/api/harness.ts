@@ -74,6 +74,9 @@ export function harness(redis: TestRedis, over: Omit<Partial<ApiDeps>, 'config'>
       return (await res.json()) as Job;
     },
     close: async () => {
+      // BullMQ readies its connection in the background (version check): a test that never used the
+      // queue must not disconnect under that pending command (an unhandled "Connection is closed").
+      await queue.queue.waitUntilReady().catch(() => undefined);
       await queue.close();
       await events.close();
       conn.disconnect();
