@@ -152,8 +152,15 @@ export class AgentChannel {
     }
   }
 
-  /** Releases our ends of the pipes. */
+  private released = false;
+
+  /**
+   * Releases our ends of the pipes, once: a second close of the write fd would close whatever file
+   * got its number since (a helper's output pipe, another VPS's channel).
+   */
   close(): void {
+    if (this.released) return;
+    this.released = true;
     this.in.destroy();
     this.err.destroy();
     try {
