@@ -93,6 +93,7 @@ describe('between runtimes', () => {
     try {
       const vps = await r.create();
       const running = vps.run({ argv: ['sleep', '30'], timeoutSec: 60, outputBytes: 1024 });
+      await fs.mkdir(path.join(dir, 'images')); // as the checkpoint store's stage() makes it
       const snap = await snapshot(r.engine, vps, { imagesDir: path.join(dir, 'images'), diskImage: path.join(dir, 'disk.img') });
       const before = await hostSnapshot(c.engine);
       await expect(c.engine.create(newId(), vps.info().spec, { imagesDir: path.join(dir, 'images'), disk: { path: path.join(dir, 'disk.img'), move: false } })).rejects.toThrow(/restore failed/);
