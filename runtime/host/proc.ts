@@ -6,15 +6,20 @@ export interface ProcessRef {
   start: number;
 }
 
-export function processStart(pid: number): number | undefined {
+/** State (field 3) and start time (field 22) of a process, from /proc/<pid>/stat; undefined when gone. */
+function readStat(pid: number): { state: string; start: number } | undefined {
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
     // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return Number(fields[19]);
+    return { state: fields[0] ?? '', start: Number(fields[19]) };
   } catch {
     return undefined;
   }
+}
+
+export function processStart(pid: number): number | undefined {
+  return readStat(pid)?.start;
 }
 
 export function selfRef(): ProcessRef {
@@ -27,11 +32,6 @@ export function isAlive(ref: ProcessRef): boolean {
 
 /** Whether the process has ended: gone, another process under its pid, or a zombie not yet reaped. */
 export function hasExited(ref: ProcessRef): boolean {
-  try {
-    const stat = fs.readFileSync(`/proc/${ref.pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return Number(fields[19]) !== ref.start || fields[0] === 'Z' || fields[0] === 'X';
-  } catch {
-    return true;
-  }
+  const stat = readStat(ref.pid);
+  return !stat || stat.start !== ref.start || stat.state === 'Z' || stat.state === 'X';
 }
