@@ -50,9 +50,11 @@ export async function gc(engine: RuncEngine, opts: { all?: boolean } = {}): Prom
 
   // Also the other runtime's containers, left by a run of this instance with another RUNBOX_RUNTIME.
   for (const runtime of [engine.runc, ...engine.formerRuntimes()]) {
+    const current = runtime === engine.runc;
     for (const c of await runcList(runtime).catch(() => [])) {
-      if (kept.has(c.id) && runtime === engine.runc) continue;
-      await runcDelete(runtime, c.id).catch(() => undefined);
+      if (kept.has(c.id) && current) continue;
+      // The other runtime's delete is best effort; a failure of this one fails gc, as before.
+      await (current ? runcDelete(runtime, c.id) : runcDelete(runtime, c.id).catch(() => undefined));
       report.containers.push(c.id);
     }
   }
@@ -173,10 +175,8 @@ async function staleTransfers(dir: string): Promise<string[]> {
 
 /** cgroup dirs under this instance's parent with no VPS: kill what is inside, then rmdir. */
 async function staleCgroups(engine: RuncEngine, kept: Set<string>, removeParent: boolean): Promise<string[]> {
-  const l = engine.cgroups;
-  const roots = l.kind === 'v2' ? [l.root] : await hierarchies(l.root);
   const removed: string[] = [];
-  for (const root of roots) {
+  for (const root of await hierarchies(engine.cgroups)) {
     const parent = path.join(root, engine.layout.cgroupParent);
     const children = await fs.readdir(parent, { withFileTypes: true }).catch(() => []);
     for (const child of children) {
@@ -189,16 +189,19 @@ async function staleCgroups(engine: RuncEngine, kept: Set<string>, removeParent:
   return removed;
 }
 
-/** Every mounted hierarchy, including the hybrid layout's cgroup2 at "unified" (runc makes dirs there too). */
-async function hierarchies(root: string): Promise<string[]> {
-  const entries = await fs.readdir(root, { withFileTypes: true });
-  return entries.filter((e) => e.isDirectory()).map((e) => path.join(root, e.name));
+/**
+ * Roots of every hierarchy a VPS's cgroup can be in: v2's root, or each mounted v1 hierarchy,
+ * including the hybrid layout's cgroup2 at "unified" (runtimes make dirs there too).
+ */
+async function hierarchies(layout: CgroupLayout): Promise<string[]> {
+  if (layout.kind === 'v2') return [layout.root];
+  const entries = await fs.readdir(layout.root, { withFileTypes: true });
+  return entries.filter((e) => e.isDirectory()).map((e) => path.join(layout.root, e.name));
 }
 
 /** Removes one VPS's cgroup from every hierarchy, where the runtime left it (a failed create). */
 export async function removeVpsCgroup(layout: CgroupLayout, cgroupsPath: string): Promise<void> {
-  const roots = layout.kind === 'v2' ? [layout.root] : await hierarchies(layout.root);
-  await Promise.all(roots.map((root) => removeCgroupTree(path.join(root, cgroupsPath))));
+  await Promise.all((await hierarchies(layout)).map((root) => removeCgroupTree(path.join(root, cgroupsPath))));
 }
 
 /**
