@@ -225,8 +225,8 @@ export class RuncEngine implements VpsEngine {
   private async vpsCriuConfig(id: VpsId): Promise<string | undefined> {
     const base = await this.criuConfig();
     if (!base || this.runc.kind !== 'crun') return base;
+    // The VPS dir is new (begin() makes it, refusing one that exists): nothing to replace.
     const file = this.layout.vps(id).criuConfig;
-    await fs.rm(file, { force: true });
     await linkOrCopy(base, file);
     return file;
   }

@@ -33,7 +33,7 @@ export function subcommandOf(argv: readonly string[]): string {
 /**
  * crun has no flags for lazy pages; CRIU takes them from the container's configuration file
  * (`org.criu.config`), whose settings override what the runtime asks for. These are the lines a
- * crun dump or restore needs there (RuncEngine.withCriuOptions), in CRIU's long option names.
+ * crun dump or restore needs there (RuncEngine.setCriuOptions), in CRIU's long option names.
  */
 export function lazyCriuOptions(o: { lazy?: CheckpointOptions['lazy']; lazyPages?: boolean }): string[] {
   if (o.lazy) {
