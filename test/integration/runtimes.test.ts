@@ -37,29 +37,28 @@ describe.each<OciRuntimeKind>(['runc', 'crun'])('VPSs under %s', (kind) => {
   it.skipIf(kind === 'crun' && !crunWorks)('this runtime runs the VPS; its limits, filter and namespaces hold; nothing is left after it', async () => {
     expect(t.engine.runc.kind).toBe(kind);
     const before = await hostSnapshot(t.engine);
-    const vps = await t.create({ memoryMb: 96, pids: 40 });
-    try {
-      // The container is this runtime's: it is in this runtime's state (--root), nowhere else.
-      expect((await runcList(t.engine.runc)).map((c) => c.id)).toEqual([vps.id]);
-      expect(t.engine.runc.root.endsWith(`/${kind}`)).toBe(true);
-      let out = '';
-      const r = await vps.run({
-        argv: ['sh', '-c', [
-          'echo "pid1=$(cat /proc/1/comm) host=$(hostname)"',
-          'echo "limits $(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max) $(cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max)"',
-          'unshare -U true 2>/dev/null && echo userns-allowed || echo userns-refused',
-          'grep -q "^Seccomp:[[:space:]]*2" /proc/self/status && echo filtered',
-          'id -u',
-        ].join('; ')],
-        timeoutSec: 30,
-        outputBytes: 1 << 20,
-        onOutput: (_s, d) => (out += d.toString()),
-      });
-      expect(r.exitCode).toBe(0);
-      expect(out.trim().split('\n')).toEqual([`pid1=agent host=${vps.info().spec.hostname}`, `limits ${96 * 1024 * 1024} 40`, 'userns-refused', 'filtered', '0']);
-    } finally {
-      await t.engine.destroy(vps.id);
-    }
+    let hostname = '';
+    const r = await t.sh(
+      [
+        'echo "pid1=$(cat /proc/1/comm) host=$(hostname)"',
+        'echo "limits $(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max) $(cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max)"',
+        'unshare -U true 2>/dev/null && echo userns-allowed || echo userns-refused',
+        'grep -q "^Seccomp:[[:space:]]*2" /proc/self/status && echo filtered',
+        'id -u',
+      ].join('; '),
+      {
+        spec: { memoryMb: 96, pids: 40 },
+        inside: async (vps) => {
+          hostname = vps.info().spec.hostname;
+          // The container is this runtime's: it is in this runtime's state (--root), nowhere else.
+          expect((await runcList(t.engine.runc)).map((c) => c.id)).toEqual([vps.id]);
+          expect(t.engine.runc.root.endsWith(`/${kind}`)).toBe(true);
+        },
+      },
+    );
+    expect(r.exitCode).toBe(0);
+    expect(r.stderr).toBe('');
+    expect(r.stdout.trim().split('\n')).toEqual([`pid1=agent host=${hostname}`, `limits ${96 * 1024 * 1024} 40`, 'userns-refused', 'filtered', '0']);
     expect(await hostSnapshot(t.engine)).toEqual(before);
   });
 
