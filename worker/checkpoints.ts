@@ -81,7 +81,7 @@ export class JobCheckpointer {
           frozenMs: r.frozenMs,
           imagesBytes: r.imagesBytes,
           diskBytes: r.diskBytes,
-          runtime: this.deps.engine.runc.kind ?? 'runc',
+          runtime: this.deps.engine.ociRuntime.kind,
         },
         staged.dir,
       );

@@ -228,7 +228,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
 
   const heartbeat = new Heartbeat(
     registry,
-    { id: hostId, instance, checkpointNonRoot, address: migrationAddress, capacity: config.workerConcurrency, templatesDir: engine.layout.templatesDir, version: '0.1.0', migrationPort, migrationFingerprint: credentials.fingerprint, runtime: engine.runc.kind ?? 'runc' },
+    { id: hostId, instance, checkpointNonRoot, address: migrationAddress, capacity: config.workerConcurrency, templatesDir: engine.layout.templatesDir, version: '0.1.0', migrationPort, migrationFingerprint: credentials.fingerprint, runtime: engine.ociRuntime.kind },
     pools,
     running,
   );

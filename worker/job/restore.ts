@@ -18,7 +18,7 @@ export async function restoreFromCheckpoint(deps: JobDeps, job: Job, why: string
   const cp = await deps.checkpoints.restorable(job.id);
   if (!cp) return undefined;
   // runc's and crun's CRIU images name the VPS's external mounts differently (RUNBOX_RUNTIME).
-  const runtime = deps.engine.runc.kind ?? 'runc';
+  const runtime = deps.engine.ociRuntime.kind;
   if ((cp.meta.runtime ?? 'runc') !== runtime) {
     throw new RunboxError('checkpoint_incompatible', `checkpoint ${cp.meta.id} was taken under ${cp.meta.runtime ?? 'runc'}; host ${deps.hostId} runs its VPSs with ${runtime}`);
   }

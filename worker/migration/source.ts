@@ -182,7 +182,7 @@ async function freezeAndDump(
   prepared: Answer,
   fault: FaultStep | undefined,
 ): Promise<{ mode: MigrationMode; dir: string; dumped: Dumped }> {
-  const mismatch = runtimeMismatch(d.engine.runc.kind, prepared.runtime);
+  const mismatch = runtimeMismatch(d.engine.ociRuntime.kind, prepared.runtime);
   if (mismatch) throw new RunboxError('checkpoint_incompatible', `host ${target.id}: ${mismatch}; the job keeps running on ${d.hostId}`);
   const canPostCopy = d.postCopy && prepared.postCopy && !!d.address;
   if (preference === 'post-copy' && !canPostCopy) {
