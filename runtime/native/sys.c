@@ -35,15 +35,16 @@
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <stdint.h>
 #include <unistd.h>
 
 #ifndef PTRACE_SECCOMP_GET_FILTER
 #define PTRACE_SECCOMP_GET_FILTER 0x420c
 #endif
 
-enum op_kind { OP_MOUNT, OP_MOUNT_LOOP, OP_UMOUNT, OP_COPY_SPARSE, OP_FREEZE, OP_THAW, OP_NETNS_ADD, OP_NETNS_DEL, OP_SECCOMP_FILTER };
+enum op_kind { OP_MOUNT, OP_MOUNT_LOOP, OP_UMOUNT, OP_COPY_SPARSE, OP_FREEZE, OP_THAW, OP_NETNS_ADD, OP_NETNS_DEL, OP_SECCOMP_FILTER, OP_IDMAP_MOUNT, OP_MOUNT_AS };
 
-#define MAX_ARGS 4
+#define MAX_ARGS 5
 
 struct op {
   enum op_kind kind;
@@ -266,6 +267,127 @@ static void do_seccomp_filter(struct op *o) {
   ptrace(PTRACE_DETACH, pid, 0, 0);
 }
 
+
+// ---- idmapped mounts -----------------------------------------------------------------------------
+
+// A VPS in a user namespace sees its template and its disk through idmapped mounts: files owned by
+// uid 0 there appear owned by the VPS's root (host uid BASE), so one template (and a disk image
+// that moves between hosts) serves every VPS whatever its id range. The mapping comes from a user
+// namespace made for the purpose: a child cloned into a new userns (sharing this process's memory:
+// no copy of the page tables; it only waits on a pipe), its uid_map and gid_map written from here,
+// its ns file opened, the child let go. Then open_tree(OPEN_TREE_CLONE) makes a detached copy of
+// `source`, mount_setattr(MOUNT_ATTR_IDMAP) maps it, move_mount attaches it at `target`.
+#ifndef OPEN_TREE_CLONE
+#define OPEN_TREE_CLONE 1
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+#ifndef MOVE_MOUNT_F_EMPTY_PATH
+#define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
+#endif
+#ifndef MOUNT_ATTR_IDMAP
+#define MOUNT_ATTR_IDMAP 0x00100000
+#endif
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_move_mount
+#define SYS_move_mount 429
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+struct rb_mount_attr { uint64_t attr_set, attr_clr, propagation, userns_fd; };
+
+static int userns_child(void *arg) {
+  int *p = arg;
+  char c;
+  // Raw syscalls only: this child shares the parent's memory (CLONE_VM).
+  syscall(SYS_read, p[0], &c, 1);
+  syscall(SYS_exit, 0);
+  return 0;
+}
+
+static int write_file(struct op *o, const char *file, const char *text) {
+  int fd = open(file, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return fail(o, "open", NULL);
+  ssize_t n = write(fd, text, strlen(text));
+  int e = errno;
+  close(fd);
+  if (n != (ssize_t)strlen(text)) { errno = n < 0 ? e : EIO; return fail(o, "write(uid_map)", NULL); }
+  return 0;
+}
+
+// Opens a user namespace whose uid and gid maps are `map` (uid_map text, e.g. "0 1073741824 65536").
+static int userns_fd(struct op *o, const char *map) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) != 0) return fail(o, "pipe2", NULL);
+  size_t stack_size = 64 * 1024;
+  char *stack = malloc(stack_size);
+  int fd = -1;
+  pid_t pid = clone(userns_child, stack + stack_size, CLONE_NEWUSER | CLONE_VM, p);
+  if (pid < 0) { fail(o, "clone(CLONE_NEWUSER)", NULL); goto out; }
+  char file[64];
+  snprintf(file, sizeof file, "/proc/%d/uid_map", pid);
+  if (write_file(o, file, map) != 0) goto reap;
+  snprintf(file, sizeof file, "/proc/%d/gid_map", pid);
+  if (write_file(o, file, map) != 0) goto reap;
+  snprintf(file, sizeof file, "/proc/%d/ns/user", pid);
+  fd = open(file, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail(o, "open", NULL);
+reap:
+  // The child holds a copy of both ends (its own fd table): a byte, not an EOF, lets it go.
+  while (write(p[1], "x", 1) < 0 && errno == EINTR) {}
+  while (waitpid(pid, NULL, __WALL) < 0 && errno == EINTR) {}
+out:
+  close(p[0]);
+  close(p[1]);
+  free(stack);
+  return fd;
+}
+
+// mount(2) with this thread's file system ids set to `id` (uid and gid) for the call, its effective
+// capabilities kept: an overlay records its mounter's credentials and makes its work dir, copies up
+// and whiteouts with them. Over idmapped layers those must be ids the layers map (the VPS's root),
+// not host root, which they do not map (the overlay then fails with EOVERFLOW, read-only). Thread
+// credentials are per thread; this pool thread gets its own back before it returns.
+#include <linux/capability.h>
+static void do_mount_as(struct op *o) {
+  long id = strtol(o->s[4], NULL, 10);
+  struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+  struct __user_cap_data_struct saved[2], raised[2];
+  if (syscall(SYS_capget, &hdr, saved) != 0) { fail(o, "capget", NULL); return; }
+  long old_uid = syscall(SYS_setfsuid, id);
+  long old_gid = syscall(SYS_setfsgid, id);
+  if (syscall(SYS_setfsuid, -1) != id || syscall(SYS_setfsgid, -1) != id) {
+    errno = EPERM;
+    fail(o, "setfsuid", NULL);
+  } else {
+    // Changing the fs uid from 0 clears the file capabilities from the effective set: raise them again.
+    memcpy(raised, saved, sizeof raised);
+    for (int i = 0; i < 2; i++) raised[i].effective = raised[i].permitted;
+    if (syscall(SYS_capset, &hdr, raised) != 0) fail(o, "capset", NULL);
+    else if (mount(o->s[0], o->s[1], o->s[2], o->flags, o->s[3][0] ? o->s[3] : NULL) != 0) fail(o, "mount", o->s[1]);
+  }
+  syscall(SYS_setfsuid, old_uid);
+  syscall(SYS_setfsgid, old_gid);
+  syscall(SYS_capset, &hdr, saved);
+}
+
+static void do_idmap_mount(struct op *o) {
+  const char *source = o->s[0], *target = o->s[1], *map = o->s[2];
+  int ns = userns_fd(o, map);
+  if (ns < 0) return;
+  int tree = (int)syscall(SYS_open_tree, AT_FDCWD, source, OPEN_TREE_CLONE | O_CLOEXEC | (o->option ? AT_RECURSIVE : 0));
+  if (tree < 0) { fail(o, "open_tree", source); close(ns); return; }
+  struct rb_mount_attr attr = { .attr_set = MOUNT_ATTR_IDMAP | (uint64_t)o->flags, .userns_fd = (uint64_t)ns };
+  if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr) != 0) fail(o, "mount_setattr", source);
+  else if (syscall(SYS_move_mount, tree, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) != 0) fail(o, "move_mount", target);
+  close(tree);
+  close(ns);
+}
+
 // ---- processes ---------------------------------------------------------------------------------
 
 static napi_value make_error(napi_env env, struct op *o);
@@ -482,6 +604,8 @@ static void execute(napi_env env, void *data) {
   case OP_NETNS_ADD: do_netns_add(o); break;
   case OP_NETNS_DEL: do_netns_del(o); break;
   case OP_SECCOMP_FILTER: do_seccomp_filter(o); break;
+  case OP_IDMAP_MOUNT: do_idmap_mount(o); break;
+  case OP_MOUNT_AS: do_mount_as(o); break;
   }
 }
 
@@ -628,12 +752,16 @@ static napi_value js_netns_add(napi_env env, napi_callback_info info) { return s
 static napi_value js_netns_del(napi_env env, napi_callback_info info) { return start(env, info, OP_NETNS_DEL, "netnsDel", 1, 0, 0); }
 // seccompFilter(pid) -> Buffer of struct sock_filter
 static napi_value js_seccomp_filter(napi_env env, napi_callback_info info) { return start(env, info, OP_SECCOMP_FILTER, "seccompFilter", 0, 1, 0); }
+// mountAs(source, target, fstype, data, fsid, flags)
+static napi_value js_mount_as(napi_env env, napi_callback_info info) { return start(env, info, OP_MOUNT_AS, "mountAs", 5, 1, 0); }
+// idmapMount(source, target, map, attrFlags, recursive)
+static napi_value js_idmap_mount(napi_env env, napi_callback_info info) { return start(env, info, OP_IDMAP_MOUNT, "idmapMount", 3, 1, 1); }
 
 NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   static const struct { const char *name; napi_callback fn; } fns[] = {
       {"mount", js_mount},   {"mountLoop", js_mount_loop}, {"umount", js_umount},     {"copySparse", js_copy_sparse},
       {"freeze", js_freeze}, {"thaw", js_thaw},            {"netnsAdd", js_netns_add}, {"netnsDel", js_netns_del},
-      {"seccompFilter", js_seccomp_filter}, {"spawn", js_spawn},
+      {"seccompFilter", js_seccomp_filter}, {"spawn", js_spawn}, {"idmapMount", js_idmap_mount}, {"mountAs", js_mount_as},
   };
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_value f;

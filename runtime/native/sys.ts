@@ -1,3 +1,4 @@
+import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { RunboxError } from '../../core/errors.js';
@@ -19,11 +20,13 @@ interface SysAddon {
   netnsAdd(runDir: string, file: string, loopbackUp: boolean): Promise<void>;
   netnsDel(file: string): Promise<void>;
   seccompFilter(pid: number): Promise<Buffer>;
+  mountAs(source: string, target: string, fstype: string, data: string, fsid: string, flags: number): Promise<void>;
+  idmapMount(source: string, target: string, map: string, attrFlags: number, recursive: boolean): Promise<void>;
   spawn(file: string, argv: string[], envp: string[] | null, cwd: string, fds: [number, number, number], newSession: boolean): [number, Promise<[number | null, number | null]>];
 }
 
 /** mount(2) flags (linux/mount.h). */
-export const MS = { RDONLY: 1, NOSUID: 2, NODEV: 4, NOEXEC: 8 } as const;
+export const MS = { RDONLY: 1, NOSUID: 2, NODEV: 4, NOEXEC: 8, BIND: 4096 } as const;
 /** umount2(2) flags. */
 export const MNT_DETACH = 2;
 
@@ -54,6 +57,15 @@ export const mount = (source: string, target: string, fstype: string, o: MountOp
   load().mount(source, target, fstype, o.data ?? '', o.flags ?? 0);
 
 /**
+ * mount(2) made with file system uid and gid `fsid` (capabilities kept): an overlay over idmapped
+ * layers must be made by an id those layers map (storage/layer.ts).
+ */
+export function mountAs(fsid: number, source: string, target: string, fstype: string, o: MountOptions = {}): Promise<void> {
+  if (!Number.isInteger(fsid) || fsid < 0 || fsid >= 0xffffffff) throw new RunboxError('invalid_argument', `invalid fs id ${fsid}`);
+  return load().mountAs(source, target, fstype, o.data ?? '', String(fsid), o.flags ?? 0);
+}
+
+/**
  * Attaches `image` to a free loop device (autoclear: it detaches at the unmount, as with
  * `mount -o loop`) and mounts it on `target`. Resolves to the device used.
  */
@@ -78,10 +90,35 @@ export function netnsAdd(name: string, o: { loopbackUp?: boolean } = {}): Promis
   return load().netnsAdd(NETNS_RUN_DIR, path.join(NETNS_RUN_DIR, name), !!o.loopbackUp);
 }
 
+/**
+ * Names the network namespace process `pid` is in as netns `name` (a bind mount of its ns file at
+ * /run/netns/<name>, as `ip netns attach` does). EEXIST when the name is taken.
+ */
+export async function netnsAttach(name: string, pid: number): Promise<void> {
+  checkName(name);
+  if (!Number.isInteger(pid) || pid <= 1) throw new RunboxError('invalid_argument', `invalid pid ${pid}`);
+  const file = path.join(NETNS_RUN_DIR, name);
+  await fs.mkdir(NETNS_RUN_DIR, { recursive: true });
+  await fs.writeFile(file, '', { flag: 'wx', mode: 0 });
+  try {
+    await mount(`/proc/${pid}/ns/net`, file, 'none', { flags: MS.BIND });
+  } catch (e) {
+    await fs.rm(file, { force: true });
+    throw e;
+  }
+}
+
 /** `ip netns del name`; ENOENT when there is no such netns. */
 export function netnsDel(name: string): Promise<void> {
   checkName(name);
   return load().netnsDel(path.join(NETNS_RUN_DIR, name));
+}
+
+function checkMapping(m: IdMapping): IdMapping {
+  if (!Number.isInteger(m.hostId) || !Number.isInteger(m.count) || m.hostId < 1 || m.count < 1 || m.hostId + m.count > 0xffffffff) {
+    throw new RunboxError('invalid_argument', `invalid id mapping ${m.hostId}+${m.count}`);
+  }
+  return m;
 }
 
 /**
@@ -98,6 +135,27 @@ export interface SpawnedProcess {
   pid: number;
   /** Settles when it exited: its code, or the signal that ended it (both null: reaped by someone else). */
   exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/** mount_setattr(2) attributes an idmapped mount can carry as well (linux/mount.h MOUNT_ATTR_*). */
+export const MOUNT_ATTR = { RDONLY: 1, NOSUID: 2, NODEV: 4, NOEXEC: 8 } as const;
+
+/** Host ids 0..count-1 of a file system appear as hostId..hostId+count-1 (uids and gids alike). */
+export interface IdMapping {
+  hostId: number;
+  count: number;
+}
+
+/**
+ * Attaches an idmapped copy of the mount at `source` at `target`: a file owned by id N in
+ * `source` appears owned by `hostId + N` at `target` (ids beyond `count` appear as the overflow
+ * id and cannot be changed), and a file made through `target` by host id `hostId + N` is stored
+ * as N. `attrs` (MOUNT_ATTR.*) are set on the new mount; `recursive` takes the mounts below
+ * `source` along. Undone with umount(target).
+ */
+export function idmapMount(source: string, target: string, m: IdMapping, o: { attrs?: number; recursive?: boolean } = {}): Promise<void> {
+  checkMapping(m);
+  return load().idmapMount(source, target, `0 ${m.hostId} ${m.count}`, o.attrs ?? 0, !!o.recursive);
 }
 
 /**
