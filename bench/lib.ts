@@ -18,6 +18,8 @@ export const TEMPLATES_DIR = process.env.RUNBOX_TEMPLATES_DIR ?? '/var/lib/runbo
 export const RUNC = process.env.RUNBOX_RUNC ?? 'runc';
 /** The OCI runtime of runbox's engines (RUNBOX_RUNTIME, as for a worker): A/B runs set it. The bare baselines stay runc. */
 export const RUNTIME = (process.env.RUNBOX_RUNTIME ?? 'auto') as 'auto' | 'runc' | 'crun';
+/** User namespaces for runbox's engines (RUNBOX_USERNS, as for a worker): A/B runs set it. */
+export const USERNS = (process.env.RUNBOX_USERNS ?? 'auto') as 'auto' | 'on' | 'off';
 export const AGENT = path.join(REPO_ROOT, 'build/runbox-agent');
 export const RUNBOX_BIN = path.join(REPO_ROOT, 'bin/runbox');
 
@@ -378,6 +380,7 @@ export class BenchContext {
       templatesDir: TEMPLATES_DIR,
       runcPath: RUNC,
       runtime: RUNTIME,
+      userns: USERNS,
       agentPath: AGENT,
       netCidr,
       log: eventLogger(times),

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { isTerminal, type Job } from '../core/job.js';
 import { createLogger } from '../core/log.js';
 import { Layout } from '../runtime/layout.js';
+import { usernsPostCopyRefusal } from '../runtime/checkpoint/lazy.js';
 import { ensureTemplate } from '../runtime/templates/builder.js';
 import { DEFAULT_RECIPES_DIR } from '../runtime/templates/recipes.js';
 import { TestCluster } from '../test/helpers/cluster-proc.js';
@@ -38,6 +39,8 @@ export interface SoakReport {
   /** Jobs still live when they should have ended long ago. */
   stuck: string[];
   moves: { attempted: number; ok: number; failed: Record<string, number>; perMin: number };
+  /** The move modes tried (post-copy only where the hosts can). */
+  modes: string[];
   frozenMs: { count: number; p50: number; p99: number; max: number; byMode: Record<string, { p50: number; p99: number; count: number }> };
   restoredAfterKill: number;
   /** Anything of the cluster's instances left on the machine after `cluster down`. */
@@ -74,6 +77,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
     bad: [],
     stuck: [],
     moves: { attempted: 0, ok: 0, failed: {}, perMin: 0 },
+    modes: [],
     frozenMs: { count: 0, p50: NaN, p99: NaN, max: NaN, byMode: {} },
     restoredAfterKill: 0,
     leaks: [],
@@ -111,6 +115,12 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
     })();
 
     const frozen: Array<{ ms: number; mode: string }> = [];
+    // Hosts whose VPSs have user namespaces move by stop-and-copy only where the kernel refuses
+    // their lazy restore (runtime/checkpoint/lazy.ts).
+    const { hosts: all } = await c.json<{ hosts: Array<{ userns?: boolean }> }>('/v1/hosts');
+    const unprivileged = (await fs.readFile('/proc/sys/vm/unprivileged_userfaultfd', 'utf8').catch(() => '0')).trim();
+    const modes = all.some((h) => h.userns) && usernsPostCopyRefusal(unprivileged) ? ['stop-and-copy'] : ['post-copy', 'stop-and-copy'];
+    report.modes = modes;
     const mover = async () => {
       while (!stopped && report.moves.attempted < o.moves && Date.now() - phaseStart < phaseMs) {
         const { hosts } = await c.json<{ hosts: Array<{ id: string; draining: boolean }> }>('/v1/hosts');
@@ -126,7 +136,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
           continue;
         }
         const to = targets[Math.floor(Math.random() * targets.length)]!.id;
-        const mode = Math.random() < 0.5 ? 'post-copy' : 'stop-and-copy';
+        const mode = modes[Math.floor(Math.random() * modes.length)]!;
         report.moves.attempted++;
         const r = await c.call(`/v1/jobs/${pick.id}/migrate`, { body: { host: to, mode } });
         const body = (await r.json().catch(() => ({}))) as { code?: string; detail?: string };

@@ -170,6 +170,7 @@ async function cleanHosts(dir: string, hosts: number): Promise<void> {
       runcPath: config.runcPath,
       crunPath: config.crunPath,
       runtime: config.runtime,
+      userns: config.userns,
       agentPath: config.agentPath,
       netCidr: config.netCidr,
       log: createLogger('warn'),

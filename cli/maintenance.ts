@@ -13,6 +13,7 @@ export function engineFromEnv(): RuncEngine {
     runcPath: cfg.runcPath,
     crunPath: cfg.crunPath,
     runtime: cfg.runtime,
+    userns: cfg.userns,
     criuPath: cfg.criuPath,
     agentPath: cfg.agentPath,
     netCidr: cfg.netCidr,
@@ -41,7 +42,7 @@ export async function gcCommand(args: string[]): Promise<number> {
 export async function doctorCommand(args: string[]): Promise<number> {
   if (args.length) throw new RunboxError('invalid_argument', 'doctor takes no arguments');
   const cfg = runtimeConfigFromEnv(process.env);
-  const checks = await runDoctor({ criuPath: cfg.criuPath, stateDir: cfg.stateDir, agentPath: cfg.agentPath, runtime: cfg.runtime, runcPath: cfg.runcPath, crunPath: cfg.crunPath });
+  const checks = await runDoctor({ criuPath: cfg.criuPath, stateDir: cfg.stateDir, agentPath: cfg.agentPath, runtime: cfg.runtime, runcPath: cfg.runcPath, crunPath: cfg.crunPath, userns: cfg.userns });
   process.stdout.write(`${formatDoctor(checks)}\n`);
   return checks.some((c) => !c.ok && !c.optional) ? 1 : 0;
 }

@@ -26,6 +26,7 @@ export async function runCommand(args: string[]): Promise<number> {
     runcPath: cfg.runcPath,
     crunPath: cfg.crunPath,
     runtime: cfg.runtime,
+    userns: cfg.userns,
     criuPath: cfg.criuPath,
     agentPath: cfg.agentPath,
     netCidr: cfg.netCidr,

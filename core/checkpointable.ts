@@ -3,6 +3,8 @@
  * prlimit(2), which on another user's process needs CAP_SYS_RESOURCE: where root lacks it
  * (HOST-NOTES: these VMs), a dump of a process that runs as a non-root uid fails with
  * "Can't get rlimit 0: Operation not permitted". Such jobs are refused up front, and keep running.
+ * In a VPS with a user namespace of its own (RUNBOX_USERNS) any job can: the namespace belongs to
+ * host root, which holds every capability over its ids; such hosts publish checkpointNonRoot.
  */
 
 /** `root`, `0`, `root:group`, `0:gid` (the forms the agent accepts, core/vps-request.ts). */

@@ -67,6 +67,11 @@ export const EnvSchema = z.object({
   /** The OCI runtime: auto (crun where it works, else runc), runc or crun (runtime/oci/runtime-choice.ts). */
   RUNBOX_RUNTIME: z.enum(['auto', 'runc', 'crun'], { message: 'auto, runc or crun' }).default('auto'),
   RUNBOX_CRUN: z.string().min(1).default('/opt/runbox/criu/bin/crun'),
+  /**
+   * User namespaces for VPSs (runtime/userns/): auto (each VPS in its own, where the host can make
+   * idmapped mounts), on (a host that cannot fails), off (root inside is host root).
+   */
+  RUNBOX_USERNS: z.enum(['auto', 'on', 'off'], { message: 'auto, on or off' }).default('auto'),
   RUNBOX_AGENT: z.string().min(1).default(path.join(REPO_ROOT, 'build/runbox-agent')),
   RUNBOX_NET_CIDR: z
     .string()
@@ -153,6 +158,8 @@ export interface RuntimeConfig {
   crunPath: string;
   /** RUNBOX_RUNTIME: which OCI runtime starts VPSs (auto: crun where it works). */
   runtime: Env['RUNBOX_RUNTIME'];
+  /** RUNBOX_USERNS: each VPS in a user namespace of its own (auto: where the host can). */
+  userns: Env['RUNBOX_USERNS'];
   criuPath: string;
   agentPath: string;
   netCidr: string;
@@ -184,6 +191,7 @@ export function runtimeConfigFromEnv(raw: NodeJS.ProcessEnv): RuntimeConfig {
     runcPath: e.RUNBOX_RUNC,
     crunPath: e.RUNBOX_CRUN,
     runtime: e.RUNBOX_RUNTIME,
+    userns: e.RUNBOX_USERNS,
     criuPath: e.RUNBOX_CRIU,
     agentPath: path.resolve(e.RUNBOX_AGENT),
     netCidr: e.RUNBOX_NET_CIDR,

@@ -6,6 +6,7 @@ import { isAlive, selfRef } from './host/proc.js';
 import { runcDelete, runcList } from './oci/runc.js';
 import type { RuncEngine } from './runc-engine.js';
 import { mountPoints, unmountLayer } from './storage/layer.js';
+import { VPS_ID } from './layout.js';
 
 export interface GcReport {
   vps: string[];
@@ -21,6 +22,8 @@ export interface GcReport {
   orphans: string[];
   /** VPS disks a dead process left frozen, thawed. */
   thawed: string[];
+  /** User namespace id ranges (slots) of VPSs that are gone, given back. */
+  userns: number[];
 }
 
 /**
@@ -30,7 +33,7 @@ export interface GcReport {
  * VPSs have live owners and are left alone.
  */
 export async function gc(engine: RuncEngine, opts: { all?: boolean } = {}): Promise<GcReport> {
-  const report: GcReport = { vps: [], transfers: [], containers: [], netns: [], addresses: [], cgroups: [], mounts: [], network: false, orphans: [], thawed: [] };
+  const report: GcReport = { vps: [], transfers: [], containers: [], netns: [], addresses: [], cgroups: [], mounts: [], network: false, orphans: [], thawed: [], userns: [] };
   // A worker that died mid-move can leave its CRIU page server and runc behind (they run in
   // process groups of their own), holding its VPS frozen and its disk busy, and a VPS disk frozen
   // for sending (storage/layer.ts freezeLayer): both must go before anything can be removed.
@@ -74,7 +77,8 @@ export async function gc(engine: RuncEngine, opts: { all?: boolean } = {}): Prom
     report.addresses.push(a.address);
   }
 
-  report.mounts.push(...(await staleMounts(engine.layout.vpsRoot, kept)));
+  report.mounts.push(...(await staleMounts(engine, kept)));
+  report.userns.push(...(await staleUsernsSlots(engine, kept)));
   report.transfers.push(...(await staleTransfers(engine.layout.transfersDir)));
   report.cgroups.push(...(await staleCgroups(engine, kept, opts.all ?? false)));
 
@@ -130,21 +134,40 @@ async function thawLayers(vpsRoot: string, kept: Set<string>): Promise<string[]>
   return thawed;
 }
 
-async function staleMounts(vpsRoot: string, kept: Set<string>): Promise<string[]> {
+/** Mounts of VPSs no live process owns (under their VPS dir or their root dir), unmounted with their dirs removed. */
+async function staleMounts(engine: RuncEngine, kept: Set<string>): Promise<string[]> {
+  const { vpsRoot, rootsDir } = engine.layout;
   const info = await fs.readFile('/proc/self/mountinfo', 'utf8');
-  const stale = new Map<string, string>();
+  const stale = new Map<string, string[]>();
   for (const line of info.split('\n')) {
     const mp = line.split(' ')[4];
-    if (!mp?.startsWith(`${vpsRoot}/`)) continue;
-    const id = mp.slice(vpsRoot.length + 1).split('/')[0]!;
-    if (!kept.has(id)) stale.set(id, mp);
+    const base = [vpsRoot, rootsDir].find((b) => mp?.startsWith(`${b}/`));
+    if (!mp || !base) continue;
+    const id = mp.slice(base.length + 1).split('/')[0]!;
+    if (!VPS_ID.test(id) || kept.has(id)) continue;
+    stale.set(id, [...(stale.get(id) ?? []), mp]);
   }
   for (const id of stale.keys()) {
-    const dir = path.join(vpsRoot, id);
-    await unmountLayer({ rootfs: path.join(dir, 'bundle/rootfs'), layerMount: path.join(dir, 'layer'), image: path.join(dir, 'disk.img') });
-    await fs.rm(dir, { recursive: true, force: true });
+    const p = engine.layout.vps(id);
+    await unmountLayer(p);
+    await Promise.all([fs.rm(p.dir, { recursive: true, force: true }), fs.rm(p.rootDir, { recursive: true, force: true })]);
   }
-  return [...stale.values()];
+  // Root dirs left without a mount (a crash between their mkdir and the overlay).
+  for (const id of await fs.readdir(rootsDir).catch(() => [] as string[])) {
+    if (VPS_ID.test(id) && !kept.has(id)) await fs.rm(path.join(rootsDir, id), { recursive: true, force: true });
+  }
+  return [...stale.values()].flat();
+}
+
+/** Id ranges this instance holds for VPSs that no live process owns (their VPS was destroyed above, or never got a record). */
+async function staleUsernsSlots(engine: RuncEngine, kept: Set<string>): Promise<number[]> {
+  const freed: number[] = [];
+  for (const { slot, vpsId } of await engine.usernsRanges.held()) {
+    if (kept.has(vpsId)) continue;
+    await engine.usernsRanges.release(slot, vpsId);
+    freed.push(slot);
+  }
+  return freed;
 }
 
 /** A dir for one migration's checkpoint, named after its owner (see Layout.transfersDir). */

@@ -16,10 +16,14 @@ import { hostResolvConf } from './net/dns.js';
 import { lazyCriuOptions, restoreArgs, runArgs, runcDelete, runcKill, type RuncGlobal } from './oci/runc.js';
 import { DEFAULT_CRUN, resolveOciRuntime, type OciRuntimeChoice, type OciRuntimePreference } from './oci/runtime-choice.js';
 import { execOk } from './exec.js';
-import { buildSpec, SYS_DIRS_HIDDEN } from './oci/spec.js';
+import { buildSpec, STANDARD_DEVICES, SYS_DIRS_HIDDEN } from './oci/spec.js';
 import { denyTunAfterStart } from './oci/devices.js';
 import { RuncVps, startWithPipes, waitReady } from './runc-vps.js';
-import { mountLayer, mountLayerImage, unmountLayer } from './storage/layer.js';
+import { ensureUpperDirs, ensureUpperFiles, mountLayer, mountLayerImage, unmountLayer } from './storage/layer.js';
+import { idmapMount, umount } from './native/sys.js';
+import { checkpointHasUserns, remapCheckpointUserns } from './userns/criu-image.js';
+import { UsernsRanges, type UsernsLease } from './userns/ranges.js';
+import { RUN_DIR } from './layout.js';
 import { writeCriuConfig } from './checkpoint/criu-config.js';
 import { seccompFilter } from './native/sys.js';
 import { isFilterProgram, readCachedFilter, seccompCacheFile, seccompCacheKey, writeCachedFilter } from './oci/seccomp-bpf.js';
@@ -50,6 +54,12 @@ export interface RuncEngineOptions {
    * also what 'agent' falls back to when the program cannot be had).
    */
   seccomp?: 'agent' | 'runc';
+  /**
+   * RUNBOX_USERNS: each VPS in its own user namespace with its own host id range (runtime/userns/),
+   * root inside an unprivileged host uid. auto (default): where the kernel has idmapped mounts;
+   * on: a host without them fails VPS creation (host_unsupported); off: root inside is host root.
+   */
+  userns?: 'auto' | 'on' | 'off';
 }
 
 /** What vps.json records: enough to destroy (or, with a checkpoint, restore) the VPS later. */
@@ -60,6 +70,8 @@ export interface VpsRecord {
   owner: ProcessRef;
   /** The container's init process on the host, once started. */
   init?: ProcessRef;
+  /** Its user namespace's host id range (absent: no user namespace); given back at destroy or by gc. */
+  userns?: UsernsLease;
   createdAt: string;
 }
 
@@ -137,8 +149,11 @@ export class RuncEngine implements VpsEngine {
   /** The compiled seccomp program (hex) new VPSs' agents install; undefined while runc compiles it. */
   private seccompHex?: string;
   private seccompCache?: Promise<string | undefined>;
-  private emptyDirMade?: Promise<string>;
   private readonly sysDirsHidden = SYS_DIRS_HIDDEN.filter((d) => existsSync(d));
+  /** Machine-wide id ranges of VPS user namespaces. */
+  readonly usernsRanges: UsernsRanges;
+  private usernsChecked?: Promise<boolean>;
+  private rootsDirMade?: Promise<void>;
 
   constructor(readonly opts: RuncEngineOptions) {
     this.layout = new Layout(opts.stateDir, opts.templatesDir);
@@ -147,6 +162,59 @@ export class RuncEngine implements VpsEngine {
     const kind = this.ociRuntime.kind;
     this.runc = { kind, runc: this.ociRuntime.path, root: this.layout.runtimeRoot(kind), criu: opts.criuPath };
     this.cgroups = detectCgroupLayout();
+    this.usernsRanges = new UsernsRanges(this.layout.instance);
+  }
+
+  /**
+   * Whether this engine's VPSs get user namespaces (RUNBOX_USERNS), found out once: auto tries an
+   * idmapped mount (the kernel feature VPS layers need) and falls back to none, logged, when the
+   * host cannot; on fails instead.
+   */
+  usernsEnabled(): Promise<boolean> {
+    const mode = this.opts.userns ?? 'auto';
+    if (mode === 'off') return Promise.resolve(false);
+    return (this.usernsChecked ??= this.makeRootsDir().then(async () => {
+      const probe = path.join(this.layout.rootsDir, `.probe-${process.pid}`);
+      try {
+        await fs.mkdir(probe, { recursive: true });
+        await idmapMount(this.layout.emptyDir, probe, { hostId: 2 ** 30, count: 65536 });
+        await umount(probe);
+        return true;
+      } catch (e) {
+        if (mode === 'on') throw new RunboxError('host_unsupported', `RUNBOX_USERNS=on, but this host cannot make idmapped mounts: ${(e as Error).message}`);
+        this.opts.log.warn({ err: e }, 'this host cannot make idmapped mounts: VPSs run without user namespaces (root inside is host root)');
+        return false;
+      } finally {
+        await fs.rmdir(probe).catch(() => undefined);
+      }
+    }).catch((e: unknown) => {
+      this.usernsChecked = undefined;
+      throw e;
+    }));
+  }
+
+  /** /run/runbox/roots/<instance> and the dirs above it: searchable by all, listable by none. Once per engine. */
+  private makeRootsDir(): Promise<void> {
+    return (this.rootsDirMade ??= (async () => {
+      for (const dir of [RUN_DIR, path.dirname(this.layout.rootsDir), this.layout.rootsDir]) {
+        await fs.mkdir(dir, { recursive: true });
+        await fs.chmod(dir, 0o711);
+      }
+      await fs.mkdir(this.layout.emptyDir, { recursive: true, mode: 0o555 });
+    })().catch((e: unknown) => {
+      this.rootsDirMade = undefined;
+      throw e;
+    }));
+  }
+
+  /** The VPS's root dir, its root's own: host users other than root and the VPS's root cannot pass it. */
+  private async makeRootDir(dir: string, userns: UsernsLease | undefined): Promise<void> {
+    await this.makeRootsDir();
+    await fs.mkdir(dir, { mode: 0o700 }).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'EEXIST') throw e;
+    });
+    await fs.chown(dir, userns?.hostId ?? 0, userns?.hostId ?? 0);
+    await fs.chmod(dir, 0o700);
   }
 
   /**
@@ -264,15 +332,23 @@ export class RuncEngine implements VpsEngine {
     return v1Hierarchies().map((h) => `ext-mount-map /sys/fs/cgroup/${h}:${path.join('/sys/fs/cgroup', h, cgroupsPath)}`);
   }
 
-  /** Made once per engine (every create names it). */
-  private emptyDir(): Promise<string> {
-    return (this.emptyDirMade ??= fs.mkdir(this.layout.emptyDir, { recursive: true, mode: 0o555 }).then(
-      () => this.layout.emptyDir,
-      (e: unknown) => {
-        this.emptyDirMade = undefined;
-        throw e;
-      },
-    ));
+  /**
+   * A checkpoint restores as a VPS with a user namespace exactly when it was dumped from one; its
+   * user namespace image gets this VPS's host ids (userns/criu-image.ts).
+   */
+  private async checkpointUserns(imagesDir: string, lease: UsernsLease | undefined): Promise<void> {
+    const has = await checkpointHasUserns(imagesDir);
+    if (!lease && has) throw new RunboxError('checkpoint_incompatible', 'the checkpoint is of a VPS in a user namespace, and this host runs VPSs without (RUNBOX_USERNS)');
+    if (lease) {
+      await remapCheckpointUserns(imagesDir, lease);
+      await giveImagesTo(imagesDir, lease.hostId);
+    }
+  }
+
+  /** Made once per engine (every create names it), with the roots dir. */
+  private async emptyDir(): Promise<string> {
+    await this.makeRootsDir();
+    return this.layout.emptyDir;
   }
 
   /** The other OCI runtime's state of this instance, where an earlier run used it (gc clears it). */
@@ -305,17 +381,36 @@ export class RuncEngine implements VpsEngine {
     const phaseMs: Record<string, number> = {};
     const mark = (name: string, since: number) => (phaseMs[name] = Math.round(performance.now() - since));
     try {
+      await Promise.all([this.makeRootDir(p.rootDir, record.userns), fs.mkdir(p.bundle, { recursive: true })]);
+      const idmap = {
+        idmap: record.userns,
+        fillUpper: record.userns
+          ? async (upper: string) => {
+              await ensureUpperDirs(upper, spec.template.rootfs, [...this.sysDirsHidden, '/dev']);
+              await ensureUpperFiles(upper, STANDARD_DEVICES);
+            }
+          : undefined,
+      };
       const layer = restore
-        ? mountLayerImage(p, spec.template.rootfs, { ...restore.disk, sizeMb: spec.diskMb })
-        : mountLayer({ cacheDir: this.layout.cacheDir }, p, spec.template.rootfs, spec.diskMb);
+        ? mountLayerImage(p, spec.template.rootfs, { ...restore.disk, sizeMb: spec.diskMb }, idmap)
+        : mountLayer({ cacheDir: this.layout.cacheDir }, p, spec.template.rootfs, spec.diskMb, idmap);
       const [network] = await Promise.all([
         // A move's target made the network while the job still ran on its source (prepareRestore).
-        prepared ? prepared.record.network : this.net.setup(id, spec.network, restore?.address, !!restore).finally(() => mark('network', t0)),
+        prepared
+          ? prepared.record.network
+          : record.userns && !restore
+            ? { mode: spec.network } // attached once the runtime made its namespace (below)
+            : this.net.setup(id, spec.network, restore?.address, !!restore, record.userns ? {} : undefined).finally(() => mark('network', t0)),
         layer.finally(() => mark('layer', t0)),
       ]);
       record.network = network;
+      // A runtime in a user namespace makes /dev/ptmx a link to pts/ptmx and fails when the template
+      // has one (crun: "symlinkat `/dev/ptmx`: File exists"): the VPS's layer hides the template's.
+      if (record.userns && !restore) await fs.rm(path.join(p.rootfs, 'dev/ptmx'), { force: true });
       await this.writeRecord(record);
-      if (restore && network.netns) {
+      if (restore) await this.checkpointUserns(restore.imagesDir, record.userns);
+      // A userns VPS's network config comes back with CRIU's restore of its netns.
+      if (restore && network.netns && !record.userns) {
         // Addresses, routes and firewall rules the job made in its netns on the previous host.
         const { skipped } = await applyNetnsConfig(network.netns, restore.imagesDir, log);
         if (skipped.length) log.warn({ skipped }, 'network configuration of links the job created itself was not restored');
@@ -326,7 +421,8 @@ export class RuncEngine implements VpsEngine {
         hostname: spec.hostname,
         agentHostPath: this.opts.agentPath,
         cgroupsPath: p.cgroupsPath,
-        netnsPath: network.netns ? `/run/netns/${network.netns}` : undefined,
+        // A userns VPS's netns is made by its runtime (create) or by CRIU (restore), inside its user namespace.
+        netnsPath: network.netns && !record.userns ? `/run/netns/${network.netns}` : undefined,
         memoryBytes: spec.memoryMb * MiB,
         cpus: spec.cpus,
         pids: spec.pids,
@@ -336,6 +432,8 @@ export class RuncEngine implements VpsEngine {
         criuConfig: await this.vpsCriuConfig(id),
         tun: this.opts.vpsTun,
         agentSeccomp,
+        userns: record.userns,
+        deviceMounts: this.runc.kind === 'crun',
       });
       await fs.writeFile(p.config, JSON.stringify(config));
       // CRIU's work dir (its log, its cgroup yard) under this host's transfers, never beside the
@@ -345,7 +443,9 @@ export class RuncEngine implements VpsEngine {
       await restore?.lazyPagesReady;
       const tRunc = performance.now();
       const restoreOpts = restore && { bundle: p.bundle, pidFile: p.pidFile, imagePath: restore.imagesDir, workPath, lazyPages: !!restore.lazyPagesWorkDir };
-      const plainCriuConfig = restoreOpts ? await this.setCriuOptions(id, [...lazyCriuOptions(restoreOpts), ...this.restoreCgroupMounts(p.cgroupsPath)]) : undefined;
+      const plainCriuConfig = restoreOpts
+        ? await this.setCriuOptions(id, [...lazyCriuOptions(restoreOpts), ...this.restoreCgroupMounts(p.cgroupsPath), ...(record.userns ? this.net.criuVethOptions(record.network) : [])])
+        : undefined;
       const channel = await startWithPipes(restoreOpts ? restoreArgs(this.runc, id, restoreOpts) : runArgs(this.runc, id, p.bundle, p.pidFile), log)
         .catch(async (e: unknown) => {
           if (restore && !restore.lazyPagesWorkDir) await fs.rm(workPath, { recursive: true, force: true });
@@ -354,6 +454,17 @@ export class RuncEngine implements VpsEngine {
         .finally(() => plainCriuConfig?.());
       mark(restore ? 'runcRestore' : 'runcRun', tRunc);
       record.init = await readInitRef(p.pidFile);
+      if (record.userns && !restore) {
+        // Its network namespace is the runtime's, made inside its user namespace (CRIU dumps and
+        // restores a VPS only with namespaces its user namespace owns): attached now.
+        if (!record.init) throw new RunboxError('unavailable', `VPS ${id} started without a known init process`);
+        record.network = await this.net.setup(id, spec.network, undefined, false, { attachPid: record.init.pid });
+        await this.writeRecord(record);
+      }
+      if (restore && record.userns) {
+        if (!record.init) throw new RunboxError('unavailable', `VPS ${id} was restored without a known init process`);
+        await this.net.adoptRestored(id, record.network, record.init.pid);
+      }
       if (restore) {
         try {
           await this.checkRestoredStdio(record.init, channel, workPath, restore.imagesDir, log);
@@ -364,7 +475,7 @@ export class RuncEngine implements VpsEngine {
       if (!this.opts.vpsTun) await denyTunAfterStart(this.cgroups, p.cgroupsPath);
       await this.writeRecord(record);
       const vps = new RuncVps(
-        { id, spec, network, createdAt: record.createdAt },
+        { id, spec, network: record.network, createdAt: record.createdAt },
         channel,
         new VpsCgroup(this.cgroups, p.cgroupsPath),
         this.runc,
@@ -440,7 +551,15 @@ export class RuncEngine implements VpsEngine {
       await fs.mkdir(p.dir);
     }
     const record: VpsRecord = { id, spec, network: { mode: spec.network }, owner: selfRef(), createdAt: new Date().toISOString() };
-    await this.writeRecord(record);
+    try {
+      // A crash before the record names the slot leaves a slot whose VPS has no dir: gc frees it.
+      if (await this.usernsEnabled()) record.userns = await this.usernsRanges.allocate(id);
+      await this.writeRecord(record);
+    } catch (e) {
+      if (record.userns) await this.usernsRanges.release(record.userns.slot, id);
+      await fs.rm(p.dir, { recursive: true, force: true });
+      throw e;
+    }
     return record;
   }
 
@@ -458,7 +577,7 @@ export class RuncEngine implements VpsEngine {
     if (had) await this.destroy(id);
     const record = await this.begin(id, spec);
     try {
-      record.network = await this.net.setup(id, plan.network, plan.address, true);
+      record.network = await this.net.setup(id, plan.network, plan.address, true, record.userns ? {} : undefined);
       await this.writeRecord(record);
       this.prepared.set(id, { plan, record });
     } catch (e) {
@@ -504,7 +623,9 @@ export class RuncEngine implements VpsEngine {
     if (!gone) await deleted;
     vps?.channel.close();
     await Promise.all([deleted.then(() => unmountLayer(p)), this.net.teardown(id, record?.network ?? { mode: 'private' })]);
-    await fs.rm(p.dir, { recursive: true, force: true });
+    await Promise.all([fs.rm(p.dir, { recursive: true, force: true }), fs.rm(p.rootDir, { recursive: true, force: true })]);
+    // Its ids go back only once nothing of the VPS is left that they own (processes, files).
+    if (record?.userns) await this.usernsRanges.release(record.userns.slot, id);
     this.live.delete(id);
     if (vps) vps.transition('markDestroyed');
   }
@@ -569,8 +690,16 @@ export class RuncEngine implements VpsEngine {
   /** Starts a restored container for an existing VPS dir (see checkpoint/). */
   async startRestored(vps: RuncVps, argv: string[], o: { pidFile: string; workPath: string; imagesDir: string }): Promise<void> {
     const log = this.opts.log.child({ vpsId: vps.id });
-    const plainCriuConfig = await this.setCriuOptions(vps.id, this.restoreCgroupMounts(this.layout.vps(vps.id).cgroupsPath));
+    const record = await this.readRecord(vps.id);
+    await this.checkpointUserns(o.imagesDir, record?.userns);
+    const userns = record?.userns ? record : undefined;
+    if (userns) await this.net.releaseForRestore(vps.id, userns.network);
+    const plainCriuConfig = await this.setCriuOptions(vps.id, [...this.restoreCgroupMounts(this.layout.vps(vps.id).cgroupsPath), ...(userns ? this.net.criuVethOptions(userns.network) : [])]);
     const channel = await startWithPipes(argv, log).finally(plainCriuConfig);
+    if (userns) {
+      const init = await readInitRef(o.pidFile);
+      if (init) await this.net.adoptRestored(vps.id, userns.network, init.pid);
+    }
     try {
       await this.checkRestoredStdio(await readInitRef(o.pidFile), channel, o.workPath, o.imagesDir, log);
     } catch (e) {
@@ -582,6 +711,23 @@ export class RuncEngine implements VpsEngine {
     vps.endSwap(channel);
   }
 
+}
+
+/**
+ * CRIU opens some images from inside the restored VPS's user namespace, some before its ids are
+ * mapped ("Unable to open timens-0.img: Permission denied" for images a move received 0600): the
+ * dir and its files become the VPS's root's and readable (as CRIU writes them itself, 0644). The
+ * dirs above (the state dir, 0700) keep host users out. Links are left alone.
+ */
+async function giveImagesTo(imagesDir: string, hostId: number): Promise<void> {
+  await fs.chown(imagesDir, hostId, hostId);
+  await fs.chmod(imagesDir, 0o755);
+  for (const e of await fs.readdir(imagesDir, { withFileTypes: true })) {
+    if (!e.isFile()) continue;
+    const file = path.join(imagesDir, e.name);
+    await fs.lchown(file, hostId, hostId);
+    await fs.chmod(file, 0o644);
+  }
 }
 
 /** A hard link (no copy per VPS), or a copy where the VPS dirs are on another file system. */

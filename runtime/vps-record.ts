@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { NetworkModeSchema } from '../core/vps-request.js';
 import { IfNameSchema } from './net/netns-schema.js';
 import type { VpsRecord } from './runc-engine.js';
+import { isSlotLease } from './userns/ranges.js';
 
 /**
  * vps.json as read back (RuncEngine.readRecord; gc and destroy act on it as root): the fields that
@@ -29,6 +30,8 @@ const VpsRecordSchema = z.looseObject({
   network: NetworkSchema,
   owner: Ref,
   init: Ref.optional(),
+  // Only the exact ids of a slot: destroy gives the slot back, the runtime maps these ids.
+  userns: z.object({ slot: z.number().int(), hostId: z.number().int(), count: z.number().int() }).refine(isSlotLease).optional(),
   createdAt: z.string().max(64),
 });
 

@@ -70,7 +70,7 @@ export class HostCommands {
     const job = this.running.byId.get(jobId);
     if (!job) throw new RunboxError('conflict', `job ${jobId} is not running on this host`);
     const hosts = await this.hosts.list();
-    const target = targetId ? hosts.find((h) => h.id === targetId) : pickTarget(hosts, this.migration.hostId, this.migration.engine.ociRuntime.kind);
+    const target = targetId ? hosts.find((h) => h.id === targetId) : pickTarget(hosts, this.migration.hostId, this.migration.engine.ociRuntime.kind, await this.migration.engine.usernsEnabled());
     if (!target) throw new RunboxError('unavailable', targetId ? `host ${targetId} is not available` : 'no other host can take this job');
     if (target.id === this.migration.hostId) throw new RunboxError('invalid_argument', 'the job already runs on that host');
     if (target.draining) throw new RunboxError('unavailable', `host ${target.id} is draining`);

@@ -16,7 +16,7 @@ export class Heartbeat {
 
   constructor(
     private readonly registry: HostRegistry,
-    private readonly info: { id: string; instance: string; checkpointNonRoot: boolean; address: string | null; capacity: number; templatesDir: string; version: string; migrationPort?: number; migrationFingerprint?: string; runtime?: 'runc' | 'crun' },
+    private readonly info: { id: string; instance: string; checkpointNonRoot: boolean; address: string | null; capacity: number; templatesDir: string; version: string; migrationPort?: number; migrationFingerprint?: string; runtime?: 'runc' | 'crun'; userns?: boolean },
     private readonly pools: VpsPool[],
     private readonly running: RunningJobs,
   ) {}
@@ -46,6 +46,7 @@ export class Heartbeat {
       instance: this.info.instance,
       checkpointNonRoot: this.info.checkpointNonRoot,
       runtime: this.info.runtime,
+      userns: this.info.userns,
       jobs: this.running.held(),
     };
     await this.registry.heartbeat(host, HEARTBEAT_TTL_SEC);

@@ -78,6 +78,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     runcPath: config.runcPath,
     crunPath: config.crunPath,
     runtime: config.runtime,
+    userns: config.userns,
     criuPath: config.criuPath,
     agentPath: config.agentPath,
     netCidr: config.netCidr,
@@ -85,6 +86,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
     egressAllow: config.egressAllow, vpsTun: config.vpsTun,
   });
   hlog.info({ runtime: engine.ociRuntime.kind, path: engine.ociRuntime.path, reason: engine.ociRuntime.reason }, 'OCI runtime');
+  hlog.info({ userns: await engine.usernsEnabled(), setting: config.userns }, 'user namespaces');
   const cleaned = await gc(engine);
   if (cleaned.vps.length) hlog.info({ vps: cleaned.vps.length }, 'cleaned up VPSs left by a previous run');
 
@@ -118,7 +120,8 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
   const running = new RunningJobs();
   const checkpoints = new DirectoryCheckpointStore(config.checkpointDir);
   // CRIU can dump non-root processes only where root has CAP_SYS_RESOURCE (core/checkpointable.ts).
-  const checkpointNonRoot = hasCapability(CAP_SYS_RESOURCE);
+  // And in user namespaces anywhere: host root, their owner, holds every capability over their ids.
+  const checkpointNonRoot = hasCapability(CAP_SYS_RESOURCE) || (await engine.usernsEnabled());
   const checkpointer = new JobCheckpointer({ engine, store: checkpoints, jobs, hostId, keep: config.checkpointKeep, log: hlog, checkpointNonRoot });
   const runDeps: JobDeps = {
       hostId,
@@ -162,7 +165,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
   const migrationAddress = config.migrationAddress ?? primaryAddress();
   const credentials = await loadCredentials({ stateDir: config.stateDir, hostId, files: config.migrationTls, log: hlog });
   // Post-copy where this host can do it (and fs.pipe-max-size raised for CRIU's page server).
-  const postCopy = config.migrationMode === 'stop-and-copy' ? { ok: false, detail: 'off (RUNBOX_MIGRATION_MODE=stop-and-copy)' } : await postCopySupport(engine.runc.criu, true);
+  const postCopy = config.migrationMode === 'stop-and-copy' ? { ok: false, detail: 'off (RUNBOX_MIGRATION_MODE=stop-and-copy)' } : await postCopySupport(engine.runc.criu, true, { userns: await engine.usernsEnabled() });
   if (config.migrationMode === 'post-copy' && !postCopy.ok) throw new RunboxError('host_unsupported', `RUNBOX_MIGRATION_MODE=post-copy, but this host cannot: ${postCopy.detail}`);
   hlog.info({ postCopy: postCopy.ok, detail: postCopy.detail }, 'live migration modes');
   const migrationDeps: MigrationDeps = {
@@ -228,7 +231,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
 
   const heartbeat = new Heartbeat(
     registry,
-    { id: hostId, instance, checkpointNonRoot, address: migrationAddress, capacity: config.workerConcurrency, templatesDir: engine.layout.templatesDir, version: '0.1.0', migrationPort, migrationFingerprint: credentials.fingerprint, runtime: engine.ociRuntime.kind },
+    { id: hostId, instance, checkpointNonRoot, address: migrationAddress, capacity: config.workerConcurrency, templatesDir: engine.layout.templatesDir, version: '0.1.0', migrationPort, migrationFingerprint: credentials.fingerprint, runtime: engine.ociRuntime.kind, userns: await engine.usernsEnabled() },
     pools,
     running,
   );

@@ -26,6 +26,7 @@ export const TenantHostSchema = HostSchema.pick({
   version: true,
   checkpointNonRoot: true,
   runtime: true,
+  userns: true,
 });
 export type TenantHost = z.infer<typeof TenantHostSchema>;
 

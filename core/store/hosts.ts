@@ -44,6 +44,8 @@ export const HostSchema = z.object({
   checkpointNonRoot: z.boolean().optional(),
   /** The OCI runtime of its VPSs (absent: runc): a VPS moves only between hosts of the same one. */
   runtime: z.enum(['runc', 'crun']).optional(),
+  /** Whether its VPSs have user namespaces (absent: no): a VPS moves only between hosts that agree. */
+  userns: z.boolean().optional(),
 });
 export type Host = z.infer<typeof HostSchema>;
 
@@ -85,12 +87,12 @@ export class HostRegistry {
 
 /**
  * The host to move a job to: alive, not draining, not `exclude`, accepting (authenticated) migrations, running
- * VPSs with the same OCI runtime as `runtime` (absent: runc), with the most free capacity (capacity - running);
+ * VPSs with the same OCI runtime as `runtime` (absent: runc) and user namespaces alike, with the most free capacity (capacity - running);
  * ties go to the first id.
  */
-export function pickTarget(hosts: Host[], exclude: string, runtime: Host['runtime'] = 'runc'): Host | undefined {
+export function pickTarget(hosts: Host[], exclude: string, runtime: Host['runtime'] = 'runc', userns = false): Host | undefined {
   return hosts
     .filter((h) => h.id !== exclude && !h.draining && h.migrationPort && h.migrationFingerprint && h.address && h.capacity - h.running > 0)
-    .filter((h) => (h.runtime ?? 'runc') === runtime)
+    .filter((h) => (h.runtime ?? 'runc') === runtime && (h.userns ?? false) === userns)
     .sort((a, b) => b.capacity - b.running - (a.capacity - a.running) || a.id.localeCompare(b.id))[0];
 }

@@ -32,8 +32,12 @@ export interface PostCopySupport {
 }
 
 /** Whether this host can migrate with post-copy; raises fs.pipe-max-size when `fix` (root). */
-export async function postCopySupport(criu: string | undefined, fix: boolean): Promise<PostCopySupport> {
+export async function postCopySupport(criu: string | undefined, fix: boolean, o: { userns?: boolean } = {}): Promise<PostCopySupport> {
   if (!criu) return { ok: false, detail: 'no criu configured' };
+  if (o.userns) {
+    const refusal = usernsPostCopyRefusal((await fs.readFile(UNPRIVILEGED_USERFAULTFD, 'utf8').catch(() => '0')).trim());
+    if (refusal) return { ok: false, detail: refusal };
+  }
   const uffd = await exec([criu, 'check', '--feature', 'uffd-noncoop'], { timeoutMs: 30_000 }).catch(() => undefined);
   if (!uffd || uffd.code !== 0) return { ok: false, detail: `criu check --feature uffd-noncoop: ${(uffd?.stdout + (uffd?.stderr ?? '')).trim().split('\n')[0] || 'failed'}` };
   const current = Number((await fs.readFile(PIPE_MAX_SIZE, 'utf8').catch(() => '0')).trim());
@@ -47,6 +51,22 @@ export async function postCopySupport(criu: string | undefined, fix: boolean): P
     }
   }
   return { ok: false, detail: `fs.pipe-max-size is ${current}; CRIU's page server needs ${PIPE_MAX_SIZE_NEEDED}` };
+}
+
+const UNPRIVILEGED_USERFAULTFD = '/proc/sys/vm/unprivileged_userfaultfd';
+
+/**
+ * Why a host whose VPSs have user namespaces cannot restore them lazily (undefined: it can). CRIU
+ * opens the restored VPS's userfaultfd in the VPS's processes, which hold no capability of the
+ * host's user namespace: the kernel refuses them unless vm.unprivileged_userfaultfd is 1 (CRIU:
+ * "uffd: Unable to open an userfaultfd descriptor: Operation not permitted"). runbox does not set
+ * it: it would hand every process of the host, jobs included, userfaultfd on kernel faults, a
+ * well-known aid to kernel exploits. Moves then stop and copy.
+ */
+export function usernsPostCopyRefusal(unprivilegedUserfaultfd: string): string | undefined {
+  if (unprivilegedUserfaultfd === '1') return undefined;
+  return 'VPSs run in user namespaces, where CRIU can restore lazily only with vm.unprivileged_userfaultfd=1 (it is ' +
+    `${unprivilegedUserfaultfd || 'unknown'}; runbox leaves it so): moves stop and copy`;
 }
 
 /** A port free on `address` right now, for a page server (CRIU binds it a moment later). */

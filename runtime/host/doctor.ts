@@ -2,9 +2,10 @@ import os from 'node:os';
 import { resolveOciRuntime, type OciRuntimePreference } from '../oci/runtime-choice.js';
 import { execFile } from 'node:child_process';
 import { constants as fsc } from 'node:fs';
-import { access, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { access, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { release } from 'node:os';
 import { join } from 'node:path';
+import { idmapMount, umount } from '../native/sys.js';
 import { PIPE_MAX_SIZE_NEEDED } from '../checkpoint/lazy.js';
 import { CAP_SYS_RESOURCE, hasCapability } from './caps.js';
 
@@ -30,6 +31,8 @@ export interface DoctorOptions {
   runtime?: OciRuntimePreference;
   runcPath?: string;
   crunPath?: string;
+  /** RUNBOX_USERNS (default auto). */
+  userns?: 'auto' | 'on' | 'off';
 }
 
 interface RunResult {
@@ -224,9 +227,10 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
   const kmajor = Number(kernel.split('.')[0]);
   const nsArgs = ['--fork', '--pid', '--mount', '--uts', '--ipc', '--net', '--cgroup', 'true'];
 
-  const [ns, userns, cgroups, filesystems, loop, criu, runc, nft, ip, agent, state, nofile, openssl, setpriv] = await Promise.all([
+  const [ns, userns, idmap, cgroups, filesystems, loop, criu, runc, nft, ip, agent, state, nofile, openssl, setpriv] = await Promise.all([
     run('unshare', nsArgs),
     run('unshare', ['--user', '--map-root-user', 'true']),
+    idmapProbe(),
     cgroupChecks(),
     readFile('/proc/filesystems', 'utf8').catch(() => ''),
     exists('/dev/loop-control'),
@@ -252,20 +256,14 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
       detail: ns.ok ? 'can be created' : firstLine(ns.out),
       fix: ns.ok ? undefined : 'needs root with CAP_SYS_ADMIN and a kernel with these namespaces (is this itself a restricted container?)',
     },
-    {
-      name: 'user namespaces',
-      ok: userns.ok,
-      optional: true,
-      detail: userns.ok ? 'can be created' : firstLine(userns.out),
-      fix: userns.ok ? undefined : 'sysctl user.max_user_namespaces=15000 (only needed for uid-mapped VPSs)',
-    },
+    usernsCheck(opts.userns ?? 'auto', userns.ok ? undefined : firstLine(userns.out), idmap),
     ...cgroups,
     { name: 'overlayfs', ok: overlay, detail: overlay ? 'in /proc/filesystems' : 'not in /proc/filesystems', fix: overlay ? undefined : 'modprobe overlay' },
     { name: 'loop devices', ok: loop, detail: loop ? '/dev/loop-control present' : '/dev/loop-control missing', fix: loop ? undefined : 'modprobe loop' },
     runc,
     ociRuntimeCheck(opts),
     ...criu,
-    nonRootCheckpointCheck(),
+    nonRootCheckpointCheck(hasCapability(CAP_SYS_RESOURCE), (opts.userns ?? 'auto') !== 'off' && userns.ok && !idmap),
     nft,
     ip,
     agent,
@@ -274,6 +272,37 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
     openssl,
     setpriv,
   ];
+}
+
+/** Whether this host can make an idmapped mount (what VPS layers in user namespaces need); the error otherwise. */
+async function idmapProbe(): Promise<string | undefined> {
+  const dir = await mkdtemp(join(os.tmpdir(), 'runbox-doctor-idmap-'));
+  try {
+    await mkdir(join(dir, 'src'));
+    await mkdir(join(dir, 'dst'));
+    await idmapMount(join(dir, 'src'), join(dir, 'dst'), { hostId: 2 ** 30, count: 65536 });
+    await umount(join(dir, 'dst'));
+    return undefined;
+  } catch (e) {
+    return (e as Error).message;
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** Whether VPSs get user namespaces here (RUNBOX_USERNS), from whether user namespaces and idmapped mounts work. */
+export function usernsCheck(mode: 'auto' | 'on' | 'off', usernsError: string | undefined, idmapError: string | undefined): DoctorCheck {
+  const name = 'user namespaces (RUNBOX_USERNS)';
+  if (mode === 'off') return { name, ok: true, optional: true, detail: 'off: root inside a VPS is host root' };
+  const why = usernsError ?? idmapError;
+  if (!why) return { name, ok: true, detail: `${mode}: each VPS in a user namespace of its own (root inside = an unprivileged host uid of its own range)` };
+  return {
+    name,
+    ok: false,
+    optional: mode === 'auto',
+    detail: `${mode === 'auto' ? 'auto: VPSs run without user namespaces (root inside is host root)' : 'on: VPS creation fails'}, because ${usernsError ? 'user namespaces cannot be created' : 'idmapped mounts fail'}: ${why}`,
+    fix: usernsError ? 'sysctl user.max_user_namespaces=15000' : 'a kernel with idmapped mounts for the state dir\'s file system and overlayfs (Linux 5.19 or newer)',
+  };
 }
 
 /** Which OCI runtime VPSs get here, and why (a forced crun that cannot run fails the check). */
@@ -288,7 +317,10 @@ export function ociRuntimeCheck(opts: Pick<DoctorOptions, 'runtime' | 'runcPath'
 }
 
 /** CRIU reads a dumped process's rlimits with prlimit(2): for another user's process that needs CAP_SYS_RESOURCE. */
-export function nonRootCheckpointCheck(capable = hasCapability(CAP_SYS_RESOURCE)): DoctorCheck {
+export function nonRootCheckpointCheck(capable = hasCapability(CAP_SYS_RESOURCE), viaUserns = false): DoctorCheck {
+  if (viaUserns && !capable) {
+    return { name: 'checkpoints of non-root jobs', ok: true, optional: true, detail: "VPSs have user namespaces, whose ids host root controls: jobs that run as any user can be checkpointed and moved (root itself lacks CAP_SYS_RESOURCE)" };
+  }
   return {
     name: 'checkpoints of non-root jobs',
     ok: capable,

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { exec, execOk } from '../exec.js';
-import { errnoCode, netnsAdd, netnsDel } from '../native/sys.js';
+import { errnoCode, netnsAdd, netnsAttach, netnsDel } from '../native/sys.js';
 import { RunboxError } from '../../core/errors.js';
 import { gateway, ipToInt, parseCidr, poolSize, vpsAddress, type Cidr } from './addr.js';
 import { firewallScript, peerHostsScript, portGuardElements, portGuardScript, vpsElementsScript, vpsMac } from './firewall.js';
@@ -178,9 +178,21 @@ export class HostNetwork {
   }
 
   /** `restoring`: the VPS's processes come from a checkpoint, its agent does not start afresh. */
-  async setup(vpsId: string, mode: NetworkMode, wantedAddress?: string, restoring = false): Promise<VpsNetwork> {
+  /**
+   * The VPS's network: a netns of its own with a veth pair on the bridge, its address, the pins.
+   * A VPS in a user namespace (`userns`) has a netns its runtime made inside it (CRIU dumps a VPS
+   * only with namespaces its user namespace owns): `attachPid` names the one that process is in
+   * and links it up; without `attachPid` (a restore: CRIU makes the netns and its veth pair, see
+   * criuVethOptions), only the host's side is made: the address lease and the pins, and
+   * adoptRestored names the netns CRIU made.
+   */
+  async setup(vpsId: string, mode: NetworkMode, wantedAddress?: string, restoring = false, userns?: { attachPid?: number }): Promise<VpsNetwork> {
     if (mode === 'none') {
       const netns = this.netnsName(vpsId);
+      if (userns) {
+        if (userns.attachPid) await netnsAttach(netns, userns.attachPid);
+        return { mode, netns };
+      }
       // A fresh agent brings loopback up itself; a restored VPS's sockets need it up before CRIU
       // reconnects them.
       await netnsAdd(netns, { loopbackUp: restoring });
@@ -201,7 +213,9 @@ export class HostNetwork {
       const done = await Promise.allSettled([
         execOk(['nft', '-f', '-'], { input: elements }),
         (async () => {
-          await netnsAdd(netns);
+          if (userns && !userns.attachPid) return;
+          if (userns?.attachPid) await netnsAttach(netns, userns.attachPid);
+          else await netnsAdd(netns);
           // The VPS end is created inside the netns (with the MAC its port is pinned to) and the
           // host end moved to the network namespace this process runs in (by pid: a worker of
           // `runbox cluster` runs in a namespace of its own, not in PID 1's): one ip process per
@@ -209,7 +223,7 @@ export class HostNetwork {
           await execOk(['ip', '-n', netns, '-batch', '-'], {
             input: [
               'link set lo up',
-              `link add eth0 address ${mac} type veth peer name ${hostVeth} netns ${process.pid}`,
+              `link add eth0 address ${mac} index ${vethIndex(vpsId, 'vps')} type veth peer name ${hostVeth} index ${vethIndex(vpsId, 'host')} netns ${process.pid}`,
               `addr add ${address}/${this.cidr.prefix} dev eth0`,
               'link set eth0 up',
               `route add default via ${gw}`,
@@ -228,6 +242,29 @@ export class HostNetwork {
       await this.teardown(vpsId, net).catch(() => undefined);
       throw e;
     }
+  }
+
+  /**
+   * A VPS in a user namespace has its network namespace made by the runtime and then by CRIU on a
+   * restore, with its links: CRIU makes the veth pair again, the host end named and put on the
+   * bridge by these CRIU options. The address lease and the firewall pins stay as they were.
+   */
+  criuVethOptions(net: VpsNetwork): string[] {
+    return net.hostVeth ? [`veth-pair eth0=${net.hostVeth}`] : [];
+  }
+
+  /** Before CRIU makes a userns VPS's network again: its old namespace name and host link go (lease and pins stay). */
+  async releaseForRestore(vpsId: string, net: VpsNetwork): Promise<void> {
+    if (net.mode !== 'none') await exec(['ip', 'link', 'del', net.hostVeth ?? this.vethName(vpsId)]);
+    await removeNetns(net.netns ?? this.netnsName(vpsId));
+  }
+
+  /** After CRIU made it again: the namespace named as before, the host link isolated on the bridge as setup() leaves it. */
+  async adoptRestored(vpsId: string, net: VpsNetwork, pid: number): Promise<void> {
+    await netnsAttach(net.netns ?? this.netnsName(vpsId), pid);
+    if (net.mode === 'none') return;
+    const hostVeth = net.hostVeth ?? this.vethName(vpsId);
+    await execOk(['ip', '-batch', '-'], { input: [`link set ${hostVeth} master ${this.bridge} up`, `link set ${hostVeth} type bridge_slave isolated on`].join('\n') });
   }
 
   /** The host's nameservers when they differ from what @nameservers holds (then they are refilled with the VPS's elements). */
@@ -276,6 +313,17 @@ export class HostNetwork {
       files.map(async (address) => ({ address, vpsId: (await fs.readFile(path.join(this.addrDir, address), 'utf8').catch(() => '')).trim() })),
     );
   }
+}
+
+/**
+ * Interface indexes of a VPS's veth pair, high and spread (a hash of its id): CRIU restores a
+ * userns VPS's veth pair from the host's network namespace with the indexes it had, and an index
+ * the host already uses there makes the kernel take the request for a change of that device
+ * (EOPNOTSUPP). The host numbers its own devices from 1 upwards.
+ */
+export function vethIndex(vpsId: string, end: 'vps' | 'host'): number {
+  const h = createHash('sha256').update(`${end}\0${vpsId}`).digest();
+  return 2 ** 30 + (h.readUInt32BE(0) % (2 ** 30 - 1));
 }
 
 /** Idempotent `ip netns del` (in this process): a netns already gone is fine. */

@@ -69,9 +69,28 @@ export interface SpecInput {
    * installs it itself, and runc is given no profile to compile. Absent: runc compiles the profile.
    */
   agentSeccomp?: string;
+  /**
+   * The VPS's own user namespace (the file `path`, made with its netns): root inside is host uid
+   * (and gid) `hostId`, ids 0..count-1 inside are hostId..hostId+count-1 outside. Absent: root
+   * inside is host root.
+   */
+  userns?: { hostId: number; count: number };
+  /**
+   * With `userns`: name the standard devices as bind mounts (crun, which tells CRIU only about the
+   * bind mounts of the config; runc names its device binds to CRIU itself and fails when they are
+   * in the config as well).
+   */
+  deviceMounts?: boolean;
 }
 
 const CFS_PERIOD_US = 100_000;
+
+/**
+ * The standard device nodes. In a user namespace the runtime cannot make nodes (mknod) and binds
+ * the host's instead; named here as mounts so that the runtime tells CRIU they are external bind
+ * mounts (CRIU refuses to dump a bind of a host file it was not told about).
+ */
+export const STANDARD_DEVICES = ['/dev/null', '/dev/zero', '/dev/full', '/dev/random', '/dev/urandom', '/dev/tty'];
 
 /** Builds the OCI runtime config.json for one VPS. Pure: same input, same document. */
 export function buildSpec(input: SpecInput): Record<string, unknown> {
@@ -112,6 +131,9 @@ export function buildSpec(input: SpecInput): Record<string, unknown> {
       { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', 'ro'] },
       ...input.sysDirsHidden.map((destination) => ({ destination, type: 'bind', source: input.emptyDir, options: ['bind', 'ro', 'nosuid', 'nodev', 'noexec'] })),
       { destination: AGENT_PATH_IN_VPS, type: 'bind', source: input.agentHostPath, options: ['bind', 'ro', 'nosuid', 'nodev'] },
+      ...(input.userns && input.deviceMounts
+        ? [...STANDARD_DEVICES, ...(input.tun ? [TUN_NODE.path] : [])].map((d) => ({ destination: d, type: 'bind', source: d, options: ['bind', 'nosuid', 'noexec'] }))
+        : []),
     ],
     linux: {
       namespaces: [
@@ -121,7 +143,15 @@ export function buildSpec(input: SpecInput): Record<string, unknown> {
         { type: 'ipc' },
         { type: 'cgroup' },
         input.netnsPath ? { type: 'network', path: input.netnsPath } : { type: 'network' },
+        // Made by the runtime with the others, which it then owns (CRIU needs that; net/network.ts).
+        ...(input.userns ? [{ type: 'user' }] : []),
       ],
+      ...(input.userns
+        ? {
+            uidMappings: [{ containerID: 0, hostID: input.userns.hostId, size: input.userns.count }],
+            gidMappings: [{ containerID: 0, hostID: input.userns.hostId, size: input.userns.count }],
+          }
+        : {}),
       cgroupsPath: input.cgroupsPath,
       ...(input.tun ? { devices: [TUN_NODE] } : {}),
       resources: {

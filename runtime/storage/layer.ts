@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { execOk } from '../exec.js';
-import { copySparse, errnoCode, freezeFs, mountLoop, mount, MS, thawFs, umount } from '../native/sys.js';
+import { copySparse, errnoCode, freezeFs, idmapMount, mountAs, mountLoop, mount, MOUNT_ATTR, MS, thawFs, umount, type IdMapping } from '../native/sys.js';
 import { RunboxError } from '../../core/errors.js';
 import { newId } from '../../core/ids.js';
 
@@ -22,11 +22,27 @@ import { newId } from '../../core/ids.js';
  * database", SQLITE_READONLY_DBMOVED), CRIU's inotify restore (by file handle) fails.
  * (Template files a job changed were copied up: overlayfs reports their lower inode number
  * until the first move, the upper one after it; templates are built per host anyway.)
+ *
+ * A VPS in a user namespace (`idmap`) sees both layers through idmapped mounts (`lower`,
+ * `mappedLayer`): files stored as uid N appear as the VPS's hostId + N. So the template is shared
+ * unshifted by every VPS whatever its ids, and the disk image keeps the ids as the VPS sees them
+ * (root = 0): it moves to a host that gives the VPS other host ids, as a VM's disk would.
  */
 export interface LayerPaths {
   image: string;
   layerMount: string;
   rootfs: string;
+  /** The template, idmapped (user namespace only). */
+  lower?: string;
+  /** layerMount, idmapped (user namespace only): the overlay's upper and work dirs are in it. */
+  mappedLayer?: string;
+}
+
+/** How a layer is mounted: `idmap` for a VPS in a user namespace; `fillUpper` runs before the overlay (a restore). */
+export interface LayerRootOptions {
+  idmap?: IdMapping;
+  /** Runs with the disk mounted and upper/ made, before the overlay: fills upper/ for a restore. */
+  fillUpper?: (upperDir: string) => Promise<void>;
 }
 
 export interface LayerStore {
@@ -89,11 +105,10 @@ export async function mountLayer(
   p: LayerPaths,
   lowerdir: string,
   sizeMb: number,
-  /** Runs with the disk mounted and upper/ made, before the overlay: fills upper/ for a restore. */
-  fillUpper?: (upperDir: string) => Promise<void>,
+  o: LayerRootOptions = {},
 ): Promise<void> {
   await mountLayerDisk(store, p, sizeMb);
-  await mountLayerRoot(p, lowerdir, fillUpper);
+  await mountLayerRoot(p, lowerdir, o);
 }
 
 /**
@@ -115,13 +130,24 @@ export async function mountLayerDisk(store: LayerStore, p: LayerPaths, sizeMb: n
 }
 
 /** The second half: fills upper/ (a restore), then mounts the overlay root. Undoes the layer on failure. */
-export async function mountLayerRoot(p: LayerPaths, lowerdir: string, fillUpper?: (upperDir: string) => Promise<void>): Promise<void> {
+export async function mountLayerRoot(p: LayerPaths, lowerdir: string, o: LayerRootOptions = {}): Promise<void> {
   try {
-    await fillUpper?.(path.join(p.layerMount, 'upper'));
+    await o.fillUpper?.(path.join(p.layerMount, 'upper'));
+    let [lower, layer] = [lowerdir, p.layerMount];
+    if (o.idmap) {
+      if (!p.lower || !p.mappedLayer) throw new RunboxError('internal', 'an idmapped layer needs its lower and mappedLayer paths');
+      await Promise.all([fs.mkdir(p.lower), fs.mkdir(p.mappedLayer)]);
+      // Read-only template; the disk as mounted (nosuid, nodev).
+      await idmapMount(lowerdir, p.lower, o.idmap, { attrs: MOUNT_ATTR.RDONLY | MOUNT_ATTR.NOSUID });
+      await idmapMount(p.layerMount, p.mappedLayer, o.idmap, { attrs: MOUNT_ATTR.NOSUID | MOUNT_ATTR.NODEV });
+      [lower, layer] = [p.lower, p.mappedLayer];
+    }
     // nosuid: a tenant's setuid-root file never elevates a host user who reaches it by this path.
     // Not nodev: runc makes the VPS's /dev nodes in this root (runc fails "error reopening /dev/null
-    // inside container: permission denied"); host users are kept out by the 0700 state dir instead.
-    await mount('overlay', p.rootfs, 'overlay', { flags: MS.NOSUID, data: overlayOptions(lowerdir, p.layerMount) });
+    // inside container: permission denied"); host users are kept out by the VPS's root dir (0700).
+    const overlay = { flags: MS.NOSUID, data: overlayOptions(lower, layer) };
+    // Over idmapped layers the overlay is made as the VPS's root (the ids they map; see mountAs).
+    await (o.idmap ? mountAs(o.idmap.hostId, 'overlay', p.rootfs, 'overlay', overlay) : mount('overlay', p.rootfs, 'overlay', overlay));
   } catch (e) {
     await unmountLayer(p).catch(() => undefined);
     throw e;
@@ -133,7 +159,7 @@ export async function mountLayerRoot(p: LayerPaths, lowerdir: string, fillUpper?
  * `move` renames it into place (same file system), otherwise it is copied (sparse). The image
  * must have exactly the size the VPS's spec says: anything else is not this VPS's disk.
  */
-export async function mountLayerImage(p: LayerPaths, lowerdir: string, image: { path: string; move: boolean; sizeMb: number }): Promise<void> {
+export async function mountLayerImage(p: LayerPaths, lowerdir: string, image: { path: string; move: boolean; sizeMb: number }, o: LayerRootOptions = {}): Promise<void> {
   const st = await fs.lstat(image.path).catch(() => undefined);
   if (!st?.isFile() || st.size !== image.sizeMb * 1024 * 1024) {
     throw new RunboxError('checkpoint_incompatible', `the VPS's disk image is ${st?.isFile() ? `${st.size} bytes` : 'missing or not a file'}, not the ${image.sizeMb} MiB its spec says`);
@@ -148,7 +174,7 @@ export async function mountLayerImage(p: LayerPaths, lowerdir: string, image: { 
     await unmountLayer(p).catch(() => undefined);
     throw e;
   }
-  await mountLayerRoot(p, lowerdir);
+  await mountLayerRoot(p, lowerdir, o);
 }
 
 /** The image on a loop device (detached again at the unmount), on layerMount. */
@@ -186,6 +212,48 @@ export async function freezeLayer(p: LayerPaths): Promise<() => Promise<void>> {
 /** Layer mounts this process froze and has not thawed (unmountLayer thaws them). */
 const frozenLayers = new Set<string>();
 
+/**
+ * Makes `dirs` (absolute paths inside the VPS) in an upper dir, before the overlay is mounted,
+ * where neither layer has them: mount points a runtime cannot make itself. A runtime restoring a
+ * VPS in a user namespace makes the mount points of its config in the root as host root, which the
+ * idmapped layer does not map (EOVERFLOW); those in the root at create time were made by the VPS's
+ * root and are on its disk, but not those nested in another mount (/sys/firmware: inside sysfs).
+ * Each dir made takes the mode of the template's dir where it has one; the owner is the VPS's root.
+ */
+export async function ensureUpperDirs(upper: string, lower: string, dirs: readonly string[]): Promise<void> {
+  for (const dir of dirs) {
+    const parts = dir.split('/').filter(Boolean);
+    for (let i = 1; i <= parts.length; i++) {
+      const rel = parts.slice(0, i).join('/');
+      const inUpper = await fs.lstat(path.join(upper, rel)).catch(() => undefined);
+      if (inUpper) {
+        if (inUpper.isDirectory()) continue;
+        break; // a whiteout or a file the job put there: leave it alone
+      }
+      const inLower = await fs.lstat(path.join(lower, rel)).catch(() => undefined);
+      if (inLower && !inLower.isDirectory()) break;
+      await fs.mkdir(path.join(upper, rel), { mode: inLower ? inLower.mode & 0o7777 : 0o755 });
+      if (inLower) await fs.chmod(path.join(upper, rel), inLower.mode & 0o7777);
+    }
+  }
+}
+
+/**
+ * Empty regular files at `files` (paths inside the VPS) in an upper dir where it has none: a
+ * runtime in a user namespace binds the host's device nodes over files it opens first, and the
+ * template's own nodes there cannot be opened so (runc: "open …/dev/tty: no such device or
+ * address"). Before the overlay is mounted; owner: the VPS's root.
+ */
+export async function ensureUpperFiles(upper: string, files: readonly string[]): Promise<void> {
+  for (const f of files) {
+    const rel = f.replace(/^\/+/, '');
+    await fs.mkdir(path.join(upper, path.dirname(rel)), { recursive: true });
+    await fs.writeFile(path.join(upper, rel), '', { flag: 'wx', mode: 0o666 }).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'EEXIST') throw e;
+    });
+  }
+}
+
 /** Bytes the sparse image really takes (what copying or sending it costs). */
 export async function allocatedBytes(file: string): Promise<number> {
   return (await fs.stat(file)).blocks * 512;
@@ -199,10 +267,11 @@ export async function unmountLayer(p: LayerPaths): Promise<void> {
     if (await isMountPoint(layer)) await thawFs(layer).catch(() => undefined);
     frozenLayers.delete(layer);
   }
-  // Overlay first, then the disk under it (its loop device detaches itself). No look at the
-  // mount table first (it grows by 3 lines per VPS): the kernel says EINVAL for a directory that
-  // is not a mount point and ENOENT for one that is gone, and both are already undone.
-  for (const target of [p.rootfs, p.layerMount]) {
+  // Overlay first, then its layers, then the disk under them (its loop device detaches itself). No
+  // look at the mount table first (it grows by 3 lines per VPS): the kernel says EINVAL for a
+  // directory that is not a mount point and ENOENT for one that is gone, and both are already undone.
+  for (const target of [p.rootfs, p.lower, p.mappedLayer, p.layerMount]) {
+    if (!target) continue;
     // A busy mount (a process still holding a file) must not block teardown: detach it lazily.
     await umount(target).catch((e: unknown) => (notMounted(e) ? undefined : umount(target, { lazy: true })));
   }

@@ -6,12 +6,13 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isTerminal, type Job } from '../../core/job.js';
-import { TestCluster, TOKENS } from '../helpers/cluster-proc.js';
+import { postCopyClusterEnv, TestCluster, TOKENS } from '../helpers/cluster-proc.js';
 
 /** Live migration between two hosts of a `runbox cluster` (separate network namespaces, TCP). */
 let c: TestCluster;
 beforeAll(async () => {
   c = await TestCluster.start(2, {
+    ...postCopyClusterEnv(),
     RUNBOX_RATE_LIMIT_PER_SEC: '100000',
     RUNBOX_JOB_LOCK_MS: '3000',
     RUNBOX_FAULT_INJECTION: '1',

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isTerminal, type Job } from '../../core/job.js';
-import { TestCluster } from '../helpers/cluster-proc.js';
+import { postCopyClusterEnv, TestCluster } from '../helpers/cluster-proc.js';
 
 /**
  * What happens to a job when things break after its move's target said "I run it now": every
@@ -11,6 +11,7 @@ import { TestCluster } from '../helpers/cluster-proc.js';
 let c: TestCluster;
 beforeAll(async () => {
   c = await TestCluster.start(3, {
+    ...postCopyClusterEnv(),
     RUNBOX_RATE_LIMIT_PER_SEC: '100000',
     RUNBOX_JOB_LOCK_MS: '3000',
     RUNBOX_FAULT_INJECTION: '1',

@@ -4,7 +4,7 @@ import { runSoak } from '../../bench/soak-run.js';
 /**
  * The soak (bench/soak-run.ts, `npm run bench -- soak` at full size), short: a 3-host cluster,
  * jobs of every kind (busybox counters, SQLite over loopback TCP as root, a memory checksum, files
- * with a manifest) with checkpoints every 5 s, live moves in both modes, a drain, the busiest host
+ * with a manifest) with checkpoints every 5 s, live moves (both modes where the hosts can), a drain, the busiest host
  * killed. Nothing may be lost, stuck, repeated, corrupted or left behind.
  */
 describe('soak', () => {
@@ -13,7 +13,8 @@ describe('soak', () => {
     expect({ bad: r.bad, stuck: r.stuck, leaks: r.leaks }).toEqual({ bad: [], stuck: [], leaks: [] });
     expect(r.succeeded).toBe(8);
     expect(r.moves.ok).toBeGreaterThanOrEqual(15);
-    expect(r.frozenMs.byMode['post-copy']!.count).toBeGreaterThan(0);
+    // Post-copy where the hosts can (not with user namespaces and vm.unprivileged_userfaultfd=0).
+    if (r.modes.includes('post-copy')) expect(r.frozenMs.byMode['post-copy']!.count).toBeGreaterThan(0);
     expect(r.frozenMs.byMode['stop-and-copy']!.count).toBeGreaterThan(0);
     expect(r.restoredAfterKill).toBeGreaterThanOrEqual(1);
   }, 600_000);

@@ -6,9 +6,27 @@ import path from 'node:path';
 import { REPO_ROOT } from '../../core/config.js';
 import type { Job } from '../../core/job.js';
 import { TEMPLATES_DIR } from './engine.js';
+import { usernsPostCopyRefusal } from '../../runtime/checkpoint/lazy.js';
 import { freePort, waitFor } from './net.js';
 
 export const TOKENS = { default: 'cluster-token-default', b: 'cluster-token-b' };
+
+/**
+ * For clusters whose tests need post-copy moves: hosts without user namespaces where VPSs in them
+ * cannot be restored lazily here (vm.unprivileged_userfaultfd=0, runtime/checkpoint/lazy.ts), so
+ * that post-copy is what they test; moves of userns VPSs are tested in test/e2e/userns.test.ts.
+ */
+export function postCopyClusterEnv(): NodeJS.ProcessEnv {
+  if ((process.env.RUNBOX_USERNS ?? 'auto') === 'off') return {};
+  const unprivileged = (() => {
+    try {
+      return readFileSync('/proc/sys/vm/unprivileged_userfaultfd', 'utf8').trim();
+    } catch {
+      return '0';
+    }
+  })();
+  return usernsPostCopyRefusal(unprivileged) ? { RUNBOX_USERNS: 'off' } : {};
+}
 
 /** `runbox cluster up --hosts N` as a child process, with an HTTP client for its API. */
 export class TestCluster {

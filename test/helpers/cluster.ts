@@ -32,6 +32,7 @@ export async function testServiceConfig(redis: TestRedis, overrides: Partial<Ser
       RUNBOX_POOL_MIN_IDLE: '1',
       RUNBOX_LOG_LEVEL: 'silent',
       RUNBOX_RUNTIME: process.env.RUNBOX_RUNTIME ?? 'auto',
+      RUNBOX_USERNS: process.env.RUNBOX_USERNS ?? 'auto',
     },
     `host-${newId(3)}`,
   );
@@ -95,7 +96,7 @@ export class Submitter {
 export async function removeState(cfg: ServiceConfig, engine?: WorkerHandle['engine']): Promise<void> {
   const e =
     engine ??
-    new RuncEngine({ stateDir: cfg.stateDir, runcPath: cfg.runcPath, crunPath: cfg.crunPath, runtime: cfg.runtime, agentPath: cfg.agentPath, netCidr: cfg.netCidr, log: createLogger('silent') });
+    new RuncEngine({ stateDir: cfg.stateDir, runcPath: cfg.runcPath, crunPath: cfg.crunPath, runtime: cfg.runtime, userns: cfg.userns, agentPath: cfg.agentPath, netCidr: cfg.netCidr, log: createLogger('silent') });
   await gc(e, { all: true });
   await fs.rm(cfg.stateDir, { recursive: true, force: true });
 }

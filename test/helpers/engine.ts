@@ -20,6 +20,9 @@ export const AGENT = path.join(REPO_ROOT, 'build/runbox-agent');
 /** The OCI runtime tests run VPSs with (RUNBOX_RUNTIME, as for a worker; default auto). */
 export const RUNTIME = (process.env.RUNBOX_RUNTIME ?? 'auto') as OciRuntimePreference;
 
+/** User namespaces for test VPSs (RUNBOX_USERNS, as for a worker; default auto). */
+export const USERNS = (process.env.RUNBOX_USERNS ?? 'auto') as 'auto' | 'on' | 'off';
+
 /** How a state dir's containers are reached, as a worker on this host started with the same environment would. */
 export function runtimeOf(stateDir: string): RuncGlobal {
   const { kind, path: bin } = resolveOciRuntime(RUNTIME, { runc: 'runc', crun: process.env.RUNBOX_CRUN });
@@ -32,7 +35,7 @@ let subnet = 0;
  * A runtime instance of its own for one test file: own state dir, own runc root, own cgroup
  * parent, own bridge and address range (10.<200-250>.<k>.0/24), all removed by `cleanup()`.
  */
-export async function testEngine(name: string, extra: Partial<Pick<RuncEngineOptions, 'egressAllow' | 'vpsTun' | 'nameservers' | 'seccomp' | 'runtime'>> = {}): Promise<TestEngine> {
+export async function testEngine(name: string, extra: Partial<Pick<RuncEngineOptions, 'egressAllow' | 'vpsTun' | 'nameservers' | 'seccomp' | 'runtime' | 'userns'>> = {}): Promise<TestEngine> {
   const stateDir = await fs.mkdtemp(path.join(os.tmpdir(), `runbox-test-${name}-`));
   // Distinct /24 per engine: derived from the pid and a counter so parallel test files differ.
   const k = (process.pid * 7 + subnet++) % 12800;
@@ -42,6 +45,7 @@ export async function testEngine(name: string, extra: Partial<Pick<RuncEngineOpt
     templatesDir: TEMPLATES_DIR,
     runcPath: 'runc',
     runtime: RUNTIME,
+    userns: USERNS,
     criuPath: CRIU,
     agentPath: AGENT,
     netCidr: cidr,

@@ -9,6 +9,8 @@ import type { RuncEngine } from '../../runtime/runc-engine.js';
  */
 export interface HostSnapshot {
   mounts: number;
+  /** User namespace id ranges the instance holds. */
+  usernsSlots: number;
   netns: number;
   links: number;
   runcContainers: number;
@@ -26,7 +28,8 @@ export async function hostSnapshot(engine: RuncEngine): Promise<HostSnapshot> {
   const cgroups = await countCgroups(engine.layout.cgroupParent);
   const loops = execFileSync('losetup', ['--list', '--noheadings']).toString().split('\n').filter((l) => l.includes(stateDir));
   return {
-    mounts: mountinfo.split('\n').filter((l) => l.includes(stateDir)).length,
+    mounts: mountinfo.split('\n').filter((l) => l.includes(stateDir) || l.includes(`${engine.layout.rootsDir}/`)).length,
+    usernsSlots: (await engine.usernsRanges.held()).length,
     netns: netns.filter((n) => n.startsWith(`rb${instance}-`)).length,
     links: links.length,
     runcContainers: runc?.length ?? 0,

@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dumpForMove } from '../../runtime/checkpoint/checkpoint.js';
-import { freePort, lazyDumpForMove, postCopySupport, startLazyPages, type LazyPages } from '../../runtime/checkpoint/lazy.js';
+import { freePort, lazyDumpForMove, postCopySupport, startLazyPages, usernsPostCopyRefusal, type LazyPages } from '../../runtime/checkpoint/lazy.js';
 import { CRIU, testEngine, type TestEngine } from '../helpers/engine.js';
 import { hostSnapshot } from '../helpers/host.js';
 import { waitFor } from '../helpers/net.js';
@@ -98,10 +98,13 @@ describe('a restore prepared ahead (network made before the checkpoint exists)',
     await b.engine.prepareRestore(id, spec, { network: 'private', diskMb: 64 }); // the same plan: kept as it is
     const again = JSON.parse(await fs.readFile(path.join(b.engine.layout.vps(id).dir, 'vps.json'), 'utf8')) as { network: { address: string } };
     expect(again.network.address).toBe(first.network.address);
-    expect((await hostSnapshot(b.engine)).netns).toBe(before.netns + 1);
+    // A VPS in a user namespace gets its netns from CRIU at the restore (inside that namespace):
+    // only the address and the pins are made ahead.
+    const aheadNetns = (await b.engine.usernsEnabled()) ? 0 : 1;
+    expect((await hostSnapshot(b.engine)).netns).toBe(before.netns + aheadNetns);
     await b.engine.prepareRestore(id, { ...spec, diskMb: 128 }, { network: 'none', diskMb: 128 }); // another plan: replaced
     expect((await hostSnapshot(b.engine)).links).toBe(before.links); // no veth for "none"
-    expect((await hostSnapshot(b.engine)).netns).toBe(before.netns + 1);
+    expect((await hostSnapshot(b.engine)).netns).toBe(before.netns + aheadNetns);
     await expect(b.engine.create(id, spec)).rejects.toMatchObject({ code: 'conflict' }); // only a restore takes it
     await b.engine.destroy(id);
     expect(await hostSnapshot(b.engine)).toEqual(before);
@@ -109,9 +112,28 @@ describe('a restore prepared ahead (network made before the checkpoint exists)',
 });
 
 describe('post-copy move (lazy pages) of a running VPS', () => {
+  // In user namespaces CRIU restores lazily only with vm.unprivileged_userfaultfd=1, which runbox
+  // leaves as the host has it (checkpoint/lazy.ts): where it is 0, hosts with user namespaces move
+  // by stop-and-copy (the refusal is tested below) and the lazy mechanism is tested without.
+  let la: TestEngine;
+  let lb: TestEngine;
+  let own = false;
   beforeAll(async () => {
     const support = await postCopySupport(CRIU, true);
     expect(support, support.detail).toMatchObject({ ok: true });
+    const unprivileged = (await fs.readFile('/proc/sys/vm/unprivileged_userfaultfd', 'utf8').catch(() => '0')).trim();
+    own = (await a.engine.usernsEnabled()) && usernsPostCopyRefusal(unprivileged) !== undefined;
+    [la, lb] = own ? [await testEngine('lazy-a', { userns: 'off' }), await testEngine('lazy-b', { userns: 'off' })] : [a, b];
+  });
+  afterAll(async () => {
+    if (own) await Promise.all([la?.cleanup(), lb?.cleanup()]);
+  });
+
+  it('is refused on a host whose VPSs have user namespaces unless unprivileged userfaultfd is on, with the reason', async () => {
+    const unprivileged = (await fs.readFile('/proc/sys/vm/unprivileged_userfaultfd', 'utf8').catch(() => '0')).trim();
+    const support = await postCopySupport(CRIU, false, { userns: true });
+    if (unprivileged === '1') expect(support.ok).toBe(true);
+    else expect(support).toEqual({ ok: false, detail: expect.stringMatching(/unprivileged_userfaultfd=1 \(it is 0.*stop and copy/) });
   });
 
   const script = [
@@ -128,7 +150,7 @@ describe('post-copy move (lazy pages) of a running VPS', () => {
   };
 
   it('restores on the other host at once and pulls the memory from the source: same output, memory intact', async () => {
-    const src = await a.create({ hostname: 'lazy-box' });
+    const src = await la.create({ hostname: 'lazy-box' });
     let out = '';
     const first = src.run({ argv: ['sh', '-c', script], timeoutSec: 60, outputBytes: 1 << 20, onOutput: (_s, d) => (out += d.toString()) });
     const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'runbox-lazy-'));
@@ -137,12 +159,12 @@ describe('post-copy move (lazy pages) of a running VPS', () => {
       await waitFor(() => out.split('\n').length > 10, 'ten lines on the source', 10_000);
       // As a move's target does before the freeze: the VPS's network and disk, made ahead (create
       // below would fail with "already exists" if it did not take them).
-      await b.engine.prepareRestore(src.id, src.info().spec, { network: 'none', diskMb: src.info().spec.diskMb });
-      expect(await fs.readdir('/run/netns')).toContain(b.engine.net.netnsName(src.id));
+      await lb.engine.prepareRestore(src.id, src.info().spec, { network: 'none', diskMb: src.info().spec.diskMb });
+      if (!(await lb.engine.usernsEnabled())) expect(await fs.readdir('/run/netns')).toContain(lb.engine.net.netnsName(src.id));
       const source = { address: '127.0.0.1', port: await freePort('127.0.0.1') };
-      const dumped = await lazyDumpForMove(a.engine, src, dir, source);
+      const dumped = await lazyDumpForMove(la.engine, src, dir, source);
       pages = await startLazyPages(CRIU, { imagesDir: dumped.imagesDir, workDir: path.join(dir, 'lazy-work'), source });
-      const dst = await b.engine.create(src.id, src.info().spec, { imagesDir: dumped.imagesDir, disk: { path: dumped.diskImage, move: false }, lazyPagesWorkDir: pages.workDir });
+      const dst = await lb.engine.create(src.id, src.info().spec, { imagesDir: dumped.imagesDir, disk: { path: dumped.diskImage, move: false }, lazyPagesWorkDir: pages.workDir });
       await dumped.releaseDisk();
       src.handOver();
       const handed = await first;
@@ -153,27 +175,27 @@ describe('post-copy move (lazy pages) of a running VPS', () => {
       expected(out);
     } finally {
       await pages?.stop();
-      await a.engine.destroy(src.id);
-      await b.engine.destroy(src.id);
+      await la.engine.destroy(src.id);
+      await lb.engine.destroy(src.id);
       await fs.rm(dir, { recursive: true, force: true });
     }
   });
 
   it('cancelled before the target restored: the VPS thaws on its source and goes on, nothing lost', async () => {
-    const src = await a.create();
+    const src = await la.create();
     let out = '';
     const run = src.run({ argv: ['sh', '-c', script], timeoutSec: 60, outputBytes: 1 << 20, onOutput: (_s, d) => (out += d.toString()) });
     const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'runbox-lazy-'));
     try {
       await waitFor(() => out.split('\n').length > 10, 'ten lines on the source', 10_000);
-      const dumped = await lazyDumpForMove(a.engine, src, dir, { address: '127.0.0.1', port: await freePort('127.0.0.1') });
+      const dumped = await lazyDumpForMove(la.engine, src, dir, { address: '127.0.0.1', port: await freePort('127.0.0.1') });
       await dumped.cancel();
       await expect(dumped.transferred).rejects.toThrow(/page transfer/);
       const r = await run;
       expect(r.exitCode).toBe(0);
       expected(out);
     } finally {
-      await a.engine.destroy(src.id);
+      await la.engine.destroy(src.id);
       await fs.rm(dir, { recursive: true, force: true });
     }
   });

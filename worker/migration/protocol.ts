@@ -108,6 +108,8 @@ export const AnswerSchema = z
     postCopy: z.boolean().optional(),
     /** The target's OCI runtime: CRIU images of runc and crun VPSs do not restore under the other. */
     runtime: z.enum(['runc', 'crun']).optional(),
+    /** Whether the target's VPSs have user namespaces: a VPS moves only between hosts that agree. */
+    userns: z.boolean().optional(),
   })
   .strict();
 export type Answer = z.infer<typeof AnswerSchema>;

@@ -182,7 +182,7 @@ async function freezeAndDump(
   prepared: Answer,
   fault: FaultStep | undefined,
 ): Promise<{ mode: MigrationMode; dir: string; dumped: Dumped }> {
-  const mismatch = runtimeMismatch(d.engine.ociRuntime.kind, prepared.runtime);
+  const mismatch = runtimeMismatch(d.engine.ociRuntime.kind, prepared.runtime) ?? usernsMismatch(await d.engine.usernsEnabled(), prepared.userns);
   if (mismatch) throw new RunboxError('checkpoint_incompatible', `host ${target.id}: ${mismatch}; the job keeps running on ${d.hostId}`);
   const canPostCopy = d.postCopy && prepared.postCopy && !!d.address;
   if (preference === 'post-copy' && !canPostCopy) {
@@ -268,6 +268,16 @@ function causeChain(e: unknown): string {
   const lines: string[] = [];
   for (let c: unknown = e; c !== undefined && lines.length < 10; c = c instanceof Error ? c.cause : undefined) lines.push(errorMessage(c));
   return lines.join('\n');
+}
+
+/**
+ * Why a VPS of this host cannot move to a target that does (not) give VPSs user namespaces, or
+ * undefined: CRIU restores a VPS's user namespace with the VPS (or none), and a host runs its VPSs
+ * one way. A host that does not say has none (older hosts).
+ */
+export function usernsMismatch(ours: boolean, theirs: boolean | undefined): string | undefined {
+  const has = (v: boolean) => (v ? 'in user namespaces' : 'without user namespaces');
+  return ours === (theirs ?? false) ? undefined : `it runs its VPSs ${has(theirs ?? false)}, this host ${has(ours)}, and a VPS cannot move between them (RUNBOX_USERNS)`;
 }
 
 /**

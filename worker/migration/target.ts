@@ -87,7 +87,7 @@ export class MigrationServer {
     if (this.d.running.byId.has(m.jobId)) throw new RunboxError('conflict', `job ${m.jobId} is still leaving ${this.d.hostId}; move it here again in a moment`);
     const template = await this.templateVersion(m.template, true);
     if (m.vps) await this.prepareVps(m.jobId, m.migrationId, m.vps, template);
-    req.answer({ ok: true, postCopy: this.d.postCopy, runtime: this.d.engine.ociRuntime.kind });
+    req.answer({ ok: true, postCopy: this.d.postCopy, runtime: this.d.engine.ociRuntime.kind, userns: await this.d.engine.usernsEnabled() });
   }
 
   /** Makes the network of an incoming VPS while its job still runs on the source (see RuncEngine.prepareRestore). */

@@ -1,0 +1,202 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { resolveTemplate } from '../../runtime/templates/store.js';
+import { USERNS_FIRST_HOST_ID, USERNS_SIZE } from '../../runtime/userns/ranges.js';
+import { newId } from '../../core/ids.js';
+import { checkpoint, restore } from '../../runtime/checkpoint/checkpoint.js';
+import { TEMPLATES_DIR, testEngine, type TestEngine } from '../helpers/engine.js';
+
+/**
+ * Root in a VPS is not root on the host (issue 15): every VPS has its own user namespace and its
+ * own range of host ids. These checks look from the host, where a mapping shows.
+ */
+let t: TestEngine;
+beforeAll(async () => {
+  t = await testEngine('userns');
+});
+afterAll(async () => {
+  await t?.cleanup();
+});
+
+/** Uid line of /proc/<pid>/status: real, effective, saved, fs. */
+async function hostUids(pid: number): Promise<number[]> {
+  const status = await fs.readFile(`/proc/${pid}/status`, 'utf8');
+  return /^Uid:\s+(.*)$/m.exec(status)![1]!.trim().split(/\s+/).map(Number);
+}
+
+describe('user namespaces (RUNBOX_USERNS, default auto)', () => {
+  it('is on by default on this host', async () => {
+    expect(await t.engine.usernsEnabled()).toBe(true);
+  });
+
+  it("runs a VPS's processes as its own unprivileged host ids, with root inside mapped to them", async () => {
+    const a = await t.create();
+    const b = await t.create();
+    try {
+      const [ra, rb] = [(await t.engine.readRecord(a.id))!.userns!, (await t.engine.readRecord(b.id))!.userns!];
+      for (const r of [ra, rb]) {
+        expect(r.count).toBe(USERNS_SIZE);
+        expect(r.hostId).toBeGreaterThanOrEqual(USERNS_FIRST_HOST_ID);
+      }
+      // Distinct and not overlapping.
+      expect(Math.abs(ra.hostId - rb.hostId)).toBeGreaterThanOrEqual(USERNS_SIZE);
+      // The init (the agent, root inside) is the range's first id on the host, not 0.
+      expect(await hostUids(a.initPid!)).toEqual([ra.hostId, ra.hostId, ra.hostId, ra.hostId]);
+      // And inside: root, with the map naming the same range.
+      const out: Buffer[] = [];
+      const r = await a.run({
+        argv: ['sh', '-c', 'id -u; cat /proc/self/uid_map /proc/self/gid_map; sleep 0.3 & echo $!; wait'],
+        timeoutSec: 30,
+        outputBytes: 1 << 20,
+        onOutput: (_s, d) => out.push(Buffer.from(d)),
+      });
+      expect(r.exitCode).toBe(0);
+      const lines = Buffer.concat(out).toString().trim().split('\n').map((l) => l.trim().split(/\s+/).join(' '));
+      expect(lines.slice(0, 3)).toEqual(['0', `0 ${ra.hostId} ${USERNS_SIZE}`, `0 ${ra.hostId} ${USERNS_SIZE}`]);
+    } finally {
+      await t.engine.destroy(a.id);
+      await t.engine.destroy(b.id);
+    }
+  });
+
+  it('shows a job process of a non-root user inside as that user plus the base on the host', async () => {
+    const vps = await t.create();
+    try {
+      const pidFile = '/tmp/job.pid';
+      const run = vps.run({ argv: ['sh', '-c', `echo $$ > ${pidFile}; sleep 3`], user: '1000:1000', timeoutSec: 30, outputBytes: 1 << 20 });
+      const base = (await t.engine.readRecord(vps.id))!.userns!.hostId;
+      // The agent's child runs as 1000 inside: find it among the VPS's host processes.
+      let uids: number[] | undefined;
+      for (let i = 0; i < 100 && !uids; i++) {
+        const procs = (await fs.readFile(path.join('/sys/fs/cgroup/pids', t.engine.layout.vps(vps.id).cgroupsPath, 'cgroup.procs'), 'utf8').catch(() => ''))
+          .split('\n')
+          .filter(Boolean)
+          .map(Number);
+        for (const pid of procs) {
+          const u = await hostUids(pid).catch(() => undefined);
+          if (u && u[0] !== base) uids = u;
+        }
+        if (!uids) await new Promise((r) => setTimeout(r, 30));
+      }
+      expect(uids).toEqual([base + 1000, base + 1000, base + 1000, base + 1000]);
+      await vps.killAll();
+      await run;
+    } finally {
+      await t.engine.destroy(vps.id);
+    }
+  });
+
+  it("stores a file made by root inside as the VPS's root on the host, and as 0 on its disk image", async () => {
+    const vps = await t.create();
+    const p = t.engine.layout.vps(vps.id);
+    try {
+      const base = (await t.engine.readRecord(vps.id))!.userns!.hostId;
+      const r = await vps.run({ argv: ['sh', '-c', 'echo x > /root-made; chown 1000:1000 /root-made2 2>/dev/null; echo y > /user-made; chown 1000:1000 /user-made'], timeoutSec: 30, outputBytes: 1 << 20 });
+      expect(r.exitCode).toBe(0);
+      const viaRoot = await fs.stat(path.join(p.rootfs, 'root-made'));
+      expect([viaRoot.uid, viaRoot.gid]).toEqual([base, base]);
+      expect((await fs.stat(path.join(p.rootfs, 'user-made'))).uid).toBe(base + 1000);
+      // The disk keeps the ids the VPS sees (a disk that moves to another range stays right).
+      const onDisk = await fs.stat(path.join(p.layerMount, 'upper', 'root-made'));
+      expect([onDisk.uid, onDisk.gid]).toEqual([0, 0]);
+      expect((await fs.stat(path.join(p.layerMount, 'upper', 'user-made'))).uid).toBe(1000);
+      // The template's files appear as the VPS's, unchanged underneath.
+      expect((await fs.stat(path.join(p.rootfs, 'bin'))).uid).toBe(base);
+      const tpl = await resolveTemplate(TEMPLATES_DIR, 'base');
+      expect((await fs.stat(path.join(tpl.rootfs, 'bin'))).uid).toBe(0);
+    } finally {
+      await t.engine.destroy(vps.id);
+    }
+  });
+
+  it("keeps other host users out of a VPS's files: its root dir is its root's alone", async () => {
+    const vps = await t.create();
+    try {
+      const p = t.engine.layout.vps(vps.id);
+      const base = (await t.engine.readRecord(vps.id))!.userns!.hostId;
+      const dir = await fs.stat(p.rootDir);
+      expect([dir.uid, dir.mode & 0o777]).toEqual([base, 0o700]);
+      expect((await fs.stat(t.engine.layout.rootsDir)).mode & 0o777).toBe(0o711);
+      // The state dir holding its disk stays closed.
+      expect((await fs.stat(t.stateDir)).mode & 0o077).toBe(0);
+    } finally {
+      await t.engine.destroy(vps.id);
+    }
+  });
+
+  it("does not let one VPS's use of a per-user limit reach another VPS (pipe pages)", async () => {
+    // fs.pipe-user-pages-soft (16384 pages here) is counted per host user: once a user holds that
+    // many pipe pages, each new pipe of that user gets 2 pages (this kernel) instead of 16. Both VPSs run python
+    // as the template's user (1000 inside): without user namespaces the same host user.
+    const soft = Number(await fs.readFile('/proc/sys/fs/pipe-user-pages-soft', 'utf8'));
+    const python = await resolveTemplate(TEMPLATES_DIR, 'python');
+    const script = (pipes: number, hold: number) =>
+      `import os, fcntl, time\nkeep = [os.pipe() for _ in range(${pipes})]\nr, w = os.pipe()\nprint("size=%d" % fcntl.fcntl(w, 1032), flush=True)\ntime.sleep(${hold})\n`;
+    const hog = await t.create({ template: python });
+    const other = await t.create({ template: python });
+    try {
+      const hogOut: Buffer[] = [];
+      const hogRun = hog.run({
+        argv: ['python3', '-c', script(Math.ceil(soft / 16) + 64, 20)],
+        timeoutSec: 30,
+        outputBytes: 1 << 20,
+        onOutput: (_s, d) => hogOut.push(Buffer.from(d)),
+      });
+      for (let i = 0; i < 400 && !Buffer.concat(hogOut).toString().includes('size='); i++) await new Promise((r) => setTimeout(r, 25));
+      // The hog is over its user's budget: its own new pipe is small.
+      const hogSize = Number(/size=(\d+)/.exec(Buffer.concat(hogOut).toString())?.[1]);
+      expect(hogSize).toBeGreaterThan(0);
+      expect(hogSize).toBeLessThan(65536);
+      const otherOut: Buffer[] = [];
+      const r = await other.run({ argv: ['python3', '-c', script(0, 0)], timeoutSec: 30, outputBytes: 1 << 20, onOutput: (_s, d) => otherOut.push(Buffer.from(d)) });
+      expect(r.exitCode).toBe(0);
+      expect(Buffer.concat(otherOut).toString()).toContain('size=65536');
+      await hog.killAll();
+      await hogRun;
+    } finally {
+      await t.engine.destroy(hog.id);
+      await t.engine.destroy(other.id);
+    }
+  });
+
+  it('checkpoints and restores a job of a non-root user (CRIU reads its rlimits through its user namespace, owned by host root)', async () => {
+    // Without a user namespace CRIU needs CAP_SYS_RESOURCE for that, which root lacks on these
+    // hosts (core/checkpointable.ts); in one, host root holds every capability over the VPS's ids.
+    const vps = await t.create({ template: await resolveTemplate(TEMPLATES_DIR, 'python'), network: 'private' });
+    const out: Buffer[] = [];
+    try {
+      const run = vps.run({
+        argv: ['sh', '-c', 'id -u; i=0; while [ $i -lt 30 ]; do echo $i; i=$((i+1)); sleep 0.05; done'],
+        user: '1000',
+        timeoutSec: 30,
+        outputBytes: 1 << 20,
+        onOutput: (_s, d) => out.push(Buffer.from(d)),
+      });
+      for (let i = 0; i < 200 && Buffer.concat(out).toString().split('\n').length < 6; i++) await new Promise((r) => setTimeout(r, 20));
+      const cp = await checkpoint(t.engine, vps, { leaveRunning: false });
+      await restore(t.engine, vps, cp.imagePath);
+      const r = await run;
+      expect(r.exitCode).toBe(0);
+      const lines = Buffer.concat(out).toString().trim().split('\n');
+      expect(lines).toEqual(['1000', ...Array.from({ length: 30 }, (_, i) => String(i))]);
+    } finally {
+      await t.engine.destroy(vps.id);
+    }
+  });
+
+  it('gives every id range back when its VPS goes, and gc frees the ranges of VPSs that are gone', async () => {
+    const before = await t.engine.usernsRanges.held();
+    const vps = await t.create();
+    const lease = (await t.engine.readRecord(vps.id))!.userns!;
+    expect((await t.engine.usernsRanges.held()).map((h) => h.slot)).toContain(lease.slot);
+    await t.engine.destroy(vps.id);
+    expect(await t.engine.usernsRanges.held()).toEqual(before);
+    // A slot whose VPS never got a record (a crash in between): gc frees it.
+    const orphan = await t.engine.usernsRanges.allocate(newId());
+    const { gc } = await import('../../runtime/gc.js');
+    const report = await gc(t.engine);
+    expect(report.userns).toContain(orphan.slot);
+    expect(await t.engine.usernsRanges.held()).toEqual(before);
+  });
+});
