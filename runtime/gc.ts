@@ -85,6 +85,9 @@ export async function gc(engine: RuncEngine, opts: { all?: boolean } = {}): Prom
   if (opts.all) {
     await engine.net.removeAll();
     report.network = true;
+    // The instance's roots dir (empty by now), with its empty dir; another process of it remakes them.
+    await fs.rmdir(engine.layout.emptyDir).catch(() => undefined);
+    await fs.rmdir(engine.layout.rootsDir).catch(() => undefined);
   }
   return report;
 }

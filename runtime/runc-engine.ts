@@ -454,13 +454,6 @@ export class RuncEngine implements VpsEngine {
         .finally(() => plainCriuConfig?.());
       mark(restore ? 'runcRestore' : 'runcRun', tRunc);
       record.init = await readInitRef(p.pidFile);
-      if (record.userns && !restore) {
-        // Its network namespace is the runtime's, made inside its user namespace (CRIU dumps and
-        // restores a VPS only with namespaces its user namespace owns): attached now.
-        if (!record.init) throw new RunboxError('unavailable', `VPS ${id} started without a known init process`);
-        record.network = await this.net.setup(id, spec.network, undefined, false, { attachPid: record.init.pid });
-        await this.writeRecord(record);
-      }
       if (restore && record.userns) {
         if (!record.init) throw new RunboxError('unavailable', `VPS ${id} was restored without a known init process`);
         await this.net.adoptRestored(id, record.network, record.init.pid);
@@ -486,6 +479,15 @@ export class RuncEngine implements VpsEngine {
       this.live.set(id, vps);
       // A restored agent said "ready" long ago, on its first host; it is running a job now.
       if (!restore) await waitReady(channel);
+      if (record.userns && !restore) {
+        // Its network namespace is the runtime's, made inside its user namespace (CRIU dumps and
+        // restores a VPS only with namespaces its user namespace owns): linked up now, once the
+        // agent is ready (one that fails, e.g. its seccomp program refused, says so first).
+        if (!record.init) throw new RunboxError('unavailable', `VPS ${id} started without a known init process`);
+        record.network = await this.net.setup(id, spec.network, undefined, false, { attachPid: record.init.pid });
+        vps.setNetwork(record.network);
+        await this.writeRecord(record);
+      }
       // A fresh VPS runc gave the profile to: its agent (exec'd, so under the filter) holds the
       // compiled program, and no job has run yet.
       if (!restore && !agentSeccomp && record.init && this.opts.seccomp !== 'runc') await this.captureSeccomp(record.init, log);

@@ -110,6 +110,11 @@ export class RuncVps implements Vps {
     return { ...this.vpsInfo, state: this.stateValue };
   }
 
+  /** Its network, once linked up after the start (a VPS in a user namespace, RuncEngine.create). */
+  setNetwork(network: VpsInfo['network']): void {
+    this.vpsInfo = { ...this.vpsInfo, network };
+  }
+
   transition(op: VpsOp): void {
     this.stateValue = next(op, this.stateValue);
   }

@@ -84,19 +84,45 @@ export async function templatesInUse(stateDirs: string[]): Promise<Set<string>> 
   return out;
 }
 
-/** "name:hash" of versions that are the lower dir of an overlay mounted on this machine. */
+/**
+ * "name:hash" of versions mounted on this machine: the lower dir of an overlay, or the source of
+ * another mount of the version's rootfs (a VPS in a user namespace has its template through an
+ * idmapped mount, which its overlay names instead). The latter is found by file system and root:
+ * mountinfo gives each mount's device and the path within that device it shows.
+ */
 export async function mountedTemplates(templatesDir: string): Promise<Set<string>> {
   const out = new Set<string>();
   const info = await fs.readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
-  const prefix = `${path.resolve(templatesDir)}/`;
-  for (const line of info.split('\n')) {
-    const m = /[\s,]lowerdir=([^,\s]+)/.exec(line);
+  const decode = (p: string) => p.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  const tdir = path.resolve(templatesDir);
+  const prefix = `${tdir}/`;
+  const add = (rel: string) => {
+    const [name, hash, rootfs] = rel.split('/');
+    if (name && hash && rootfs === 'rootfs') out.add(`${name}:${hash}`);
+  };
+  const lines = info.split('\n').map((l) => l.split(' ')).filter((f) => f.length > 5);
+  for (const f of lines) {
+    const m = /[\s,]lowerdir=([^,\s]+)/.exec(` ${f.slice(6).join(' ')}`);
     if (!m) continue;
     for (const lower of m[1]!.split(':')) {
-      const p = lower.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-      if (!p.startsWith(prefix)) continue;
-      const [name, hash, rootfs] = p.slice(prefix.length).split('/');
-      if (name && hash && rootfs === 'rootfs') out.add(`${name}:${hash}`);
+      const p = decode(lower);
+      if (p.startsWith(prefix)) add(p.slice(prefix.length));
+    }
+  }
+  // The mount the templates dir is on (the last one mounted at the longest matching point)...
+  let host: string[] | undefined;
+  for (const f of lines) {
+    const mp = decode(f[4]!);
+    if (tdir !== mp && !tdir.startsWith(mp === '/' ? '/' : `${mp}/`)) continue;
+    if (!host || mp.length >= decode(host[4]!).length) host = f;
+  }
+  if (host) {
+    // ...and every mount of the same device showing a path under it.
+    const under = path.join(decode(host[3]!), path.relative(decode(host[4]!), tdir));
+    const rootPrefix = under === '/' ? '/' : `${under}/`;
+    for (const f of lines) {
+      const root = decode(f[3]!);
+      if (f[2] === host[2] && f !== host && root.startsWith(rootPrefix)) add(root.slice(rootPrefix.length));
     }
   }
   return out;

@@ -9,6 +9,7 @@ import { REPO_ROOT } from '../../core/config.js';
 import type { Job } from '../../core/job.js';
 import { checkpoint, restore } from '../../runtime/checkpoint/checkpoint.js';
 import { privacyAction } from '../../runtime/host/private-dirs.js';
+import { Layout } from '../../runtime/layout.js';
 import { TEMPLATES_DIR, testEngine } from '../helpers/engine.js';
 import { freePort, waitFor } from '../helpers/net.js';
 
@@ -19,7 +20,8 @@ import { freePort, waitFor } from '../helpers/net.js';
  * tenant's files, its checkpoint (CRIU images: process memory), the token file, Redis's data,
  * the templates. The state and checkpoint dirs start as an older runbox left them (0755), so
  * `runbox up` itself must make them private. Then the mount layer on its own: nosuid on the
- * overlay root (and nodev on the layer disk) hold even with the directories opened up.
+ * overlay root (and nodev on the layer disk) hold even with the directories opened up. With user
+ * namespaces (the default) the tenant's "root" files are not host root's and it cannot mknod.
  */
 const NOBODY = 65534;
 let stateDir: string;
@@ -148,13 +150,13 @@ describe('private state (runbox up)', () => {
       body: {
         script: [
           'chown 0:0 /suid && chmod 4755 /suid',
-          `mknod /blk-root b ${major} ${minor} && chmod 666 /blk-root`,
+          // In a user namespace (the default) mknod of a real device fails: no node to go after.
+          `if mknod /blk-root b ${major} ${minor} 2>/dev/null; then chmod 666 /blk-root; echo mknod-ok; else echo mknod-refused; fi`,
           'echo tenant-secret > /secret.txt && chmod 644 /secret.txt',
           'echo ready',
           // The host's disk cannot be opened even by root on some sandboxed hosts (EPERM): the
           // loop device under this VPS's own layer can, so a node for it is made too.
-          'i=0; while [ ! -s /devnum ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done',
-          'mknod /blk b $(cat /devnum) && chmod 666 /blk && echo made-blk',
+          'if [ -e /blk-root ]; then i=0; while [ ! -s /devnum ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; mknod /blk b $(cat /devnum) && chmod 666 /blk && echo made-blk; fi',
           'sleep 120',
         ].join('; '),
         files: { '/suid': { content: probe, encoding: 'base64', mode: 0o755 } },
@@ -165,34 +167,50 @@ describe('private state (runbox up)', () => {
     const id = created.body.id;
     try {
       await waitFor(async () => (await api<string>(`/v1/jobs/${id}/logs`)).body.includes('ready'), 'the job to plant its files', 60_000);
+      const { hosts } = (await api<{ hosts: Array<{ userns?: boolean }> }>('/v1/hosts')).body;
+      const userns = hosts[0]?.userns === true;
+      expect(userns).toBe((process.env.RUNBOX_USERNS ?? 'auto') !== 'off');
+      const nodes = (await api<string>(`/v1/jobs/${id}/logs`)).body.includes('mknod-ok');
+      expect(nodes).toBe(!userns);
       const cp = await api<{ id: string; sizeBytes: number }>(`/v1/jobs/${id}/checkpoint`, { method: 'POST' });
       expect(cp.status).toBe(201);
 
-      const vpsRoot = path.join(stateDir, 'vps');
-      const vpsId = (await fs.readdir(vpsRoot)).find((v) => spawnSync('test', ['-e', path.join(vpsRoot, v, 'bundle/rootfs/suid')]).status === 0);
+      const layout = new Layout(stateDir);
+      const vpsId = (await fs.readdir(layout.vpsRoot)).find((v) => spawnSync('test', ['-e', path.join(layout.vps(v).rootfs, 'suid')]).status === 0);
       expect(vpsId, 'the VPS holding /suid').toBeDefined();
-      const vps = path.join(vpsRoot, vpsId!);
-      const rootfs = path.join(vps, 'bundle/rootfs');
-      const loop = /^(\/dev\/loop\d+):/.exec(execFileSync('losetup', ['-j', path.join(vps, 'disk.img')], { encoding: 'utf8' }))![1]!;
-      const loopDev = readFileSync(`/sys/block/${path.basename(loop)}/dev`, 'utf8').trim().replace(':', ' ');
-      await fs.writeFile(path.join(rootfs, 'devnum'), `${loopDev}\n`);
-      await waitFor(async () => (await api<string>(`/v1/jobs/${id}/logs`)).body.includes('made-blk'), 'the job to make its loop device node', 30_000);
+      const paths = layout.vps(vpsId!);
+      const vps = paths.dir;
+      const rootfs = paths.rootfs;
+      if (nodes) {
+        const loop = /^(\/dev\/loop\d+):/.exec(execFileSync('losetup', ['-j', path.join(vps, 'disk.img')], { encoding: 'utf8' }))![1]!;
+        const loopDev = readFileSync(`/sys/block/${path.basename(loop)}/dev`, 'utf8').trim().replace(':', ' ');
+        await fs.writeFile(path.join(rootfs, 'devnum'), `${loopDev}\n`);
+        await waitFor(async () => (await api<string>(`/v1/jobs/${id}/logs`)).body.includes('made-blk'), 'the job to make its loop device node', 30_000);
+      }
       const cpFiles = await filesUnder(checkpointDir);
       const image = cpFiles.find((f) => /pages-\d+\.img$/.test(f)) ?? cpFiles[0];
       expect(image, 'a checkpoint image').toBeDefined();
 
       // Root on the host sees what the attacker is after: the paths are right.
       expect(readFileSync(path.join(rootfs, 'secret.txt'), 'utf8')).toBe('tenant-secret\n');
-      expect((await fs.stat(path.join(rootfs, 'suid'))).mode & 0o4000).toBe(0o4000);
-      expect((await fs.stat(path.join(rootfs, 'blk'))).isBlockDevice()).toBe(true);
-      expect(spawnSync('head', ['-c', '16', path.join(rootfs, 'blk')]).stdout.length).toBe(16); // the node opens, for root
+      const suid = await fs.stat(path.join(rootfs, 'suid'));
+      expect(suid.mode & 0o4000).toBe(0o4000);
+      // "root" inside: host root without a user namespace, the VPS's own unprivileged base uid with one.
+      expect(suid.uid === 0).toBe(!userns);
+      if (nodes) {
+        expect((await fs.stat(path.join(rootfs, 'blk'))).isBlockDevice()).toBe(true);
+        expect(spawnSync('head', ['-c', '16', path.join(rootfs, 'blk')]).stdout.length).toBe(16); // the node opens, for root
+      }
+      // The VPS's root dir: its root's alone (0700); the dirs above it can be searched, not listed.
+      expect((await fs.stat(paths.rootDir)).mode & 0o777).toBe(0o700);
+      expect((await fs.stat(layout.rootsDir)).mode & 0o777).toBe(0o711);
+      expect(asNobody(['ls', layout.rootsDir]).status).not.toBe(0);
 
       expect(asNobody([path.join(rootfs, 'suid')]).errno).toBe('EACCES');
       for (const target of [
-        path.join(rootfs, 'blk-root'),
-        path.join(rootfs, 'blk'),
-        path.join(vps, 'layer/upper/blk'),
+        ...(nodes ? [path.join(rootfs, 'blk-root'), path.join(rootfs, 'blk'), path.join(vps, 'layer/upper/blk')] : []),
         path.join(rootfs, 'secret.txt'),
+        path.join(vps, 'layer/upper/secret.txt'),
         path.join(vps, 'vps.json'),
         image!,
         path.join(stateDir, 'api-tokens'),
@@ -211,15 +229,19 @@ describe('private state (runbox up)', () => {
       // The second layer, on its own: even with the way in opened, the overlay root is nosuid
       // (a setuid-root file runs as its caller) and the layer disk nodev (the node does not open).
       await fs.chmod(stateDir, 0o711);
+      await fs.chmod(paths.rootDir, 0o711);
       try {
         const run = asNobody([path.join(rootfs, 'suid')]);
         expect(run.errno).toBeUndefined();
         expect(run.stdout).toBe(`euid=${NOBODY}\n`);
-        const dev = asNobody(['head', '-c', '16', path.join(vps, 'layer/upper/blk')]);
-        expect(dev.status).not.toBe(0);
-        expect(dev.stderr).toMatch(/Permission denied/);
+        if (nodes) {
+          const dev = asNobody(['head', '-c', '16', path.join(vps, 'layer/upper/blk')]);
+          expect(dev.status).not.toBe(0);
+          expect(dev.stderr).toMatch(/Permission denied/);
+        }
       } finally {
         await fs.chmod(stateDir, 0o700);
+        await fs.chmod(paths.rootDir, 0o700);
       }
       expect(mountOptions(rootfs)).toEqual(expect.arrayContaining(['nosuid']));
       expect(mountOptions(path.join(vps, 'layer'))).toEqual(expect.arrayContaining(['nosuid', 'nodev']));

@@ -17,7 +17,7 @@ import { receiveFiles, type FileSpec } from '../../worker/migration/files.js';
 import { seal, type Message } from '../../worker/migration/protocol.js';
 import { ChannelServer, HANDSHAKE_MS, LINE_DEADLINE_MS, LINE_IDLE_MS, request, type PeerAddress } from '../../worker/migration/transport.js';
 import { removeState, startTestWorker, Submitter, testServiceConfig } from '../helpers/cluster.js';
-import { runtimeOf, TEMPLATES_DIR } from '../helpers/engine.js';
+import { runtimeOf, TEMPLATES_DIR, USERNS } from '../helpers/engine.js';
 import { canConnect, waitFor } from '../helpers/net.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 
@@ -142,7 +142,7 @@ describe('the migration channel', () => {
           const dir = await fs.mkdtemp(path.join(tmp, 'spy-in-'));
           await receiveFiles(r.reader, [{ name: 'images', path: path.join(dir, 'images'), dir: true, maxBytes: 1 << 30 }, { name: 'disk.img', path: path.join(dir, 'disk.img'), maxBytes: 1 << 30 }]);
           r.answer({ ok: false, code: 'unavailable', message: 'the spy keeps nothing' });
-        } else r.answer({ ok: true, postCopy: false, runtime: runtimeOf(cfgs[0]!.stateDir).kind }); // h1's own: a move is not refused for the runtime
+        } else r.answer({ ok: true, postCopy: false, runtime: runtimeOf(cfgs[0]!.stateDir).kind, userns: USERNS !== 'off' }); // h1's own: a move is not refused for the runtime or user namespaces
       },
     });
     const port = await server.listen('127.0.0.1', 0);
