@@ -22,7 +22,7 @@ import { RuncVps, startWithPipes, waitReady } from './runc-vps.js';
 import { ensureUpperDirs, ensureUpperFiles, mountLayer, mountLayerImage, unmountLayer } from './storage/layer.js';
 import { idmapMount, umount } from './native/sys.js';
 import { checkpointHasUserns, remapCheckpointUserns } from './userns/criu-image.js';
-import { UsernsRanges, type UsernsLease } from './userns/ranges.js';
+import { HOST_INOTIFY, userLimitsScript, UsernsRanges, type UsernsLease } from './userns/ranges.js';
 import { RUN_DIR } from './layout.js';
 import { writeCriuConfig } from './checkpoint/criu-config.js';
 import { seccompFilter } from './native/sys.js';
@@ -179,6 +179,7 @@ export class RuncEngine implements VpsEngine {
         await fs.mkdir(probe, { recursive: true });
         await idmapMount(this.layout.emptyDir, probe, { hostId: 2 ** 30, count: 65536 });
         await umount(probe);
+        await this.raiseHostInotify();
         return true;
       } catch (e) {
         if (mode === 'on') throw new RunboxError('host_unsupported', `RUNBOX_USERNS=on, but this host cannot make idmapped mounts: ${(e as Error).message}`);
@@ -191,6 +192,32 @@ export class RuncEngine implements VpsEngine {
       this.usernsChecked = undefined;
       throw e;
     }));
+  }
+
+  /**
+   * Host root's inotify budget holds every VPS's (they count in it too, see VPS_USER_LIMITS):
+   * raised where lower (a host setting; it stays so), logged.
+   */
+  private async raiseHostInotify(): Promise<void> {
+    for (const [name, want] of Object.entries(HOST_INOTIFY)) {
+      const file = `/proc/sys/fs/inotify/${name}`;
+      const now = Number((await fs.readFile(file, 'utf8').catch(() => '0')).trim());
+      if (now >= want) continue;
+      await fs.writeFile(file, String(want)).then(
+        () => this.opts.log.info({ sysctl: `fs.inotify.${name}`, was: now, now: want }, "raised host root's inotify budget: VPSs in user namespaces count in it"),
+        (e: unknown) => this.opts.log.warn({ err: e, sysctl: `fs.inotify.${name}` }, "could not raise host root's inotify budget: VPSs share the lower one"),
+      );
+    }
+  }
+
+  /**
+   * Caps the VPS's own inotify counts (VPS_USER_LIMITS) in its user namespace: written from
+   * inside it by nsenter (a process joining a user namespace holds every capability there; the
+   * VPS's processes lack CAP_SYS_RESOURCE and cannot change them). After a start and after a
+   * restore (CRIU makes the namespace anew, with the kernel's defaults).
+   */
+  private async capUserCounts(init: ProcessRef): Promise<void> {
+    await execOk(['nsenter', '-U', '-t', String(init.pid), '--', 'sh', '-c', userLimitsScript()], { timeoutMs: 10_000 });
   }
 
   /** /run/runbox/roots/<instance> and the dirs above it: searchable by all, listable by none. Once per engine. */
@@ -478,7 +505,11 @@ export class RuncEngine implements VpsEngine {
       vps.onSpecChange = async (changed) => this.writeRecord({ ...((await this.readRecord(id)) ?? record), spec: changed });
       this.live.set(id, vps);
       // A restored agent said "ready" long ago, on its first host; it is running a job now.
-      if (!restore) await waitReady(channel);
+      // Beside the agent's start (a failure of either fails the create; neither is left unawaited).
+      const capped = record.userns && record.init ? this.capUserCounts(record.init).then(() => undefined, (e: unknown) => e) : undefined;
+      if (!restore) await waitReady(channel).finally(() => capped);
+      const capError = await capped;
+      if (capError) throw capError;
       if (record.userns && !restore) {
         // Its network namespace is the runtime's, made inside its user namespace (CRIU dumps and
         // restores a VPS only with namespaces its user namespace owns): linked up now, once the
@@ -698,13 +729,12 @@ export class RuncEngine implements VpsEngine {
     if (userns) await this.net.releaseForRestore(vps.id, userns.network);
     const plainCriuConfig = await this.setCriuOptions(vps.id, [...this.restoreCgroupMounts(this.layout.vps(vps.id).cgroupsPath), ...(userns ? this.net.criuVethOptions(userns.network) : [])]);
     const channel = await startWithPipes(argv, log).finally(plainCriuConfig);
-    if (userns) {
-      const init = await readInitRef(o.pidFile);
-      if (init) await this.net.adoptRestored(vps.id, userns.network, init.pid);
-    }
     try {
-      await this.checkRestoredStdio(await readInitRef(o.pidFile), channel, o.workPath, o.imagesDir, log);
+      const init = await readInitRef(o.pidFile);
+      await this.checkRestoredStdio(init, channel, o.workPath, o.imagesDir, log);
+      if (userns && init) await Promise.all([this.net.adoptRestored(vps.id, userns.network, init.pid), this.capUserCounts(init)]);
     } catch (e) {
+      channel.close();
       await runcKill(this.runc, vps.id).catch(() => undefined);
       await runcDelete(this.runc, vps.id, true).catch(() => undefined);
       throw e;

@@ -82,3 +82,26 @@ export class UsernsRanges {
     return out;
   }
 }
+
+/**
+ * Per-VPS caps of the kernel's counts that are kept per user up the user-namespace tree
+ * (kernel/ucount.c): a VPS's inotify instances and watches count in its own user namespace and
+ * then in its owner's (host root's, which made it) in the host's namespace. Without a cap of the
+ * VPS's own, one VPS can take the host's whole per-user budget (fs.inotify.max_user_instances,
+ * 128) from every other VPS and from host root's daemons. So each VPS's namespace gets these
+ * limits (/proc/sys/user/*, writable only with CAP_SYS_RESOURCE in it: not by the VPS), and the
+ * host's budget is raised to hold many VPSs' worth (HOST_INOTIFY).
+ */
+export const VPS_USER_LIMITS = { max_inotify_instances: 128, max_inotify_watches: 65536 } as const;
+/** fs.inotify.* the host needs at least with user namespaces (host root's budget, shared by its VPSs). */
+export const HOST_INOTIFY = { max_user_instances: 65536, max_user_watches: 16777216 } as const;
+
+/** The shell command that sets VPS_USER_LIMITS, run inside the VPS's user namespace (numbers only). */
+export function userLimitsScript(limits: Readonly<Record<string, number>> = VPS_USER_LIMITS): string {
+  return Object.entries(limits)
+    .map(([k, v]) => {
+      if (!/^[a-z_]+$/.test(k) || !Number.isInteger(v) || v < 0) throw new RunboxError('internal', `bad user namespace limit ${k}=${v}`);
+      return `printf %s ${v} > /proc/sys/user/${k}`;
+    })
+    .join(' && ');
+}

@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { resolveTemplate } from '../../runtime/templates/store.js';
-import { USERNS_FIRST_HOST_ID, USERNS_SIZE } from '../../runtime/userns/ranges.js';
+import { USERNS_FIRST_HOST_ID, USERNS_SIZE, VPS_USER_LIMITS } from '../../runtime/userns/ranges.js';
 import { newId } from '../../core/ids.js';
 import { checkpoint, restore } from '../../runtime/checkpoint/checkpoint.js';
 import { TEMPLATES_DIR, testEngine, type TestEngine } from '../helpers/engine.js';
@@ -157,6 +157,54 @@ describe('user namespaces (RUNBOX_USERNS, default auto)', () => {
     } finally {
       await t.engine.destroy(hog.id);
       await t.engine.destroy(other.id);
+    }
+  });
+
+  it("caps each VPS's inotify instances in its own user namespace: one that takes all of its own leaves another its share", async () => {
+    // inotify counts are kept up the user-namespace tree to its owner (host root): without a cap of
+    // each VPS's own, the first VPS takes host root's budget (fs.inotify.max_user_instances) from
+    // every other VPS. The same test fails with RUNBOX_USERNS=off (both VPSs are then host root).
+    const python = await resolveTemplate(TEMPLATES_DIR, 'python');
+    const script = (n: number, hold: number) =>
+      `import ctypes, time\nlibc = ctypes.CDLL(None, use_errno=True)\nfds = []\nfor i in range(${n}):\n    fd = libc.inotify_init()\n    if fd < 0:\n        break\n    fds.append(fd)\nprint("made", len(fds), flush=True)\ntime.sleep(${hold})\n`;
+    const hog = await t.create({ template: python });
+    const other = await t.create({ template: python });
+    try {
+      const hogOut: Buffer[] = [];
+      const hogRun = hog.run({ argv: ['python3', '-c', script(1000, 20)], user: 'root', timeoutSec: 30, outputBytes: 1 << 20, onOutput: (_s, d) => hogOut.push(Buffer.from(d)) });
+      for (let i = 0; i < 400 && !Buffer.concat(hogOut).toString().includes('made'); i++) await new Promise((r) => setTimeout(r, 25));
+      expect(Buffer.concat(hogOut).toString()).toBe(`made ${VPS_USER_LIMITS.max_inotify_instances}\n`);
+      const otherOut: Buffer[] = [];
+      const r = await other.run({ argv: ['python3', '-c', script(100, 0)], user: 'root', timeoutSec: 30, outputBytes: 1 << 20, onOutput: (_s, d) => otherOut.push(Buffer.from(d)) });
+      expect(r.exitCode).toBe(0);
+      expect(Buffer.concat(otherOut).toString()).toBe('made 100\n');
+      await hog.killAll();
+      await hogRun;
+    } finally {
+      await t.engine.destroy(hog.id);
+      await t.engine.destroy(other.id);
+    }
+  });
+
+  it("keeps the VPS's caps out of its own reach, and puts them back after a restore", async () => {
+    const vps = await t.create();
+    const out: Buffer[] = [];
+    try {
+      const run = vps.run({
+        argv: ['sh', '-c', '(echo 100000 > /proc/sys/user/max_inotify_instances) 2>&1 | grep -q . && echo refused; cat /proc/sys/user/max_inotify_instances; sleep 1; cat /proc/sys/user/max_inotify_instances /proc/sys/user/max_inotify_watches'],
+        timeoutSec: 30,
+        outputBytes: 1 << 20,
+        onOutput: (_s, d) => out.push(Buffer.from(d)),
+      });
+      for (let i = 0; i < 200 && Buffer.concat(out).toString().split('\n').length < 2; i++) await new Promise((r) => setTimeout(r, 20));
+      const cp = await checkpoint(t.engine, vps, { leaveRunning: false });
+      await restore(t.engine, vps, cp.imagePath);
+      expect((await run).exitCode).toBe(0);
+      const caps = VPS_USER_LIMITS;
+      // Refused (read-only /proc/sys, and no CAP_SYS_RESOURCE in its namespace), the cap in force before and after.
+      expect(Buffer.concat(out).toString().trim().split('\n')).toEqual(['refused', String(caps.max_inotify_instances), String(caps.max_inotify_instances), String(caps.max_inotify_watches)]);
+    } finally {
+      await t.engine.destroy(vps.id);
     }
   });
 
