@@ -19,10 +19,10 @@ import { execOk } from './exec.js';
 import { buildSpec, STANDARD_DEVICES, SYS_DIRS_HIDDEN } from './oci/spec.js';
 import { denyTunAfterStart } from './oci/devices.js';
 import { RuncVps, startWithPipes, waitReady } from './runc-vps.js';
-import { ensureUpperDirs, ensureUpperFiles, mountLayer, mountLayerImage, unmountLayer } from './storage/layer.js';
+import { ensureUpperDirs, ensureUpperFiles, type GoldenContents, mountLayer, mountLayerImage, unmountLayer } from './storage/layer.js';
 import { idmapMount, umount } from './native/sys.js';
 import { checkpointHasUserns, remapCheckpointUserns } from './userns/criu-image.js';
-import { HOST_INOTIFY, userLimitsScript, UsernsRanges, type UsernsLease } from './userns/ranges.js';
+import { HOST_INOTIFY, userLimitsArgv, UsernsRanges, type UsernsLease } from './userns/ranges.js';
 import { RUN_DIR } from './layout.js';
 import { writeCriuConfig } from './checkpoint/criu-config.js';
 import { seccompFilter } from './native/sys.js';
@@ -212,12 +212,12 @@ export class RuncEngine implements VpsEngine {
 
   /**
    * Caps the VPS's own inotify counts (VPS_USER_LIMITS) in its user namespace: written from
-   * inside it by nsenter (a process joining a user namespace holds every capability there; the
-   * VPS's processes lack CAP_SYS_RESOURCE and cannot change them). After a start and after a
-   * restore (CRIU makes the namespace anew, with the kernel's defaults).
+   * inside it by a helper that joins it (a process joining a user namespace holds every capability
+   * there; the VPS's processes lack CAP_SYS_RESOURCE and cannot change them). After a start and
+   * after a restore (CRIU makes the namespace anew, with the kernel's defaults).
    */
   private async capUserCounts(init: ProcessRef): Promise<void> {
-    await execOk(['nsenter', '-U', '-t', String(init.pid), '--', 'sh', '-c', userLimitsScript()], { timeoutMs: 10_000 });
+    await execOk(userLimitsArgv(init.pid), { timeoutMs: 10_000 });
   }
 
   /** /run/runbox/roots/<instance> and the dirs above it: searchable by all, listable by none. Once per engine. */
@@ -411,12 +411,15 @@ export class RuncEngine implements VpsEngine {
       await Promise.all([this.makeRootDir(p.rootDir, record.userns), fs.mkdir(p.bundle, { recursive: true })]);
       const idmap = {
         idmap: record.userns,
-        fillUpper: record.userns
+        // A fresh userns VPS's disk comes with them (USERNS_GOLDEN); a restored one's from its first
+        // host, which made them, unless it predates that: then here.
+        fillUpper: record.userns && restore
           ? async (upper: string) => {
               await ensureUpperDirs(upper, spec.template.rootfs, [...this.sysDirsHidden, '/dev']);
               await ensureUpperFiles(upper, STANDARD_DEVICES);
             }
           : undefined,
+        contents: record.userns ? USERNS_GOLDEN : undefined,
       };
       const layer = restore
         ? mountLayerImage(p, spec.template.rootfs, { ...restore.disk, sizeMb: spec.diskMb }, idmap)
@@ -761,6 +764,17 @@ async function giveImagesTo(imagesDir: string, hostId: number): Promise<void> {
     await fs.chmod(file, 0o644);
   }
 }
+
+/**
+ * What a userns VPS's disk holds from the start: the mount points a runtime in a user namespace
+ * cannot make (those nested in another mount, /sys/firmware...) and the files it binds the
+ * host's device nodes over. Made once per golden image, with the modes templates have.
+ */
+const USERNS_GOLDEN: GoldenContents = {
+  tag: 'userns',
+  dirs: [['/sys', 0o555], ['/dev', 0o755], ...SYS_DIRS_HIDDEN.map((d) => [d, 0o755] as const)],
+  files: STANDARD_DEVICES,
+};
 
 /** A hard link (no copy per VPS), or a copy where the VPS dirs are on another file system. */
 async function linkOrCopy(from: string, to: string): Promise<void> {

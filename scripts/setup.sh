@@ -111,6 +111,16 @@ elif [ ! -e "$AGENT_BIN" ] || [ "$AGENT_SRC" -nt "$AGENT_BIN" ]; then
   mv -f "$AGENT_BIN.tmp" "$AGENT_BIN"
 fi
 
+# The helper that caps a VPS's per-user-namespace counts (runtime/userns/userns-limits.c).
+LIMITS_SRC=runtime/userns/userns-limits.c
+LIMITS_BIN=build/runbox-userns-limits
+if [ ! -e "$LIMITS_BIN" ] || [ "$LIMITS_SRC" -nt "$LIMITS_BIN" ]; then
+  log "compiling $LIMITS_BIN"
+  gcc -static -O2 -Wall -Wextra -Werror -o "$LIMITS_BIN.tmp" "$LIMITS_SRC" ||
+    { rm -f "$LIMITS_BIN.tmp"; die "compiling $LIMITS_SRC failed (errors above)."; }
+  mv -f "$LIMITS_BIN.tmp" "$LIMITS_BIN"
+fi
+
 # ---- f. N-API addons: pipe.node (real pipes for container stdio), sys.node (mounts, loop devices,
 #         netns, freeze: the syscalls a VPS's life needs, made in-process) -----------------------------
 node_include_dir() {

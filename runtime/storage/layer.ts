@@ -46,8 +46,22 @@ export interface LayerRootOptions {
 }
 
 export interface LayerStore {
-  /** Directory for golden images (one per size). */
+  /** Directory for golden images (one per size and contents). */
   cacheDir: string;
+}
+
+/**
+ * What a golden image holds besides an empty file system: the overlay's upper/ and work/ dirs,
+ * and in upper/ the mount points and device files a runtime in a user namespace cannot make
+ * itself (see ensureUpperDirs / ensureUpperFiles), made once per image instead of per VPS.
+ * `tag` names the variant in the image's file name.
+ */
+export interface GoldenContents {
+  tag: string;
+  /** Dirs inside the VPS (absolute), with their modes. */
+  dirs: ReadonlyArray<readonly [string, number]>;
+  /** Empty files inside the VPS (absolute). */
+  files: readonly string[];
 }
 
 /** mkfs options: no journal (ephemeral scratch; a crash discards the VPS anyway), no reserved blocks. */
@@ -62,8 +76,9 @@ export const mkfsArgs = (image: string): string[] => [
  */
 export const GOLDEN_KEEP = 16;
 
-export async function goldenImage(store: LayerStore, sizeMb: number): Promise<string> {
-  const file = path.join(store.cacheDir, `layer-${sizeMb}m.ext4`);
+export async function goldenImage(store: LayerStore, sizeMb: number, contents?: GoldenContents): Promise<string> {
+  if (contents && !/^[a-z]{1,16}$/.test(contents.tag)) throw new RunboxError('internal', `bad golden image tag "${contents.tag}"`);
+  const file = path.join(store.cacheDir, `layer-${sizeMb}m${contents ? `-${contents.tag}` : ''}.ext4`);
   if (await exists(file)) {
     // Recently used (the pruning below goes by mtime); a copy in progress keeps reading a pruned file.
     const now = new Date();
@@ -78,6 +93,7 @@ export async function goldenImage(store: LayerStore, sizeMb: number): Promise<st
     await fh.truncate(sizeMb * 1024 * 1024);
     await fh.close();
     await execOk(mkfsArgs(tmp), { timeoutMs: 60_000 });
+    if (contents) await fillGolden(tmp, contents);
     await fs.rename(tmp, file);
   } finally {
     await fs.rm(tmp, { force: true });
@@ -86,9 +102,31 @@ export async function goldenImage(store: LayerStore, sizeMb: number): Promise<st
   return file;
 }
 
+/** Mounts a new golden image once and makes `contents` in it (owned by 0: the VPS's root through its idmapped view). */
+async function fillGolden(image: string, contents: GoldenContents): Promise<void> {
+  const dir = await fs.mkdtemp(`${image}.mnt-`);
+  try {
+    await mountLoop(image, dir, 'ext4', { flags: MS.NOSUID | MS.NODEV });
+    try {
+      await fs.mkdir(path.join(dir, 'upper'));
+      await fs.mkdir(path.join(dir, 'work'));
+      const upper = path.join(dir, 'upper');
+      for (const [d, mode] of contents.dirs) {
+        await fs.mkdir(path.join(upper, d), { recursive: true });
+        await fs.chmod(path.join(upper, d), mode);
+      }
+      await ensureUpperFiles(upper, contents.files);
+    } finally {
+      await umount(dir);
+    }
+  } finally {
+    await fs.rmdir(dir).catch(() => undefined);
+  }
+}
+
 /** Removes all but the `keep` most recently used golden images. */
 export async function pruneGolden(cacheDir: string, keep: number): Promise<string[]> {
-  const names = (await fs.readdir(cacheDir).catch(() => [] as string[])).filter((n) => /^layer-\d+m\.ext4$/.test(n));
+  const names = (await fs.readdir(cacheDir).catch(() => [] as string[])).filter((n) => /^layer-\d+m(-[a-z]{1,16})?\.ext4$/.test(n));
   if (names.length <= keep) return [];
   const dated = await Promise.all(names.map(async (n) => ({ n, t: (await fs.stat(path.join(cacheDir, n)).catch(() => undefined))?.mtimeMs ?? 0 })));
   const old = dated.sort((a, b) => b.t - a.t).slice(keep).map((d) => path.join(cacheDir, d.n));
@@ -105,9 +143,9 @@ export async function mountLayer(
   p: LayerPaths,
   lowerdir: string,
   sizeMb: number,
-  o: LayerRootOptions = {},
+  o: LayerRootOptions & { contents?: GoldenContents } = {},
 ): Promise<void> {
-  await mountLayerDisk(store, p, sizeMb);
+  await mountLayerDisk(store, p, sizeMb, o.contents);
   await mountLayerRoot(p, lowerdir, o);
 }
 
@@ -115,14 +153,14 @@ export async function mountLayer(
  * The first half of mountLayer: the image, mounted, with empty upper/ and work/ dirs. A move's
  * target makes it before the checkpoint exists; mountLayerRoot finishes it. Undoes itself on failure.
  */
-export async function mountLayerDisk(store: LayerStore, p: LayerPaths, sizeMb: number): Promise<void> {
-  const golden = await goldenImage(store, sizeMb);
+export async function mountLayerDisk(store: LayerStore, p: LayerPaths, sizeMb: number, contents?: GoldenContents): Promise<void> {
+  const golden = await goldenImage(store, sizeMb, contents);
   await fs.mkdir(p.layerMount, { recursive: true });
   await fs.mkdir(p.rootfs, { recursive: true });
   await copySparse(golden, p.image);
   try {
     await mountDisk(p);
-    await Promise.all([fs.mkdir(path.join(p.layerMount, 'upper')), fs.mkdir(path.join(p.layerMount, 'work'))]);
+    if (!contents) await Promise.all([fs.mkdir(path.join(p.layerMount, 'upper')), fs.mkdir(path.join(p.layerMount, 'work'))]);
   } catch (e) {
     await unmountLayer(p).catch(() => undefined);
     throw e;

@@ -1,5 +1,6 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { REPO_ROOT } from '../../core/config.js';
 import { RunboxError } from '../../core/errors.js';
 import type { IdMapping } from '../native/sys.js';
 
@@ -96,12 +97,15 @@ export const VPS_USER_LIMITS = { max_inotify_instances: 128, max_inotify_watches
 /** fs.inotify.* the host needs at least with user namespaces (host root's budget, shared by its VPSs). */
 export const HOST_INOTIFY = { max_user_instances: 65536, max_user_watches: 16777216 } as const;
 
-/** The shell command that sets VPS_USER_LIMITS, run inside the VPS's user namespace (numbers only). */
-export function userLimitsScript(limits: Readonly<Record<string, number>> = VPS_USER_LIMITS): string {
-  return Object.entries(limits)
-    .map(([k, v]) => {
-      if (!/^[a-z_]+$/.test(k) || !Number.isInteger(v) || v < 0) throw new RunboxError('internal', `bad user namespace limit ${k}=${v}`);
-      return `printf %s ${v} > /proc/sys/user/${k}`;
-    })
-    .join(' && ');
+/** The helper that writes them inside a VPS's user namespace (runtime/userns/userns-limits.c, built by setup). */
+export const USERNS_LIMITS_HELPER = path.join(REPO_ROOT, 'build/runbox-userns-limits');
+
+/** Its argv for the VPS whose init is `pid`. */
+export function userLimitsArgv(pid: number, limits: Readonly<Record<string, number>> = VPS_USER_LIMITS, helper = USERNS_LIMITS_HELPER): string[] {
+  if (!Number.isInteger(pid) || pid <= 1) throw new RunboxError('internal', `bad pid ${pid}`);
+  const pairs = Object.entries(limits).map(([k, v]) => {
+    if (!/^[a-z_]+$/.test(k) || !Number.isInteger(v) || v < 0) throw new RunboxError('internal', `bad user namespace limit ${k}=${v}`);
+    return `${k}=${v}`;
+  });
+  return [helper, String(pid), ...pairs];
 }
