@@ -22,7 +22,7 @@ import { RuncVps, startWithPipes, waitReady } from './runc-vps.js';
 import { ensureUpperDirs, ensureUpperFiles, type GoldenContents, mountLayer, mountLayerImage, unmountLayer } from './storage/layer.js';
 import { idmapMount, umount } from './native/sys.js';
 import { checkpointHasUserns, remapCheckpointUserns } from './userns/criu-image.js';
-import { HOST_INOTIFY, userLimitsArgv, UsernsRanges, type UsernsLease } from './userns/ranges.js';
+import { HOST_INOTIFY, userLimitsArgv, USERNS_LIMITS_HELPER, UsernsRanges, type UsernsLease } from './userns/ranges.js';
 import { RUN_DIR } from './layout.js';
 import { writeCriuConfig } from './checkpoint/criu-config.js';
 import { seccompFilter } from './native/sys.js';
@@ -179,11 +179,14 @@ export class RuncEngine implements VpsEngine {
         await fs.mkdir(probe, { recursive: true });
         await idmapMount(this.layout.emptyDir, probe, { hostId: 2 ** 30, count: 65536 });
         await umount(probe);
+        await fs.access(USERNS_LIMITS_HELPER, fsSync.constants.X_OK).catch(() => {
+          throw new RunboxError('host_unsupported', `${USERNS_LIMITS_HELPER} is missing: run scripts/setup.sh (it builds it)`);
+        });
         await this.raiseHostInotify();
         return true;
       } catch (e) {
-        if (mode === 'on') throw new RunboxError('host_unsupported', `RUNBOX_USERNS=on, but this host cannot make idmapped mounts: ${(e as Error).message}`);
-        this.opts.log.warn({ err: e }, 'this host cannot make idmapped mounts: VPSs run without user namespaces (root inside is host root)');
+        if (mode === 'on') throw new RunboxError('host_unsupported', `RUNBOX_USERNS=on, but VPSs cannot have user namespaces here: ${(e as Error).message}`);
+        this.opts.log.warn({ err: e }, 'VPSs run without user namespaces here (root inside is host root)');
         return false;
       } finally {
         await fs.rmdir(probe).catch(() => undefined);
