@@ -223,7 +223,10 @@ export class HostNetwork {
           await execOk(['ip', '-n', netns, '-batch', '-'], {
             input: [
               'link set lo up',
-              `link add eth0 address ${mac} index ${vethIndex(vpsId, 'vps')} type veth peer name ${hostVeth} index ${vethIndex(vpsId, 'host')} netns ${process.pid}`,
+              // A userns VPS's pair is made again by CRIU from the host's netns: fixed high indexes.
+              userns
+                ? `link add eth0 address ${mac} index ${vethIndex(vpsId, 'vps')} type veth peer name ${hostVeth} index ${vethIndex(vpsId, 'host')} netns ${process.pid}`
+                : `link add eth0 address ${mac} type veth peer name ${hostVeth} netns ${process.pid}`,
               `addr add ${address}/${this.cidr.prefix} dev eth0`,
               'link set eth0 up',
               `route add default via ${gw}`,
