@@ -326,6 +326,12 @@ static int userns_fd(struct op *o, const char *map) {
   size_t stack_size = 64 * 1024;
   char *stack = malloc(stack_size);
   int fd = -1;
+  if (!stack) {
+    close(p[0]);
+    close(p[1]);
+    errno = ENOMEM;
+    return fail(o, "malloc", NULL);
+  }
   pid_t pid = clone(userns_child, stack + stack_size, CLONE_NEWUSER | CLONE_VM, p);
   if (pid < 0) { fail(o, "clone(CLONE_NEWUSER)", NULL); goto out; }
   char file[64];

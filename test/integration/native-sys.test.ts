@@ -6,7 +6,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { newId } from '../../core/ids.js';
 import { exec } from '../../runtime/exec.js';
-import { copySparse, freezeFs, mount, mountLoop, MS, netnsAdd, netnsDel, seccompFilter, spawnProcess, thawFs, umount } from '../../runtime/native/sys.js';
+import { copySparse, freezeFs, idmapMount, mount, mountAs, mountLoop, MOUNT_ATTR, MS, netnsAdd, netnsAttach, netnsDel, seccompFilter, spawnProcess, thawFs, umount } from '../../runtime/native/sys.js';
 import { mkfsArgs } from '../../runtime/storage/layer.js';
 
 /**
@@ -260,3 +260,78 @@ describe('spawnProcess and exec (posix_spawn, exit watched by a pidfd)', () => {
     expect(rs.map((r) => r.stdout.trim())).toEqual(Array.from({ length: 50 }, (_, i) => String(i)));
   });
 });
+
+describe('idmapMount, mountAs, netnsAttach (user namespaces)', () => {
+  const base = 2 ** 30 + 65536 * 7;
+
+  it('idmapMount shows a file system with its ids shifted, read-only when asked, and refuses bad mappings or sources', async () => {
+    const src = path.join(dir, 'idm-src');
+    const dst = path.join(dir, 'idm-dst');
+    await fs.mkdir(src);
+    await fs.mkdir(dst);
+    await fs.writeFile(path.join(src, 'f'), 'x');
+    await fs.chown(path.join(src, 'f'), 1000, 1000);
+    await idmapMount(src, dst, { hostId: base, count: 65536 }, { attrs: MOUNT_ATTR.RDONLY });
+    try {
+      const st = await fs.stat(path.join(dst, 'f'));
+      expect([st.uid, st.gid]).toEqual([base + 1000, base + 1000]);
+      expect((await fs.stat(dst)).uid).toBe(base); // root of the source (0) is the base
+      await expect(fs.writeFile(path.join(dst, 'g'), 'y')).rejects.toMatchObject({ code: 'EROFS' });
+    } finally {
+      await umount(dst);
+    }
+    expect((await fs.stat(path.join(src, 'f'))).uid).toBe(1000); // the source is unchanged
+    expect(() => idmapMount(src, dst, { hostId: 0, count: 65536 })).toThrow(/invalid id mapping/);
+    expect(() => idmapMount(src, dst, { hostId: 2 ** 32 - 10, count: 65536 })).toThrow(/invalid id mapping/);
+    await expect(idmapMount(path.join(dir, 'missing'), dst, { hostId: base, count: 65536 })).rejects.toMatchObject({ code: 'ENOENT', syscall: 'open_tree' });
+    expect(mounted(dst)).toBe(false);
+  });
+
+  it('mountAs makes an overlay over idmapped layers writable (as the mapped root), and this thread keeps its own ids', async () => {
+    const lower = path.join(dir, 'as-lower');
+    const layer = path.join(dir, 'as-layer');
+    const [lowerMap, layerMap, root] = ['as-lower-m', 'as-layer-m', 'as-root'].map((d) => path.join(dir, d));
+    for (const d of [lower, layer, path.join(layer, 'upper'), path.join(layer, 'work'), lowerMap!, layerMap!, root!]) await fs.mkdir(d);
+    await fs.writeFile(path.join(lower, 'from-template'), 't');
+    await idmapMount(lower, lowerMap!, { hostId: base, count: 65536 }, { attrs: MOUNT_ATTR.RDONLY });
+    await idmapMount(layer, layerMap!, { hostId: base, count: 65536 });
+    await fs.chmod(dir, 0o711); // the mapped root below walks to the overlay
+    try {
+      await mountAs(base, 'overlay', root!, 'overlay', { data: `lowerdir=${lowerMap},upperdir=${layerMap}/upper,workdir=${layerMap}/work` });
+      expect(mountOptionsOf(root!)).toContain('rw');
+      // A file made through the overlay by the mapped root lands as 0 on the layer.
+      execFileSync('setpriv', [`--reuid=${base}`, `--regid=${base}`, '--clear-groups', 'sh', '-c', `echo hi > ${root}/made`]);
+      expect((await fs.stat(path.join(layer, 'upper', 'made'))).uid).toBe(0);
+      expect((await fs.stat(path.join(root!, 'made'))).uid).toBe(base);
+      // The pool thread that ran mountAs has its ids back: files made here are root's.
+      await fs.writeFile(path.join(dir, 'after-mount-as'), '');
+      expect((await fs.stat(path.join(dir, 'after-mount-as'))).uid).toBe(0);
+    } finally {
+      await fs.chmod(dir, 0o700);
+      if (mounted(root!)) await umount(root!);
+      await umount(lowerMap!);
+      await umount(layerMap!);
+    }
+  });
+
+  it('netnsAttach names the network namespace of a process, and refuses a taken name or a bad pid', async () => {
+    const child = spawn('unshare', ['--net', 'sleep', '30'], { stdio: 'ignore' });
+    const name = `rbtest-${newId(4)}`;
+    try {
+      await new Promise((r) => setTimeout(r, 200));
+      await netnsAttach(name, child.pid!);
+      expect(fsSync.readlinkSync(`/proc/${child.pid}/ns/net`)).toBe(execFileSync('ip', ['netns', 'exec', name, 'readlink', '/proc/self/ns/net']).toString().trim());
+      await expect(netnsAttach(name, child.pid!)).rejects.toMatchObject({ code: 'EEXIST' });
+      await expect(netnsAttach(`${name}x`, 1)).rejects.toThrow(/invalid pid/);
+    } finally {
+      child.kill('SIGKILL');
+      await netnsDel(name).catch(() => undefined);
+      await netnsDel(`${name}x`).catch(() => undefined);
+    }
+  });
+});
+
+function mountOptionsOf(target: string): string[] {
+  const line = fsSync.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')).find((f) => f[4] === target);
+  return line?.[5]?.split(',') ?? [];
+}

@@ -12,11 +12,16 @@ import { TEMPLATES_DIR, testEngine, type TestEngine } from '../helpers/engine.js
  * own range of host ids. These checks look from the host, where a mapping shows.
  */
 let t: TestEngine;
+/** The same host without user namespaces: what the checks below must tell apart. */
+let plain: TestEngine;
 beforeAll(async () => {
-  t = await testEngine('userns');
+  // On, whatever RUNBOX_USERNS the suite runs under (the rest of it follows the variable).
+  t = await testEngine('userns', { userns: 'on' });
+  plain = await testEngine('userns-off', { userns: 'off' });
 });
 afterAll(async () => {
   await t?.cleanup();
+  await plain?.cleanup();
 });
 
 /** Uid line of /proc/<pid>/status: real, effective, saved, fs. */
@@ -26,8 +31,14 @@ async function hostUids(pid: number): Promise<number[]> {
 }
 
 describe('user namespaces (RUNBOX_USERNS, default auto)', () => {
-  it('is on by default on this host', async () => {
+  it('work on this host (auto takes them)', async () => {
     expect(await t.engine.usernsEnabled()).toBe(true);
+    const auto = await testEngine('userns-auto', { userns: 'auto' });
+    try {
+      expect(await auto.engine.usernsEnabled()).toBe(true);
+    } finally {
+      await auto.cleanup();
+    }
   });
 
   it("runs a VPS's processes as its own unprivileged host ids, with root inside mapped to them", async () => {
@@ -125,20 +136,25 @@ describe('user namespaces (RUNBOX_USERNS, default auto)', () => {
     }
   });
 
-  it("does not let one VPS's use of a per-user limit reach another VPS (pipe pages)", async () => {
+  it.each([
+    ['in user namespaces', true],
+    ['without (the contrast: both VPSs are host root)', false],
+  ] as const)("pipe pages, a per-user count: one VPS that exhausts its user's leaves another's alone %s", async (_label, userns) => {
     // fs.pipe-user-pages-soft (16384 pages here) is counted per host user: once a user holds that
-    // many pipe pages, each new pipe of that user gets 2 pages (this kernel) instead of 16. Both VPSs run python
-    // as the template's user (1000 inside): without user namespaces the same host user.
+    // many pipe pages, each new pipe of that user gets 2 pages (this kernel) instead of 16. Both
+    // VPSs run python as root inside.
+    const e = userns ? t : plain;
     const soft = Number(await fs.readFile('/proc/sys/fs/pipe-user-pages-soft', 'utf8'));
     const python = await resolveTemplate(TEMPLATES_DIR, 'python');
     const script = (pipes: number, hold: number) =>
       `import os, fcntl, time\nkeep = [os.pipe() for _ in range(${pipes})]\nr, w = os.pipe()\nprint("size=%d" % fcntl.fcntl(w, 1032), flush=True)\ntime.sleep(${hold})\n`;
-    const hog = await t.create({ template: python });
-    const other = await t.create({ template: python });
+    const hog = await e.create({ template: python });
+    const other = await e.create({ template: python });
     try {
       const hogOut: Buffer[] = [];
       const hogRun = hog.run({
         argv: ['python3', '-c', script(Math.ceil(soft / 16) + 64, 20)],
+        user: 'root',
         timeoutSec: 30,
         outputBytes: 1 << 20,
         onOutput: (_s, d) => hogOut.push(Buffer.from(d)),
@@ -149,14 +165,16 @@ describe('user namespaces (RUNBOX_USERNS, default auto)', () => {
       expect(hogSize).toBeGreaterThan(0);
       expect(hogSize).toBeLessThan(65536);
       const otherOut: Buffer[] = [];
-      const r = await other.run({ argv: ['python3', '-c', script(0, 0)], timeoutSec: 30, outputBytes: 1 << 20, onOutput: (_s, d) => otherOut.push(Buffer.from(d)) });
+      const r = await other.run({ argv: ['python3', '-c', script(0, 0)], user: 'root', timeoutSec: 30, outputBytes: 1 << 20, onOutput: (_s, d) => otherOut.push(Buffer.from(d)) });
       expect(r.exitCode).toBe(0);
-      expect(Buffer.concat(otherOut).toString()).toContain('size=65536');
+      const otherSize = Number(/size=(\d+)/.exec(Buffer.concat(otherOut).toString())?.[1]);
+      if (userns) expect(otherSize).toBe(65536);
+      else expect(otherSize).toBe(hogSize); // the same host user: the hog's exhaustion is the other's too
       await hog.killAll();
       await hogRun;
     } finally {
-      await t.engine.destroy(hog.id);
-      await t.engine.destroy(other.id);
+      await e.engine.destroy(hog.id);
+      await e.engine.destroy(other.id);
     }
   });
 
