@@ -177,9 +177,9 @@ export class HostNetwork {
     return n > this.cidr.base + 1 && n < this.cidr.base + 2 + poolSize(this.cidr);
   }
 
-  /** `restoring`: the VPS's processes come from a checkpoint, its agent does not start afresh. */
   /**
    * The VPS's network: a netns of its own with a veth pair on the bridge, its address, the pins.
+   * `restoring`: the VPS's processes come from a checkpoint, its agent does not start afresh.
    * A VPS in a user namespace (`userns`) has a netns its runtime made inside it (CRIU dumps a VPS
    * only with namespaces its user namespace owns): `attachPid` names the one that process is in
    * and links it up; without `attachPid` (a restore: CRIU makes the netns and its veth pair, see
