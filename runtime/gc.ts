@@ -5,12 +5,12 @@ import { exec } from './exec.js';
 import { isAlive, selfRef } from './host/proc.js';
 import { runcDelete, runcList } from './oci/runc.js';
 import type { RuncEngine } from './runc-engine.js';
-import { mountPoints, unmountLayer } from './storage/layer.js';
+import { mountPoints, staleGoldenWork, unmountLayer } from './storage/layer.js';
 import { VPS_ID } from './layout.js';
 
 export interface GcReport {
   vps: string[];
-  /** Migration dirs of processes that are gone (with any mount CRIU left in them). */
+  /** Migration dirs of processes that are gone (with any mount CRIU left in them), and golden images they were making. */
   transfers: string[];
   containers: string[];
   netns: string[];
@@ -80,6 +80,7 @@ export async function gc(engine: RuncEngine, opts: { all?: boolean } = {}): Prom
   report.mounts.push(...(await staleMounts(engine, kept)));
   report.userns.push(...(await staleUsernsSlots(engine, kept)));
   report.transfers.push(...(await staleTransfers(engine.layout.transfersDir)));
+  report.transfers.push(...(await staleGoldenWork(engine.layout.cacheDir)));
   report.cgroups.push(...(await staleCgroups(engine, kept, opts.all ?? false)));
 
   if (opts.all) {

@@ -4,6 +4,7 @@ import { execOk } from '../exec.js';
 import { copySparse, errnoCode, freezeFs, idmapMount, mountAs, mountLoop, mount, MOUNT_ATTR, MS, thawFs, umount, type IdMapping } from '../native/sys.js';
 import { RunboxError } from '../../core/errors.js';
 import { newId } from '../../core/ids.js';
+import { isAlive, selfRef } from '../host/proc.js';
 
 /**
  * A VPS's writable layer: a sparse ext4 image, loop-mounted, holding the overlay's upper and work
@@ -87,7 +88,8 @@ export async function goldenImage(store: LayerStore, sizeMb: number, contents?: 
   }
   await fs.mkdir(store.cacheDir, { recursive: true });
   // Build under a unique name and rename: concurrent creators cannot see a half-made image.
-  const tmp = `${file}.${newId()}.tmp`;
+  // Named after its maker (gc removes those of processes that are gone: staleGoldenWork).
+  const tmp = `${file}.${ownerTag()}.${newId()}.tmp`;
   try {
     const fh = await fs.open(tmp, 'w');
     await fh.truncate(sizeMb * 1024 * 1024);
@@ -104,7 +106,7 @@ export async function goldenImage(store: LayerStore, sizeMb: number, contents?: 
 
 /** Mounts a new golden image once and makes `contents` in it (owned by 0: the VPS's root through its idmapped view). */
 async function fillGolden(image: string, contents: GoldenContents): Promise<void> {
-  const dir = await fs.mkdtemp(`${image}.mnt-`);
+  const dir = await fs.mkdtemp(`${image}.mnt-`); // the tmp image's name, owner included
   try {
     await mountLoop(image, dir, 'ext4', { flags: MS.NOSUID | MS.NODEV });
     try {
@@ -122,6 +124,29 @@ async function fillGolden(image: string, contents: GoldenContents): Promise<void
   } finally {
     await fs.rmdir(dir).catch(() => undefined);
   }
+}
+
+const ownerTag = (): string => {
+  const { pid, start } = selfRef();
+  return `${pid}-${start}`;
+};
+
+/**
+ * What a process that died while making a golden image left in the cache dir: its temporary image
+ * and the mount it filled it through (unmounted lazily). Those of live processes stay.
+ */
+export async function staleGoldenWork(cacheDir: string): Promise<string[]> {
+  const removed: string[] = [];
+  const mounts = await mountPoints();
+  for (const name of await fs.readdir(cacheDir).catch(() => [] as string[])) {
+    const m = /^layer-\d+m(?:-[a-z]{1,16})?\.ext4\.(\d+)-(\d+)\.[a-z0-9]+\.tmp(\.mnt-\w+)?$/.exec(name);
+    if (!m || isAlive({ pid: Number(m[1]), start: Number(m[2]) })) continue;
+    const full = path.join(cacheDir, name);
+    if (m[3] && mounts.has(full)) await umount(full, { lazy: true }).catch(() => undefined);
+    await fs.rm(full, { recursive: true, force: true });
+    removed.push(full);
+  }
+  return removed;
 }
 
 /** Removes all but the `keep` most recently used golden images. */
