@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { formatDoctor, nonRootCheckpointCheck, ociRuntimeCheck, parseCriuMajor, runDoctor, type DoctorCheck } from '../../runtime/host/doctor.js';
+import { formatDoctor, nonRootCheckpointCheck, ociRuntimeCheck, parseCriuMajor, runDoctor, usernsCheck, type DoctorCheck } from '../../runtime/host/doctor.js';
 
 describe('formatDoctor', () => {
   it('prints one line per check with marks and fix hints, then a summary', () => {
@@ -36,6 +36,23 @@ describe('nonRootCheckpointCheck', () => {
     const off = nonRootCheckpointCheck(false);
     expect(off).toMatchObject({ ok: false, optional: true });
     expect(off.detail).toMatch(/non-root user .* cannot be checkpointed or moved here.*checkpoint_unsupported/);
+    // In user namespaces host root holds the capability over the VPS's ids.
+    expect(nonRootCheckpointCheck(false, true)).toMatchObject({ ok: true, detail: expect.stringMatching(/user namespaces/) });
+  });
+});
+
+describe('usernsCheck', () => {
+  it('reports the setting, what happens where the host cannot, and why', () => {
+    expect(usernsCheck('off', undefined, undefined)).toMatchObject({ ok: true, optional: true, detail: expect.stringMatching(/host root/) });
+    expect(usernsCheck('auto', undefined, undefined)).toMatchObject({ ok: true, detail: expect.stringMatching(/own range/) });
+    const noIdmap = usernsCheck('auto', undefined, 'mount_setattr: Invalid argument');
+    expect(noIdmap).toMatchObject({ ok: false, optional: true, detail: expect.stringMatching(/without user namespaces.*idmapped mounts fail: mount_setattr/) });
+    expect(usernsCheck('on', 'unshare: Operation not permitted', undefined)).toMatchObject({
+      ok: false,
+      optional: false,
+      detail: expect.stringMatching(/VPS creation fails.*user namespaces cannot be created/),
+      fix: expect.stringMatching(/max_user_namespaces/),
+    });
   });
 });
 
