@@ -1,10 +1,12 @@
 import fs from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { resolveTemplate } from '../../runtime/templates/store.js';
 import { USERNS_FIRST_HOST_ID, USERNS_SIZE, VPS_USER_LIMITS } from '../../runtime/userns/ranges.js';
 import { newId } from '../../core/ids.js';
-import { checkpoint, restore } from '../../runtime/checkpoint/checkpoint.js';
+import { checkpoint, dumpForMove, restore } from '../../runtime/checkpoint/checkpoint.js';
+import { hostSnapshot } from '../helpers/host.js';
 import { TEMPLATES_DIR, testEngine, type TestEngine } from '../helpers/engine.js';
 
 /**
@@ -248,6 +250,50 @@ describe('user namespaces (RUNBOX_USERNS, default auto)', () => {
       expect(lines).toEqual(['1000', ...Array.from({ length: 30 }, (_, i) => String(i))]);
     } finally {
       await t.engine.destroy(vps.id);
+    }
+  });
+
+  it("refuses a checkpoint whose user namespace image is not one runbox writes, or of the other kind, before any restore, and leaves nothing", async () => {
+    const dumpOf = async (e: TestEngine) => {
+      const vps = await e.create({ network: 'private' });
+      const run = vps.run({ argv: ['sleep', '30'], timeoutSec: 60, outputBytes: 1 << 20 });
+      const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'runbox-userns-cp-'));
+      const dumped = await dumpForMove(e.engine, vps, dir);
+      vps.handOver();
+      await run;
+      await e.engine.destroy(vps.id);
+      return { dir, spec: vps.info().spec, dumped };
+    };
+    const ours = await dumpOf(t);
+    const theirs = await dumpOf(plain);
+    try {
+      const restoreOn = (e: TestEngine, d: typeof ours) =>
+        e.engine.create(newId(), d.spec, { imagesDir: d.dumped.imagesDir, disk: { path: d.dumped.diskImage, move: false }, address: undefined });
+      const before = [await hostSnapshot(t.engine), await hostSnapshot(plain.engine)];
+      // Kinds do not cross.
+      await expect(restoreOn(plain, ours)).rejects.toMatchObject({ code: 'checkpoint_incompatible' });
+      await expect(restoreOn(t, theirs)).rejects.toMatchObject({ code: 'checkpoint_incompatible' });
+      // A forged image: a second uid extent (ids beyond the VPS's range), then one mapping from 1.
+      const img = (await fs.readdir(ours.dumped.imagesDir)).find((n) => /^userns-\d+\.img$/.test(n))!;
+      const file = path.join(ours.dumped.imagesDir, img);
+      const good = await fs.readFile(file);
+      const entry = good.subarray(12);
+      const extent = entry.subarray(0, 14); // 0a 0c <12-byte uid extent>
+      const twice = Buffer.concat([extent, entry]);
+      const head = Buffer.from(good.subarray(0, 12));
+      head.writeUInt32LE(twice.length, 8);
+      await fs.writeFile(file, Buffer.concat([head, twice]));
+      await expect(restoreOn(t, ours)).rejects.toMatchObject({ code: 'checkpoint_incompatible', message: expect.stringMatching(/more than one uid extent/) });
+      const fromOne = Buffer.from(good);
+      fromOne[12 + 3] = 1; // uid extent: first = 1 (0a 0c 08 <first> ...)
+      await fs.writeFile(file, fromOne);
+      await expect(restoreOn(t, ours)).rejects.toMatchObject({ code: 'checkpoint_incompatible', message: expect.stringMatching(/does not start at 0/) });
+      expect([await hostSnapshot(t.engine), await hostSnapshot(plain.engine)]).toEqual(before);
+    } finally {
+      for (const d of [ours, theirs]) {
+        await d.dumped.releaseDisk();
+        await fs.rm(d.dir, { recursive: true, force: true });
+      }
     }
   });
 
