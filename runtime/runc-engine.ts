@@ -21,7 +21,7 @@ import { denyTunAfterStart } from './oci/devices.js';
 import { RuncVps, startWithPipes, waitReady } from './runc-vps.js';
 import { ensureUpperDirs, ensureUpperFiles, type GoldenContents, mountLayer, mountLayerImage, unmountLayer } from './storage/layer.js';
 import { idmapMount, umount } from './native/sys.js';
-import { checkpointHasUserns, remapCheckpointUserns } from './userns/criu-image.js';
+import { prepareUsernsImages } from './userns/criu-image.js';
 import { HOST_INOTIFY, userLimitsArgv, USERNS_LIMITS_HELPER, UsernsRanges, type UsernsLease } from './userns/ranges.js';
 import { RUN_DIR } from './layout.js';
 import { writeCriuConfig } from './checkpoint/criu-config.js';
@@ -362,19 +362,6 @@ export class RuncEngine implements VpsEngine {
     return v1Hierarchies().map((h) => `ext-mount-map /sys/fs/cgroup/${h}:${path.join('/sys/fs/cgroup', h, cgroupsPath)}`);
   }
 
-  /**
-   * A checkpoint restores as a VPS with a user namespace exactly when it was dumped from one; its
-   * user namespace image gets this VPS's host ids (userns/criu-image.ts).
-   */
-  private async checkpointUserns(imagesDir: string, lease: UsernsLease | undefined): Promise<void> {
-    const has = await checkpointHasUserns(imagesDir);
-    if (!lease && has) throw new RunboxError('checkpoint_incompatible', 'the checkpoint is of a VPS in a user namespace, and this host runs VPSs without (RUNBOX_USERNS)');
-    if (lease) {
-      await remapCheckpointUserns(imagesDir, lease);
-      await giveImagesTo(imagesDir, lease.hostId);
-    }
-  }
-
   /** Made once per engine (every create names it), with the roots dir. */
   private async emptyDir(): Promise<string> {
     await this.makeRootsDir();
@@ -441,7 +428,7 @@ export class RuncEngine implements VpsEngine {
       // has one (crun: "symlinkat `/dev/ptmx`: File exists"): the VPS's layer hides the template's.
       if (record.userns && !restore) await fs.rm(path.join(p.rootfs, 'dev/ptmx'), { force: true });
       await this.writeRecord(record);
-      if (restore) await this.checkpointUserns(restore.imagesDir, record.userns);
+      if (restore) await prepareUsernsImages(restore.imagesDir, record.userns);
       // A userns VPS's network config comes back with CRIU's restore of its netns.
       if (restore && network.netns && !record.userns) {
         // Addresses, routes and firewall rules the job made in its netns on the previous host.
@@ -730,7 +717,7 @@ export class RuncEngine implements VpsEngine {
   async startRestored(vps: RuncVps, argv: string[], o: { pidFile: string; workPath: string; imagesDir: string }): Promise<void> {
     const log = this.opts.log.child({ vpsId: vps.id });
     const record = await this.readRecord(vps.id);
-    await this.checkpointUserns(o.imagesDir, record?.userns);
+    await prepareUsernsImages(o.imagesDir, record?.userns);
     const userns = record?.userns ? record : undefined;
     if (userns) await this.net.releaseForRestore(vps.id, userns.network);
     const plainCriuConfig = await this.setCriuOptions(vps.id, [...this.restoreCgroupMounts(this.layout.vps(vps.id).cgroupsPath), ...(userns ? this.net.criuVethOptions(userns.network) : [])]);
@@ -749,23 +736,6 @@ export class RuncEngine implements VpsEngine {
     vps.endSwap(channel);
   }
 
-}
-
-/**
- * CRIU opens some images from inside the restored VPS's user namespace, some before its ids are
- * mapped ("Unable to open timens-0.img: Permission denied" for images a move received 0600): the
- * dir and its files become the VPS's root's and readable (as CRIU writes them itself, 0644). The
- * dirs above (the state dir, 0700) keep host users out. Links are left alone.
- */
-async function giveImagesTo(imagesDir: string, hostId: number): Promise<void> {
-  await fs.chown(imagesDir, hostId, hostId);
-  await fs.chmod(imagesDir, 0o755);
-  for (const e of await fs.readdir(imagesDir, { withFileTypes: true })) {
-    if (!e.isFile()) continue;
-    const file = path.join(imagesDir, e.name);
-    await fs.lchown(file, hostId, hostId);
-    await fs.chmod(file, 0o644);
-  }
 }
 
 /**

@@ -68,27 +68,42 @@ export function rewriteUsernsImage(buf: Buffer, m: IdMapping): Buffer {
   return Buffer.concat([head, entry]);
 }
 
-/** Whether a checkpoint's VPS had a user namespace of its own. */
-export async function checkpointHasUserns(imagesDir: string): Promise<boolean> {
-  return (await fs.readdir(imagesDir)).some((n) => /^userns-\d{1,10}\.img$/.test(n));
-}
+const USERNS_IMAGE = /^userns-\d{1,10}\.img$/;
 
 /**
- * Gives the user namespace images of a checkpoint the host ids `m` (in place, each file replaced
- * whole). A checkpoint without one (a VPS that had no user namespace) cannot become one that has.
+ * Readies a checkpoint's images for a restore as a VPS with user namespace ids `m`, or without
+ * one (`m` undefined), in one pass over the dir: a checkpoint restores with a user namespace
+ * exactly when it was dumped from one (checkpoint_incompatible otherwise). With one, its userns
+ * image gets the ids `m` (the file replaced whole), and the dir and its files become the VPS
+ * root's and readable: CRIU opens some images from inside the restored VPS's user namespace, some
+ * before its ids are mapped ("Unable to open timens-0.img: Permission denied" for images a move
+ * received 0600; CRIU writes its own 0644). The dirs above (the state dir, 0700) keep host users
+ * out. Links are left alone.
  */
-export async function remapCheckpointUserns(imagesDir: string, m: IdMapping): Promise<void> {
-  const names = (await fs.readdir(imagesDir)).filter((n) => /^userns-\d{1,10}\.img$/.test(n));
-  if (names.length !== 1) {
-    throw new RunboxError('checkpoint_incompatible', names.length ? 'the checkpoint holds more than one user namespace' : 'the checkpoint is of a VPS without a user namespace (RUNBOX_USERNS)');
+export async function prepareUsernsImages(imagesDir: string, m: IdMapping | undefined): Promise<void> {
+  const entries = await fs.readdir(imagesDir, { withFileTypes: true });
+  const userns = entries.filter((e) => USERNS_IMAGE.test(e.name));
+  if (!m) {
+    if (userns.length) throw new RunboxError('checkpoint_incompatible', 'the checkpoint is of a VPS in a user namespace, and this host runs VPSs without (RUNBOX_USERNS)');
+    return;
   }
-  const file = path.join(imagesDir, names[0]!);
-  const st = await fs.lstat(file);
-  if (!st.isFile()) throw new RunboxError('checkpoint_incompatible', `${names[0]} is not a file`);
+  if (userns.length !== 1) {
+    throw new RunboxError('checkpoint_incompatible', userns.length ? 'the checkpoint holds more than one user namespace' : 'the checkpoint is of a VPS without a user namespace (RUNBOX_USERNS)');
+  }
+  if (!userns[0]!.isFile()) throw new RunboxError('checkpoint_incompatible', `${userns[0]!.name} is not a file`);
+  const file = path.join(imagesDir, userns[0]!.name);
   const next = rewriteUsernsImage(await fs.readFile(file), m);
   const tmp = `${file}.${process.pid}.tmp`;
   await fs.writeFile(tmp, next, { mode: 0o644 });
   await fs.rename(tmp, file);
+  await fs.chown(imagesDir, m.hostId, m.hostId);
+  await fs.chmod(imagesDir, 0o755);
+  for (const e of entries) {
+    if (!e.isFile()) continue;
+    const f = path.join(imagesDir, e.name);
+    await fs.lchown(f, m.hostId, m.hostId);
+    await fs.chmod(f, 0o644);
+  }
 }
 
 class Reader {

@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { readUsernsImage, remapCheckpointUserns, rewriteUsernsImage, checkpointHasUserns } from '../../runtime/userns/criu-image.js';
+import { prepareUsernsImages, readUsernsImage, rewriteUsernsImage } from '../../runtime/userns/criu-image.js';
 import { isSlotLease, slotMapping, USERNS_FIRST_HOST_ID, USERNS_SIZE, USERNS_SLOTS, UsernsRanges } from '../../runtime/userns/ranges.js';
 import { usernsPostCopyRefusal } from '../../runtime/checkpoint/lazy.js';
 import { vethIndex } from '../../runtime/net/network.js';
@@ -49,17 +49,20 @@ describe('CRIU user namespace images', () => {
     expect(() => rewriteUsernsImage(fixture(), { hostId: 2 ** 30, count: 4096 })).toThrow(expect.objectContaining({ code: 'checkpoint_incompatible' }));
   });
 
-  it('remaps the one image of a checkpoint dir, and refuses a dir without or with two', async () => {
+  it('remaps the one image of a checkpoint dir and gives the dir to the VPS root, and refuses a dir without or with two, or one with an image where none may be', async () => {
     const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'runbox-userns-img-'));
     try {
-      expect(await checkpointHasUserns(dir)).toBe(false);
-      await expect(remapCheckpointUserns(dir, slotMapping(3))).rejects.toMatchObject({ code: 'checkpoint_incompatible' });
-      await fs.writeFile(path.join(dir, 'userns-14.img'), fixture());
-      expect(await checkpointHasUserns(dir)).toBe(true);
-      await remapCheckpointUserns(dir, slotMapping(3));
+      await prepareUsernsImages(dir, undefined); // no user namespace: fine without one
+      await expect(prepareUsernsImages(dir, slotMapping(3))).rejects.toMatchObject({ code: 'checkpoint_incompatible' });
+      await fs.writeFile(path.join(dir, 'userns-14.img'), fixture(), { mode: 0o600 });
+      await expect(prepareUsernsImages(dir, undefined)).rejects.toMatchObject({ code: 'checkpoint_incompatible' }); // has one
+      await prepareUsernsImages(dir, slotMapping(3));
       expect(readUsernsImage(await fs.readFile(path.join(dir, 'userns-14.img'))).uid.hostId).toBe(slotMapping(3).hostId);
+      // Given to the VPS's root, readable.
+      const st = await fs.stat(path.join(dir, 'userns-14.img'));
+      expect([st.uid, st.mode & 0o777]).toEqual([slotMapping(3).hostId, 0o644]);
       await fs.writeFile(path.join(dir, 'userns-15.img'), fixture());
-      await expect(remapCheckpointUserns(dir, slotMapping(3))).rejects.toMatchObject({ code: 'checkpoint_incompatible' });
+      await expect(prepareUsernsImages(dir, slotMapping(3))).rejects.toMatchObject({ code: 'checkpoint_incompatible' });
     } finally {
       await fs.rm(dir, { recursive: true, force: true });
     }
