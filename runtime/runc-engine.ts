@@ -19,7 +19,7 @@ import { execOk } from './exec.js';
 import { buildSpec, STANDARD_DEVICES, SYS_DIRS_HIDDEN } from './oci/spec.js';
 import { denyTunAfterStart } from './oci/devices.js';
 import { RuncVps, startWithPipes, waitReady } from './runc-vps.js';
-import { ensureUpperDirs, ensureUpperFiles, type GoldenContents, mountLayer, mountLayerImage, unmountLayer } from './storage/layer.js';
+import { type GoldenContents, mountLayer, mountLayerImage, unmountLayer } from './storage/layer.js';
 import { idmapMount, umount } from './native/sys.js';
 import { prepareUsernsImages } from './userns/criu-image.js';
 import { HOST_INOTIFY, userLimitsArgv, USERNS_LIMITS_HELPER, UsernsRanges, type UsernsLease } from './userns/ranges.js';
@@ -223,6 +223,19 @@ export class RuncEngine implements VpsEngine {
     await execOk(userLimitsArgv(init.pid), { timeoutMs: 10_000 });
   }
 
+  /**
+   * CRIU options of a restore beyond those of its mode: crun's cgroup mounts, and a userns VPS's
+   * veth pair (CRIU makes its netns again).
+   */
+  private restoreOptions(id: VpsId, record: VpsRecord | undefined): string[] {
+    return [...this.restoreCgroupMounts(this.layout.vps(id).cgroupsPath), ...(record?.userns ? this.net.criuVethOptions(record.network) : [])];
+  }
+
+  /** After CRIU restored a userns VPS: its netns named and linked up again, its user counts capped in its new namespace. */
+  private async adoptRestoredUserns(id: VpsId, record: VpsRecord, init: ProcessRef): Promise<void> {
+    await Promise.all([this.net.adoptRestored(id, record.network, init.pid), this.capUserCounts(init)]);
+  }
+
   /** /run/runbox/roots/<instance> and the dirs above it: searchable by all, listable by none. Once per engine. */
   private makeRootsDir(): Promise<void> {
     return (this.rootsDirMade ??= (async () => {
@@ -399,18 +412,9 @@ export class RuncEngine implements VpsEngine {
     const mark = (name: string, since: number) => (phaseMs[name] = Math.round(performance.now() - since));
     try {
       await Promise.all([this.makeRootDir(p.rootDir, record.userns), fs.mkdir(p.bundle, { recursive: true })]);
-      const idmap = {
-        idmap: record.userns,
-        // A fresh userns VPS's disk comes with them (USERNS_GOLDEN); a restored one's from its first
-        // host, which made them, unless it predates that: then here.
-        fillUpper: record.userns && restore
-          ? async (upper: string) => {
-              await ensureUpperDirs(upper, spec.template.rootfs, [...this.sysDirsHidden, '/dev']);
-              await ensureUpperFiles(upper, STANDARD_DEVICES);
-            }
-          : undefined,
-        contents: record.userns ? USERNS_GOLDEN : undefined,
-      };
+      // A userns VPS's disk holds the mount points and device files its runtime needs from its golden
+      // image (USERNS_GOLDEN); a restored one's disk came from such an image too.
+      const idmap = { idmap: record.userns, contents: record.userns ? USERNS_GOLDEN : undefined };
       const layer = restore
         ? mountLayerImage(p, spec.template.rootfs, { ...restore.disk, sizeMb: spec.diskMb }, idmap)
         : mountLayer({ cacheDir: this.layout.cacheDir }, p, spec.template.rootfs, spec.diskMb, idmap);
@@ -464,7 +468,7 @@ export class RuncEngine implements VpsEngine {
       const tRunc = performance.now();
       const restoreOpts = restore && { bundle: p.bundle, pidFile: p.pidFile, imagePath: restore.imagesDir, workPath, lazyPages: !!restore.lazyPagesWorkDir };
       const plainCriuConfig = restoreOpts
-        ? await this.setCriuOptions(id, [...lazyCriuOptions(restoreOpts), ...this.restoreCgroupMounts(p.cgroupsPath), ...(record.userns ? this.net.criuVethOptions(record.network) : [])])
+        ? await this.setCriuOptions(id, [...lazyCriuOptions(restoreOpts), ...this.restoreOptions(id, record)])
         : undefined;
       const channel = await startWithPipes(restoreOpts ? restoreArgs(this.runc, id, restoreOpts) : runArgs(this.runc, id, p.bundle, p.pidFile), log)
         .catch(async (e: unknown) => {
@@ -476,7 +480,7 @@ export class RuncEngine implements VpsEngine {
       record.init = await readInitRef(p.pidFile);
       if (restore && record.userns) {
         if (!record.init) throw new RunboxError('unavailable', `VPS ${id} was restored without a known init process`);
-        await this.net.adoptRestored(id, record.network, record.init.pid);
+        await this.adoptRestoredUserns(id, record, record.init);
       }
       if (restore) {
         try {
@@ -499,7 +503,7 @@ export class RuncEngine implements VpsEngine {
       this.live.set(id, vps);
       // A restored agent said "ready" long ago, on its first host; it is running a job now.
       // Beside the agent's start (a failure of either fails the create; neither is left unawaited).
-      const capped = record.userns && record.init ? this.capUserCounts(record.init).then(() => undefined, (e: unknown) => e) : undefined;
+      const capped = record.userns && record.init && !restore ? this.capUserCounts(record.init).then(() => undefined, (e: unknown) => e) : undefined;
       if (!restore) await waitReady(channel).finally(() => capped);
       const capError = await capped;
       if (capError) throw capError;
@@ -720,12 +724,12 @@ export class RuncEngine implements VpsEngine {
     await prepareUsernsImages(o.imagesDir, record?.userns);
     const userns = record?.userns ? record : undefined;
     if (userns) await this.net.releaseForRestore(vps.id, userns.network);
-    const plainCriuConfig = await this.setCriuOptions(vps.id, [...this.restoreCgroupMounts(this.layout.vps(vps.id).cgroupsPath), ...(userns ? this.net.criuVethOptions(userns.network) : [])]);
+    const plainCriuConfig = await this.setCriuOptions(vps.id, this.restoreOptions(vps.id, record));
     const channel = await startWithPipes(argv, log).finally(plainCriuConfig);
     try {
       const init = await readInitRef(o.pidFile);
       await this.checkRestoredStdio(init, channel, o.workPath, o.imagesDir, log);
-      if (userns && init) await Promise.all([this.net.adoptRestored(vps.id, userns.network, init.pid), this.capUserCounts(init)]);
+      if (userns && init) await this.adoptRestoredUserns(vps.id, userns, init);
     } catch (e) {
       channel.close();
       await runcKill(this.runc, vps.id).catch(() => undefined);

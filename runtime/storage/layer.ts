@@ -39,11 +39,9 @@ export interface LayerPaths {
   mappedLayer?: string;
 }
 
-/** How a layer is mounted: `idmap` for a VPS in a user namespace; `fillUpper` runs before the overlay (a restore). */
+/** How a layer is mounted: `idmap` for a VPS in a user namespace. */
 export interface LayerRootOptions {
   idmap?: IdMapping;
-  /** Runs with the disk mounted and upper/ made, before the overlay: fills upper/ for a restore. */
-  fillUpper?: (upperDir: string) => Promise<void>;
 }
 
 export interface LayerStore {
@@ -54,7 +52,7 @@ export interface LayerStore {
 /**
  * What a golden image holds besides an empty file system: the overlay's upper/ and work/ dirs,
  * and in upper/ the mount points and device files a runtime in a user namespace cannot make
- * itself (see ensureUpperDirs / ensureUpperFiles), made once per image instead of per VPS.
+ * itself (see ensureUpperFiles), made once per image instead of per VPS.
  * `tag` names the variant in the image's file name.
  */
 export interface GoldenContents {
@@ -192,10 +190,9 @@ export async function mountLayerDisk(store: LayerStore, p: LayerPaths, sizeMb: n
   }
 }
 
-/** The second half: fills upper/ (a restore), then mounts the overlay root. Undoes the layer on failure. */
+/** The second half: mounts the overlay root (over idmapped views of its layers with `idmap`). Undoes the layer on failure. */
 export async function mountLayerRoot(p: LayerPaths, lowerdir: string, o: LayerRootOptions = {}): Promise<void> {
   try {
-    await o.fillUpper?.(path.join(p.layerMount, 'upper'));
     let [lower, layer] = [lowerdir, p.layerMount];
     if (o.idmap) {
       if (!p.lower || !p.mappedLayer) throw new RunboxError('internal', 'an idmapped layer needs its lower and mappedLayer paths');
@@ -274,32 +271,6 @@ export async function freezeLayer(p: LayerPaths): Promise<() => Promise<void>> {
 
 /** Layer mounts this process froze and has not thawed (unmountLayer thaws them). */
 const frozenLayers = new Set<string>();
-
-/**
- * Makes `dirs` (absolute paths inside the VPS) in an upper dir, before the overlay is mounted,
- * where neither layer has them: mount points a runtime cannot make itself. A runtime restoring a
- * VPS in a user namespace makes the mount points of its config in the root as host root, which the
- * idmapped layer does not map (EOVERFLOW); those in the root at create time were made by the VPS's
- * root and are on its disk, but not those nested in another mount (/sys/firmware: inside sysfs).
- * Each dir made takes the mode of the template's dir where it has one; the owner is the VPS's root.
- */
-export async function ensureUpperDirs(upper: string, lower: string, dirs: readonly string[]): Promise<void> {
-  for (const dir of dirs) {
-    const parts = dir.split('/').filter(Boolean);
-    for (let i = 1; i <= parts.length; i++) {
-      const rel = parts.slice(0, i).join('/');
-      const inUpper = await fs.lstat(path.join(upper, rel)).catch(() => undefined);
-      if (inUpper) {
-        if (inUpper.isDirectory()) continue;
-        break; // a whiteout or a file the job put there: leave it alone
-      }
-      const inLower = await fs.lstat(path.join(lower, rel)).catch(() => undefined);
-      if (inLower && !inLower.isDirectory()) break;
-      await fs.mkdir(path.join(upper, rel), { mode: inLower ? inLower.mode & 0o7777 : 0o755 });
-      if (inLower) await fs.chmod(path.join(upper, rel), inLower.mode & 0o7777);
-    }
-  }
-}
 
 /**
  * Empty regular files at `files` (paths inside the VPS) in an upper dir where it has none: a
