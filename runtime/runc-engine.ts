@@ -20,7 +20,7 @@ import { buildSpec, STANDARD_DEVICES, SYS_DIRS_HIDDEN } from './oci/spec.js';
 import { denyTunAfterStart } from './oci/devices.js';
 import { RuncVps, startWithPipes, waitReady } from './runc-vps.js';
 import { type GoldenContents, mountLayer, mountLayerImage, unmountLayer } from './storage/layer.js';
-import { idmapMount, umount } from './native/sys.js';
+import { idmapProbe } from './native/sys.js';
 import { prepareUsernsImages } from './userns/criu-image.js';
 import { HOST_INOTIFY, userLimitsArgv, USERNS_LIMITS_HELPER, UsernsRanges, type UsernsLease } from './userns/ranges.js';
 import { RUN_DIR } from './layout.js';
@@ -174,11 +174,9 @@ export class RuncEngine implements VpsEngine {
     const mode = this.opts.userns ?? 'auto';
     if (mode === 'off') return Promise.resolve(false);
     return (this.usernsChecked ??= this.makeRootsDir().then(async () => {
-      const probe = path.join(this.layout.rootsDir, `.probe-${process.pid}`);
       try {
-        await fs.mkdir(probe, { recursive: true });
-        await idmapMount(this.layout.emptyDir, probe, { hostId: 2 ** 30, count: 65536 });
-        await umount(probe);
+        const idmap = await idmapProbe(this.layout.rootsDir);
+        if (idmap) throw new RunboxError('host_unsupported', `idmapped mounts fail: ${idmap}`);
         await fs.access(USERNS_LIMITS_HELPER, fsSync.constants.X_OK).catch(() => {
           throw new RunboxError('host_unsupported', `${USERNS_LIMITS_HELPER} is missing: run scripts/setup.sh (it builds it)`);
         });
@@ -188,8 +186,6 @@ export class RuncEngine implements VpsEngine {
         if (mode === 'on') throw new RunboxError('host_unsupported', `RUNBOX_USERNS=on, but VPSs cannot have user namespaces here: ${(e as Error).message}`);
         this.opts.log.warn({ err: e }, 'VPSs run without user namespaces here (root inside is host root)');
         return false;
-      } finally {
-        await fs.rmdir(probe).catch(() => undefined);
       }
     }).catch((e: unknown) => {
       this.usernsChecked = undefined;

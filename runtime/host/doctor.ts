@@ -2,10 +2,10 @@ import os from 'node:os';
 import { resolveOciRuntime, type OciRuntimePreference } from '../oci/runtime-choice.js';
 import { execFile } from 'node:child_process';
 import { constants as fsc } from 'node:fs';
-import { access, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { access, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { release } from 'node:os';
 import { join } from 'node:path';
-import { idmapMount, umount } from '../native/sys.js';
+import { idmapProbe } from '../native/sys.js';
 import { PIPE_MAX_SIZE_NEEDED } from '../checkpoint/lazy.js';
 import { CAP_SYS_RESOURCE, hasCapability } from './caps.js';
 
@@ -230,7 +230,7 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
   const [ns, userns, idmap, cgroups, filesystems, loop, criu, runc, nft, ip, agent, state, nofile, openssl, setpriv] = await Promise.all([
     run('unshare', nsArgs),
     run('unshare', ['--user', '--map-root-user', 'true']),
-    idmapProbe(),
+    idmapProbe(os.tmpdir()),
     cgroupChecks(),
     readFile('/proc/filesystems', 'utf8').catch(() => ''),
     exists('/dev/loop-control'),
@@ -272,22 +272,6 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
     openssl,
     setpriv,
   ];
-}
-
-/** Whether this host can make an idmapped mount (what VPS layers in user namespaces need); the error otherwise. */
-async function idmapProbe(): Promise<string | undefined> {
-  const dir = await mkdtemp(join(os.tmpdir(), 'runbox-doctor-idmap-'));
-  try {
-    await mkdir(join(dir, 'src'));
-    await mkdir(join(dir, 'dst'));
-    await idmapMount(join(dir, 'src'), join(dir, 'dst'), { hostId: 2 ** 30, count: 65536 });
-    await umount(join(dir, 'dst'));
-    return undefined;
-  } catch (e) {
-    return (e as Error).message;
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
 }
 
 /** Whether VPSs get user namespaces here (RUNBOX_USERNS), from whether user namespaces and idmapped mounts work. */

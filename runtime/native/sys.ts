@@ -57,6 +57,25 @@ export const mount = (source: string, target: string, fstype: string, o: MountOp
   load().mount(source, target, fstype, o.data ?? '', o.flags ?? 0);
 
 /**
+ * Whether this host can make an idmapped mount (what VPS layers in user namespaces need), tried
+ * in a scratch dir under `parent`; the error's message otherwise. Leaves nothing.
+ */
+export async function idmapProbe(parent: string): Promise<string | undefined> {
+  const dir = await fs.mkdtemp(path.join(parent, '.idmap-probe-'));
+  try {
+    await fs.mkdir(path.join(dir, 'src'));
+    await fs.mkdir(path.join(dir, 'dst'));
+    await idmapMount(path.join(dir, 'src'), path.join(dir, 'dst'), { hostId: 2 ** 30, count: 65536 });
+    await umount(path.join(dir, 'dst'));
+    return undefined;
+  } catch (e) {
+    return (e as Error).message;
+  } finally {
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+}
+
+/**
  * mount(2) made with file system uid and gid `fsid` (capabilities kept): an overlay over idmapped
  * layers must be made by an id those layers map (storage/layer.ts).
  */
