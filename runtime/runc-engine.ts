@@ -249,11 +249,16 @@ export class RuncEngine implements VpsEngine {
   /** The VPS's root dir, its root's own: host users other than root and the VPS's root cannot pass it. */
   private async makeRootDir(dir: string, userns: UsernsLease | undefined): Promise<void> {
     await this.makeRootsDir();
-    await fs.mkdir(dir, { mode: 0o700 }).catch((e: NodeJS.ErrnoException) => {
-      if (e.code !== 'EEXIST') throw e;
-    });
-    await fs.chown(dir, userns?.hostId ?? 0, userns?.hostId ?? 0);
-    await fs.chmod(dir, 0o700);
+    // Made here, it is root's and 0700 already (0700 & ~umask); one left from before is made so.
+    const existed = await fs.mkdir(dir, { mode: 0o700 }).then(
+      () => false,
+      (e: NodeJS.ErrnoException) => {
+        if (e.code !== 'EEXIST') throw e;
+        return true;
+      },
+    );
+    if (userns || existed) await fs.chown(dir, userns?.hostId ?? 0, userns?.hostId ?? 0);
+    if (existed) await fs.chmod(dir, 0o700);
   }
 
   /**
