@@ -75,6 +75,9 @@ export const mkfsArgs = (image: string): string[] => [
  */
 export const GOLDEN_KEEP = 16;
 
+/** A golden image's file name (its size, and the tag of its contents if any), as a pattern source. */
+const GOLDEN_NAME = String.raw`layer-\d+m(?:-[a-z]{1,16})?\.ext4`;
+
 export async function goldenImage(store: LayerStore, sizeMb: number, contents?: GoldenContents): Promise<string> {
   if (contents && !/^[a-z]{1,16}$/.test(contents.tag)) throw new RunboxError('internal', `bad golden image tag "${contents.tag}"`);
   const file = path.join(store.cacheDir, `layer-${sizeMb}m${contents ? `-${contents.tag}` : ''}.ext4`);
@@ -136,8 +139,9 @@ const ownerTag = (): string => {
 export async function staleGoldenWork(cacheDir: string): Promise<string[]> {
   const removed: string[] = [];
   const mounts = await mountPoints();
+  const work = new RegExp(String.raw`^${GOLDEN_NAME}\.(\d+)-(\d+)\.[a-z0-9]+\.tmp(\.mnt-\w+)?$`);
   for (const name of await fs.readdir(cacheDir).catch(() => [] as string[])) {
-    const m = /^layer-\d+m(?:-[a-z]{1,16})?\.ext4\.(\d+)-(\d+)\.[a-z0-9]+\.tmp(\.mnt-\w+)?$/.exec(name);
+    const m = work.exec(name);
     if (!m || isAlive({ pid: Number(m[1]), start: Number(m[2]) })) continue;
     const full = path.join(cacheDir, name);
     if (m[3] && mounts.has(full)) await umount(full, { lazy: true }).catch(() => undefined);
@@ -149,7 +153,8 @@ export async function staleGoldenWork(cacheDir: string): Promise<string[]> {
 
 /** Removes all but the `keep` most recently used golden images. */
 export async function pruneGolden(cacheDir: string, keep: number): Promise<string[]> {
-  const names = (await fs.readdir(cacheDir).catch(() => [] as string[])).filter((n) => /^layer-\d+m(-[a-z]{1,16})?\.ext4$/.test(n));
+  const golden = new RegExp(`^${GOLDEN_NAME}$`);
+  const names = (await fs.readdir(cacheDir).catch(() => [] as string[])).filter((n) => golden.test(n));
   if (names.length <= keep) return [];
   const dated = await Promise.all(names.map(async (n) => ({ n, t: (await fs.stat(path.join(cacheDir, n)).catch(() => undefined))?.mtimeMs ?? 0 })));
   const old = dated.sort((a, b) => b.t - a.t).slice(keep).map((d) => path.join(cacheDir, d.n));
