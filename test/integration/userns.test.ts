@@ -32,6 +32,28 @@ async function hostUids(pid: number): Promise<number[]> {
   return /^Uid:\s+(.*)$/m.exec(status)![1]!.trim().split(/\s+/).map(Number);
 }
 
+/**
+ * Two python VPSs of `e`, both running as root inside: `hog` runs first and holds on (until
+ * killed) once it printed `marker`; then `other` runs to its end. Their outputs, and other's exit.
+ */
+async function hogThenOther(e: TestEngine, hog: string, other: string, marker: string): Promise<{ hog: string; other: string; otherExit: number | null }> {
+  const python = await resolveTemplate(TEMPLATES_DIR, 'python');
+  const [h, o] = [await e.create({ template: python }), await e.create({ template: python })];
+  try {
+    const hogOut: Buffer[] = [];
+    const hogRun = h.run({ argv: ['python3', '-c', hog], user: 'root', timeoutSec: 30, outputBytes: 1 << 20, onOutput: (_s, d) => hogOut.push(Buffer.from(d)) });
+    for (let i = 0; i < 400 && !Buffer.concat(hogOut).toString().includes(marker); i++) await new Promise((r) => setTimeout(r, 25));
+    const otherOut: Buffer[] = [];
+    const r = await o.run({ argv: ['python3', '-c', other], user: 'root', timeoutSec: 30, outputBytes: 1 << 20, onOutput: (_s, d) => otherOut.push(Buffer.from(d)) });
+    await h.killAll();
+    await hogRun;
+    return { hog: Buffer.concat(hogOut).toString(), other: Buffer.concat(otherOut).toString(), otherExit: r.exitCode };
+  } finally {
+    await e.engine.destroy(h.id);
+    await e.engine.destroy(o.id);
+  }
+}
+
 describe('user namespaces (RUNBOX_USERNS, default auto)', () => {
   it('work on this host (auto takes them)', async () => {
     expect(await t.engine.usernsEnabled()).toBe(true);
@@ -145,65 +167,30 @@ describe('user namespaces (RUNBOX_USERNS, default auto)', () => {
     // fs.pipe-user-pages-soft (16384 pages here) is counted per host user: once a user holds that
     // many pipe pages, each new pipe of that user gets 2 pages (this kernel) instead of 16. Both
     // VPSs run python as root inside.
-    const e = userns ? t : plain;
     const soft = Number(await fs.readFile('/proc/sys/fs/pipe-user-pages-soft', 'utf8'));
-    const python = await resolveTemplate(TEMPLATES_DIR, 'python');
     const script = (pipes: number, hold: number) =>
       `import os, fcntl, time\nkeep = [os.pipe() for _ in range(${pipes})]\nr, w = os.pipe()\nprint("size=%d" % fcntl.fcntl(w, 1032), flush=True)\ntime.sleep(${hold})\n`;
-    const hog = await e.create({ template: python });
-    const other = await e.create({ template: python });
-    try {
-      const hogOut: Buffer[] = [];
-      const hogRun = hog.run({
-        argv: ['python3', '-c', script(Math.ceil(soft / 16) + 64, 20)],
-        user: 'root',
-        timeoutSec: 30,
-        outputBytes: 1 << 20,
-        onOutput: (_s, d) => hogOut.push(Buffer.from(d)),
-      });
-      for (let i = 0; i < 400 && !Buffer.concat(hogOut).toString().includes('size='); i++) await new Promise((r) => setTimeout(r, 25));
-      // The hog is over its user's budget: its own new pipe is small.
-      const hogSize = Number(/size=(\d+)/.exec(Buffer.concat(hogOut).toString())?.[1]);
-      expect(hogSize).toBeGreaterThan(0);
-      expect(hogSize).toBeLessThan(65536);
-      const otherOut: Buffer[] = [];
-      const r = await other.run({ argv: ['python3', '-c', script(0, 0)], user: 'root', timeoutSec: 30, outputBytes: 1 << 20, onOutput: (_s, d) => otherOut.push(Buffer.from(d)) });
-      expect(r.exitCode).toBe(0);
-      const otherSize = Number(/size=(\d+)/.exec(Buffer.concat(otherOut).toString())?.[1]);
-      if (userns) expect(otherSize).toBe(65536);
-      else expect(otherSize).toBe(hogSize); // the same host user: the hog's exhaustion is the other's too
-      await hog.killAll();
-      await hogRun;
-    } finally {
-      await e.engine.destroy(hog.id);
-      await e.engine.destroy(other.id);
-    }
+    const r = await hogThenOther(userns ? t : plain, script(Math.ceil(soft / 16) + 64, 20), script(0, 0), 'size=');
+    // The hog is over its user's budget: its own new pipe is small.
+    const hogSize = Number(/size=(\d+)/.exec(r.hog)?.[1]);
+    expect(hogSize).toBeGreaterThan(0);
+    expect(hogSize).toBeLessThan(65536);
+    expect(r.otherExit).toBe(0);
+    const otherSize = Number(/size=(\d+)/.exec(r.other)?.[1]);
+    if (userns) expect(otherSize).toBe(65536);
+    else expect(otherSize).toBe(hogSize); // the same host user: the hog's exhaustion is the other's too
   });
 
   it("caps each VPS's inotify instances in its own user namespace: one that takes all of its own leaves another its share", async () => {
     // inotify counts are kept up the user-namespace tree to its owner (host root): without a cap of
     // each VPS's own, the first VPS takes host root's budget (fs.inotify.max_user_instances) from
-    // every other VPS. The same test fails with RUNBOX_USERNS=off (both VPSs are then host root).
-    const python = await resolveTemplate(TEMPLATES_DIR, 'python');
+    // every other VPS. Without user namespaces there is no cap of its own (the hog takes 1000).
     const script = (n: number, hold: number) =>
       `import ctypes, time\nlibc = ctypes.CDLL(None, use_errno=True)\nfds = []\nfor i in range(${n}):\n    fd = libc.inotify_init()\n    if fd < 0:\n        break\n    fds.append(fd)\nprint("made", len(fds), flush=True)\ntime.sleep(${hold})\n`;
-    const hog = await t.create({ template: python });
-    const other = await t.create({ template: python });
-    try {
-      const hogOut: Buffer[] = [];
-      const hogRun = hog.run({ argv: ['python3', '-c', script(1000, 20)], user: 'root', timeoutSec: 30, outputBytes: 1 << 20, onOutput: (_s, d) => hogOut.push(Buffer.from(d)) });
-      for (let i = 0; i < 400 && !Buffer.concat(hogOut).toString().includes('made'); i++) await new Promise((r) => setTimeout(r, 25));
-      expect(Buffer.concat(hogOut).toString()).toBe(`made ${VPS_USER_LIMITS.max_inotify_instances}\n`);
-      const otherOut: Buffer[] = [];
-      const r = await other.run({ argv: ['python3', '-c', script(100, 0)], user: 'root', timeoutSec: 30, outputBytes: 1 << 20, onOutput: (_s, d) => otherOut.push(Buffer.from(d)) });
-      expect(r.exitCode).toBe(0);
-      expect(Buffer.concat(otherOut).toString()).toBe('made 100\n');
-      await hog.killAll();
-      await hogRun;
-    } finally {
-      await t.engine.destroy(hog.id);
-      await t.engine.destroy(other.id);
-    }
+    const r = await hogThenOther(t, script(1000, 20), script(100, 0), 'made');
+    expect(r.hog).toBe(`made ${VPS_USER_LIMITS.max_inotify_instances}\n`);
+    expect(r.otherExit).toBe(0);
+    expect(r.other).toBe('made 100\n');
   });
 
   it("keeps the VPS's caps out of its own reach, and puts them back after a restore", async () => {
