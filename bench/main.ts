@@ -5,6 +5,7 @@
  */
 import { errorMessage } from '../core/errors.js';
 import { checkpointBench, type ListBenchmark } from './checkpoint.js';
+import { checkpointStoreBench } from './checkpoint-store.js';
 import { coldRun } from './cold-run.js';
 import { e2eLatency } from './e2e-latency.js';
 import { idleDensity } from './idle-density.js';
@@ -26,6 +27,7 @@ const BENCHMARKS: Array<{ bench: Benchmark | ListBenchmark; netCidr: string }> =
   { bench: checkpointBench, netCidr: '10.250.7.0/24' },
   { bench: migrateBench, netCidr: '10.250.8.0/24' },
   { bench: soak, netCidr: '10.250.9.0/24' },
+  { bench: checkpointStoreBench, netCidr: '10.250.10.0/24' },
 ];
 
 /** Comma-separated integer lists (`--sizes 64,256`) of the benchmarks that take them. */

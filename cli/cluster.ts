@@ -2,7 +2,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { REPO_ROOT } from '../core/config.js';
+import { REPO_ROOT, type ServiceConfig } from '../core/config.js';
+import { locationEnv } from '../core/objects/location.js';
 import { RunboxError } from '../core/errors.js';
 import { createLogger } from '../core/log.js';
 import { connectRedis } from '../core/redis.js';
@@ -10,8 +11,9 @@ import { HostRegistry } from '../core/store/hosts.js';
 import { ensurePrivateDirs, ensurePrivateFile } from '../runtime/host/private-dirs.js';
 import { isAlive, selfRef, type ProcessRef } from '../runtime/host/proc.js';
 import { Layout } from '../runtime/layout.js';
+import { gateway, parseCidr } from '../runtime/net/addr.js';
 import { createClusterNet, removeClusterNet, type ClusterHostNet } from '../runtime/net/cluster-net.js';
-import { apiDeps, loadConfig, untilSignal } from './services.js';
+import { apiDeps, describeChoice, embeddedObjectStore, loadConfig, untilSignal } from './services.js';
 
 /**
  * `runbox cluster up --hosts N`: for development, tests and demos, N worker hosts on this machine,
@@ -64,12 +66,17 @@ async function clusterUp(args: string[]): Promise<number> {
   const tokenFile = path.join(dir, 'api-tokens');
   await ensurePrivateFile(tokenFile, { log });
   const token = config.apiTokens ? undefined : await ensureTokenFile(tokenFile, { log });
-  const nets = await createClusterNet(layout.instance, values.cidr ?? '10.99.0.0/24', hosts);
+  const cidr = values.cidr ?? '10.99.0.0/24';
+  const nets = await createClusterNet(layout.instance, cidr, hosts);
   await fs.writeFile(pidFile, JSON.stringify({ supervisor: selfRef(), hosts, instance: layout.instance } satisfies ClusterFile));
+  // Hosts share no checkpoint directory: without RUNBOX_OBJECT_STORE, an embedded S3 server on
+  // the cluster bridge's address (the hosts' gateway) holds checkpoints, as a store between machines would.
+  const wanted: ServiceConfig = process.env.RUNBOX_OBJECT_STORE ? config : { ...config, objectStore: { kind: 'embedded' } };
+  const store = await embeddedObjectStore(wanted, log, { address: gateway(parseCidr(cidr)), stateDir: dir });
 
-  const workers = nets.map((n) => startHostWorker(n, dir, redis.url));
+  const workers = nets.map((n) => startHostWorker(n, dir, redis.url, store.config.objectStore));
   const stop = new AbortController();
-  const { deps, close } = await apiDeps({ ...config, tokenFile }, redis.url, log, stop.signal);
+  const { deps, close } = await apiDeps({ ...store.config, tokenFile }, redis.url, log, stop.signal);
   const api = await startApi(deps, { host: config.apiHost, port: config.apiPort });
   const registry = new HostRegistry(connectRedis(redis.url), config.redisPrefix);
   const deadline = Date.now() + 60_000;
@@ -83,6 +90,7 @@ async function clusterUp(args: string[]): Promise<number> {
       `  API:   ${api.url}`,
       token ? `  token: ${token.token}   (tenant "${token.tenant}", ${token.role}, stored in ${tokenFile})` : '  tokens: from RUNBOX_API_TOKENS',
       `  redis: ${redis.url}`,
+      `  store: ${describeChoice(store.config.objectStore, path.join(dir, 'checkpoints'))}`,
       `Ctrl-C (or runbox cluster down) stops everything.`,
       '',
     ].join('\n'),
@@ -95,6 +103,7 @@ async function clusterUp(args: string[]): Promise<number> {
     () => api.close(),
     close,
     stopWorkers,
+    () => store.stop(),
     () => redis.stop(),
     // A host that died (or was killed) left its VPSs behind: remove them too.
     () => cleanHosts(dir, hosts),
@@ -104,7 +113,7 @@ async function clusterUp(args: string[]): Promise<number> {
 }
 
 /** One worker host: `runbox worker` inside the host's network namespace (nsenter: net only). */
-function startHostWorker(n: ClusterHostNet, dir: string, redisUrl: string): ChildProcess {
+function startHostWorker(n: ClusterHostNet, dir: string, redisUrl: string, objectStore: ServiceConfig['objectStore']): ChildProcess {
   // Per-host settings of the caller's environment are not the cluster's: each host binds its own
   // address and makes its own migration key and certificate (one shared key would be no identity).
   const inherited = { ...process.env };
@@ -115,8 +124,9 @@ function startHostWorker(n: ClusterHostNet, dir: string, redisUrl: string): Chil
     RUNBOX_TEMPLATES_DIR: process.env.RUNBOX_TEMPLATES_DIR ?? loadConfig().templatesDir,
     RUNBOX_HOST_ID: `h${n.index}`,
     RUNBOX_REDIS_URL: redisUrl,
-    // One checkpoint store for all hosts, as a shared mount would be between machines.
-    RUNBOX_CHECKPOINT_DIR: path.join(dir, 'checkpoints'),
+    // The object store (each host stages in its own state dir), or with RUNBOX_OBJECT_STORE=dir
+    // one checkpoint directory for all hosts, as a shared mount would be between machines.
+    ...(objectStore.kind === 's3' ? { ...locationEnv(objectStore.location), RUNBOX_CHECKPOINT_DIR: path.join(dir, 'hosts', `h${n.index}`, 'checkpoints') } : { RUNBOX_OBJECT_STORE: 'dir', RUNBOX_CHECKPOINT_DIR: path.join(dir, 'checkpoints') }),
   };
   return spawn('nsenter', [`--net=/run/netns/${n.netns}`, process.execPath, path.join(REPO_ROOT, 'dist/cli/main.js'), 'worker'], {
     env,

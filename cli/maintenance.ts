@@ -1,8 +1,11 @@
-import { runtimeConfigFromEnv } from '../core/config.js';
+import { runtimeConfigFromEnv, serviceConfigFromEnv } from '../core/config.js';
+import { probeObjectStore } from '../core/objects/probe.js';
+import { S3ObjectStore } from '../core/objects/s3.js';
+import { describeChoice } from './services.js';
 import { createLogger } from '../core/log.js';
 import { RunboxError } from '../core/errors.js';
 import { gc } from '../runtime/gc.js';
-import { formatDoctor, runDoctor } from '../runtime/host/doctor.js';
+import { formatDoctor, runDoctor, type DoctorCheck } from '../runtime/host/doctor.js';
 import { RuncEngine } from '../runtime/runc-engine.js';
 
 export function engineFromEnv(): RuncEngine {
@@ -39,10 +42,28 @@ export async function gcCommand(args: string[]): Promise<number> {
   return 0;
 }
 
+/** doctor's line for RUNBOX_OBJECT_STORE: an S3 store is probed (write, read back, list, remove). */
+async function objectStoreCheck(): Promise<DoctorCheck> {
+  const name = 'checkpoint/object store (RUNBOX_OBJECT_STORE)';
+  const svc = serviceConfigFromEnv(process.env, 'doctor');
+  const choice = svc.objectStore;
+  if (choice.kind !== 's3') return { name, ok: true, detail: describeChoice(choice, svc.checkpointDir) };
+  const objects = new S3ObjectStore(choice.location);
+  try {
+    const r = await probeObjectStore(objects);
+    return r.ok
+      ? { name, ok: true, detail: `${objects.description}: write, read back, list, remove in ${r.ms} ms` }
+      : { name, ok: false, detail: `${objects.description}: ${r.error}`, fix: 'check RUNBOX_S3_ENDPOINT, the bucket and RUNBOX_S3_ACCESS_KEY_ID / RUNBOX_S3_SECRET_ACCESS_KEY' };
+  } finally {
+    objects.close();
+  }
+}
+
 export async function doctorCommand(args: string[]): Promise<number> {
   if (args.length) throw new RunboxError('invalid_argument', 'doctor takes no arguments');
   const cfg = runtimeConfigFromEnv(process.env);
   const checks = await runDoctor({ criuPath: cfg.criuPath, stateDir: cfg.stateDir, agentPath: cfg.agentPath, runtime: cfg.runtime, runcPath: cfg.runcPath, crunPath: cfg.crunPath, userns: cfg.userns });
+  checks.push(await objectStoreCheck());
   process.stdout.write(`${formatDoctor(checks)}\n`);
   return checks.some((c) => !c.ok && !c.optional) ? 1 : 0;
 }

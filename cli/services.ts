@@ -1,5 +1,6 @@
 import os from 'node:os';
 import { serviceConfigFromEnv, type ServiceConfig } from '../core/config.js';
+import { describeLocation } from '../core/objects/location.js';
 import { RunboxError } from '../core/errors.js';
 import { createLogger, type Logger } from '../core/log.js';
 import { ensurePrivateDirs, ensurePrivateFile } from '../runtime/host/private-dirs.js';
@@ -165,9 +166,10 @@ export async function upCommand(args: string[]): Promise<number> {
   await prebuildTemplates(config, log); // RUNBOX_PREBUILD_TEMPLATES, before anything starts (the worker's pools need them)
   const redis = config.redisUrl ? { url: config.redisUrl, stop: async () => undefined } : await startEmbeddedRedis(config.stateDir, { log, maxmemoryBytes: config.redisMaxmemoryBytes });
   const token = config.apiTokens ? undefined : await ensureTokenFile(config.tokenFile, { log });
-  const worker = await startWorker({ config, redisUrl: redis.url, log, warmBeforeStart: false });
+  const store = await embeddedObjectStore(config, log);
+  const worker = await startWorker({ config: store.config, redisUrl: redis.url, log, warmBeforeStart: false });
   const stop = new AbortController();
-  const { deps, close } = await apiDeps(config, redis.url, log, stop.signal);
+  const { deps, close } = await apiDeps(store.config, redis.url, log, stop.signal);
   const api = await startApi(deps, { host: config.apiHost, port: config.apiPort });
   process.stdout.write(
     [
@@ -175,11 +177,30 @@ export async function upCommand(args: string[]): Promise<number> {
       `  API:    ${api.url}   (docs: ${api.url}/docs)`,
       token ? `  token:  ${token.token}   (tenant "${token.tenant}", ${token.role}, stored in ${config.tokenFile})` : '  tokens: from RUNBOX_API_TOKENS',
       `  redis:  ${redis.url}`,
+      `  store:  ${describeChoice(store.config.objectStore, config.checkpointDir)}`,
       `  try:    curl -s -H "Authorization: Bearer <token>" -d '{"command":["echo","hello"]}' '${api.url}/v1/jobs?wait=30'`,
       `          ./bin/runbox submit --wait 30 -- echo hello`,
       `Ctrl-C stops everything.`,
       '',
     ].join('\n'),
   );
-  return untilSignal(log, [async () => stop.abort(), () => api.close(), close, () => worker.close(), () => redis.stop()]);
+  return untilSignal(log, [async () => stop.abort(), () => api.close(), close, () => worker.close(), () => store.stop(), () => redis.stop()]);
+}
+
+/**
+ * RUNBOX_OBJECT_STORE=embedded: starts the embedded S3 server (loopback, or `address`) and
+ * returns the configuration with its location; any other choice is returned as it is.
+ */
+export async function embeddedObjectStore(config: ServiceConfig, log: Logger, o: { address?: string; stateDir?: string } = {}): Promise<{ config: ServiceConfig; stop(): Promise<void> }> {
+  if (config.objectStore.kind !== 'embedded') return { config, stop: async () => undefined };
+  const { startEmbeddedS3 } = await import('./embedded-s3.js');
+  const s3 = await startEmbeddedS3(o.stateDir ?? config.stateDir, { address: o.address, log });
+  return { config: { ...config, objectStore: { kind: 's3', location: s3.location } }, stop: () => s3.stop() };
+}
+
+/** The checkpoint store as `runbox up` and doctor print it. */
+export function describeChoice(choice: ServiceConfig['objectStore'], checkpointDir: string): string {
+  if (choice.kind === 's3') return describeLocation(choice.location);
+  if (choice.kind === 'embedded') return 'embedded S3 server (started by runbox up / cluster up)';
+  return `directory ${checkpointDir} (RUNBOX_OBJECT_STORE=dir)`;
 }

@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Limits } from './limits.js';
+import { objectStoreChoice, ObjectStoreEnvSchema, type ObjectStoreChoice } from './objects/location.js';
 
 /** Repository root (this file lives in core/ or dist/core/). */
 export const REPO_ROOT = (() => {
@@ -121,6 +122,7 @@ export const EnvSchema = z.object({
   RUNBOX_SHUTDOWN_GRACE_SEC: num(30),
   RUNBOX_JOB_LOCK_MS: z.coerce.number().int().min(1000).default(15_000),
   RUNBOX_CHECKPOINT_DIR: z.string().min(1).optional(),
+  ...ObjectStoreEnvSchema.shape,
   RUNBOX_CHECKPOINT_AFTER_SEC: z.coerce.number().int().min(0).default(0),
   RUNBOX_CHECKPOINT_KEEP: z.coerce.number().int().min(1).default(2),
   RUNBOX_MIGRATION_PORT: z.coerce.number().int().min(0).max(65535).default(0),
@@ -257,8 +259,10 @@ export interface ServiceConfig extends RuntimeConfig {
   shutdownGraceSec: number;
   /** BullMQ job lock: a worker that stops renewing it for this long is presumed dead. */
   jobLockMs: number;
-  /** Checkpoint store root (a shared mount in production). */
+  /** Checkpoint store root (dir store), or local staging space (object store). */
   checkpointDir: string;
+  /** Where checkpoints (and with an object store, artifacts) live: core/objects/location.ts. */
+  objectStore: ObjectStoreChoice;
   checkpointAfterSec: number;
   checkpointKeep: number;
   /** TCP port on which a worker receives migrating jobs (0: any free port, advertised in its heartbeat). */
@@ -310,6 +314,7 @@ export function serviceConfigFromEnv(raw: NodeJS.ProcessEnv, hostname: string): 
     shutdownGraceSec: e.RUNBOX_SHUTDOWN_GRACE_SEC,
     jobLockMs: e.RUNBOX_JOB_LOCK_MS,
     checkpointDir: path.resolve(e.RUNBOX_CHECKPOINT_DIR ?? path.join(rt.stateDir, 'checkpoints')),
+    objectStore: objectStoreChoice(e),
     checkpointAfterSec: e.RUNBOX_CHECKPOINT_AFTER_SEC,
     checkpointKeep: e.RUNBOX_CHECKPOINT_KEEP,
     migrationPort: e.RUNBOX_MIGRATION_PORT,

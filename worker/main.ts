@@ -18,7 +18,7 @@ import { resolveTemplate } from '../runtime/templates/store.js';
 import { Heartbeat, primaryAddress } from './host.js';
 import { JobCheckpointer } from './checkpoints.js';
 import { HostCommands } from './commands.js';
-import { DirectoryCheckpointStore } from '../runtime/checkpoint/store.js';
+import { openCheckpointStore } from './object-checkpoints.js';
 import { createProcessor } from './processors/run-job.js';
 import { RunningJobs } from './running.js';
 import type { JobDeps } from './job/deps.js';
@@ -118,7 +118,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
   else for (const p of pools) p.refill();
 
   const running = new RunningJobs();
-  const checkpoints = new DirectoryCheckpointStore(config.checkpointDir);
+  const { store: checkpoints, objects } = await openCheckpointStore(config.objectStore, config.checkpointDir, hlog);
   // CRIU can dump non-root processes only where root has CAP_SYS_RESOURCE (core/checkpointable.ts).
   // And in user namespaces anywhere: host root, their owner, holds every capability over their ids.
   const checkpointNonRoot = hasCapability(CAP_SYS_RESOURCE) || (await engine.usernsEnabled());
@@ -295,6 +295,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
         await sub.quit().catch(() => undefined);
         await redis.quit().catch(() => undefined);
         bullConnection.disconnect(); // BullMQ does not close a connection it was given
+        objects?.close();
         hlog.info('worker stopped');
       })()),
   };

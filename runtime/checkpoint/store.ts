@@ -43,18 +43,40 @@ export interface CheckpointStore {
   /** Removes all but the newest `keep` checkpoints. */
   prune(jobId: string, keep: number): Promise<void>;
   removeAll(jobId: string): Promise<void>;
-  /** The newest checkpoint (complete: committed ones always are). */
-  restorable(jobId: string): Promise<{ meta: CheckpointMeta; imagesDir: string; diskImage: string } | undefined>;
+  /**
+   * The newest checkpoint (complete: committed ones always are), as local files. `caps` bound
+   * what a store that downloads may write (the job's memory and disk limits). `release()` once
+   * the restore is done with the files (a downloaded copy is removed; `disposable`: its disk image
+   * may be moved instead of copied).
+   */
+  restorable(jobId: string, caps: CheckpointCaps): Promise<RestorableCheckpoint | undefined>;
 }
 
-const JOB_ID = /^[a-z0-9]{8,40}$/;
+export interface CheckpointCaps {
+  memoryMb: number;
+  diskMb: number;
+}
+
+export interface RestorableCheckpoint {
+  meta: CheckpointMeta;
+  imagesDir: string;
+  diskImage: string;
+  disposable: boolean;
+  release(): Promise<void>;
+}
+
+export const JOB_ID = /^[a-z0-9]{8,40}$/;
+
+/** A checkpoint's name in a store: `<seq, 6 digits>-<id>` (sorts by sequence). */
+export const checkpointName = (meta: Pick<CheckpointMeta, 'seq' | 'id'>): string => `${String(meta.seq).padStart(6, '0')}-${meta.id}`;
+export const CHECKPOINT_NAME = /^\d{6}-[A-Za-z0-9_-]{1,64}$/;
 
 /**
  * meta.json as read back: the checkpoint store may be a shared mount that other hosts write, so
  * every field a restore uses (template name and version: a path; address: a lease file name;
  * hostname: the VPS's) is checked. Unknown fields are kept (newer writers), never used.
  */
-const CheckpointMetaSchema = z.looseObject({
+export const CheckpointMetaSchema = z.looseObject({
   id: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/),
   jobId: z.string().regex(JOB_ID),
   seq: z.number().int().min(0).max(999_999),
@@ -71,7 +93,12 @@ const CheckpointMetaSchema = z.looseObject({
 });
 // A field added to CheckpointMeta must be added to the schema too (this stops compiling otherwise).
 const _metaSchemaCoversMeta: z.ZodType<CheckpointMeta> = CheckpointMetaSchema;
-const MAX_META_BYTES = 64 * 1024;
+export const MAX_META_BYTES = 64 * 1024;
+
+/** `checkpoint_incompatible` naming the checkpoint (printable, shortened) and what is wrong with it. */
+export function badCheckpoint(name: string, jobId: string, why: string): RunboxError {
+  return new RunboxError('checkpoint_incompatible', `checkpoint ${name.slice(0, 80).replace(/[^\x20-\x7e]/g, '?')} of job ${jobId} ${why}`);
+}
 
 /**
  * Reads `<dir>/<name>/meta.json` (name: `<seq>-<id>`) of `jobId`: no symlink followed, size
@@ -79,7 +106,7 @@ const MAX_META_BYTES = 64 * 1024;
  * never the file's content.
  */
 async function readMeta(dir: string, name: string, jobId: string): Promise<CheckpointMeta> {
-  const bad = (why: string) => new RunboxError('checkpoint_incompatible', `checkpoint ${name.slice(0, 80).replace(/[^\x20-\x7e]/g, '?')} of job ${jobId} ${why}`);
+  const bad = (why: string) => badCheckpoint(name, jobId, why);
   let text: string;
   try {
     const fh = await fs.open(path.join(dir, name, 'meta.json'), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
@@ -95,6 +122,15 @@ async function readMeta(dir: string, name: string, jobId: string): Promise<Check
     if (e instanceof RunboxError) throw e;
     throw bad(`has no readable meta.json (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
   }
+  return parseCheckpointMeta(text, name, jobId);
+}
+
+/**
+ * meta.json's text as a checkpoint's metadata: checked field by field and against the checkpoint
+ * it claims to be (`name`, `jobId`). A message names the checkpoint and the field, never the content.
+ */
+export function parseCheckpointMeta(text: string, name: string, jobId: string): CheckpointMeta {
+  const bad = (why: string) => badCheckpoint(name, jobId, why);
   let raw: unknown;
   try {
     raw = JSON.parse(text);
@@ -107,28 +143,38 @@ async function readMeta(dir: string, name: string, jobId: string): Promise<Check
     throw bad(`has an invalid meta.json (field ${at || '(top level)'})`);
   }
   const meta = r.data as CheckpointMeta;
-  if (meta.jobId !== jobId || name !== `${String(meta.seq).padStart(6, '0')}-${meta.id}`) throw bad('has a meta.json of another checkpoint');
+  if (meta.jobId !== jobId || name !== checkpointName(meta)) throw bad('has a meta.json of another checkpoint');
   return meta;
+}
+
+/** `<root>/<jobId>`, for a job id that is one (never a path in disguise). */
+export function jobDirOf(root: string, jobId: string): string {
+  if (!JOB_ID.test(jobId)) throw new RunboxError('invalid_argument', `invalid job id "${jobId}"`);
+  return path.join(root, jobId);
+}
+
+/** A new, empty staging directory for checkpoint `seq` under `<root>/<jobId>` (images/ inside). */
+export async function stageIn(root: string, jobId: string, seq: number): Promise<{ dir: string; imagesDir: string; diskImage: string }> {
+  const dir = path.join(jobDirOf(root, jobId), `.staging-${seq}-${process.pid}`);
+  await fs.rm(dir, { recursive: true, force: true });
+  await fs.mkdir(path.join(dir, 'images'), { recursive: true, mode: 0o700 });
+  return { dir, imagesDir: path.join(dir, 'images'), diskImage: path.join(dir, 'disk.img') };
 }
 
 export class DirectoryCheckpointStore implements CheckpointStore {
   constructor(readonly root: string) {}
 
   private jobDir(jobId: string): string {
-    if (!JOB_ID.test(jobId)) throw new RunboxError('invalid_argument', `invalid job id "${jobId}"`);
-    return path.join(this.root, jobId);
+    return jobDirOf(this.root, jobId);
   }
 
-  async stage(jobId: string, seq: number) {
-    const dir = path.join(this.jobDir(jobId), `.staging-${seq}-${process.pid}`);
-    await fs.rm(dir, { recursive: true, force: true });
-    await fs.mkdir(path.join(dir, 'images'), { recursive: true, mode: 0o700 });
-    return { dir, imagesDir: path.join(dir, 'images'), diskImage: path.join(dir, 'disk.img') };
+  stage(jobId: string, seq: number) {
+    return stageIn(this.root, jobId, seq);
   }
 
   async commit(jobId: string, meta: CheckpointMeta, stagedDir: string): Promise<void> {
     await fs.writeFile(path.join(stagedDir, 'meta.json'), JSON.stringify(meta, null, 2));
-    await fs.rename(stagedDir, path.join(this.jobDir(jobId), `${String(meta.seq).padStart(6, '0')}-${meta.id}`));
+    await fs.rename(stagedDir, path.join(this.jobDir(jobId), checkpointName(meta)));
   }
 
   async list(jobId: string): Promise<CheckpointMeta[]> {
@@ -143,13 +189,14 @@ export class DirectoryCheckpointStore implements CheckpointStore {
     for (const n of names.slice(0, Math.max(0, names.length - keep))) await fs.rm(path.join(dir, n), { recursive: true, force: true });
   }
 
-  async restorable(jobId: string) {
+  async restorable(jobId: string, _caps?: CheckpointCaps): Promise<RestorableCheckpoint | undefined> {
     const dir = this.jobDir(jobId);
     const names = (await fs.readdir(dir).catch(() => [] as string[])).filter((n) => /^\d{6}-/.test(n)).sort();
     const newest = names.at(-1);
     if (!newest) return undefined;
     const meta = await readMeta(dir, newest, jobId);
-    return { meta, imagesDir: path.join(dir, newest, 'images'), diskImage: path.join(dir, newest, 'disk.img') };
+    // The store's own copy: a restore copies the disk image, the checkpoint stays for the next.
+    return { meta, imagesDir: path.join(dir, newest, 'images'), diskImage: path.join(dir, newest, 'disk.img'), disposable: false, release: async () => undefined };
   }
 
   async removeAll(jobId: string): Promise<void> {

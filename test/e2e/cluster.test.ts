@@ -5,6 +5,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '../../core/config.js';
 import type { Job } from '../../core/job.js';
+import { S3ObjectStore } from '../../core/objects/s3.js';
 import { Layout } from '../../runtime/layout.js';
 import { TEMPLATES_DIR } from '../helpers/engine.js';
 import { createUplink, freePort, listenInNetns, waitFor } from '../helpers/net.js';
@@ -58,6 +59,25 @@ describe('runbox cluster', () => {
     const jobs = await Promise.all(Array.from({ length: 8 }, () => api<Job>('/v1/jobs?wait=60', { script: 'sleep 0.4' })));
     expect(jobs.every((j) => j.status === 'succeeded')).toBe(true);
     expect(new Set(jobs.map((j) => j.host))).toEqual(new Set(['h1', 'h2']));
+  });
+
+  it("keeps checkpoints in the cluster's object store (the embedded S3 server on the bridge), not in a directory the hosts share; a job's end removes them", async () => {
+    const endpoint = /store: s3:\/\/runbox\/ at (http:\/\/10\.98\.\d+\.1:\d+)/.exec(out)?.[1];
+    expect(endpoint, out).toBeDefined();
+    const creds = JSON.parse(await fs.readFile(path.join(stateDir, 'cluster', 'objects', 'credentials.json'), 'utf8')) as { accessKeyId: string; secretAccessKey: string };
+    const objects = new S3ObjectStore({ bucket: 'runbox', prefix: '', endpoint, region: 'us-east-1', forcePathStyle: true, credentials: creds });
+    try {
+      const job = await api<Job>('/v1/jobs', { script: 'i=0; while [ $i -lt 40 ]; do echo $i; i=$((i+1)); sleep 0.1; done' });
+      await waitFor(async () => (await api<Job>(`/v1/jobs/${job.id}`)).status === 'running', 'the job running', 20_000);
+      const cp = await api<{ id: string }>(`/v1/jobs/${job.id}/checkpoint`, {});
+      const keys = (await objects.list(`checkpoints/${job.id}/`)).map((o) => o.key.split('/').slice(2).join('/'));
+      expect(keys).toEqual([expect.stringMatching(new RegExp(`^000001-${cp.id}/data\\.tar$`)), expect.stringMatching(new RegExp(`^000001-${cp.id}/manifest\\.json$`))]);
+      expect(await fs.stat(path.join(stateDir, 'cluster', 'checkpoints')).catch(() => undefined)).toBeUndefined();
+      await waitFor(async () => (await api<Job>(`/v1/jobs/${job.id}`)).status === 'succeeded', 'the job to succeed', 30_000);
+      await waitFor(async () => (await objects.list(`checkpoints/${job.id}/`)).length === 0, "the job's checkpoints removed from the store", 10_000);
+    } finally {
+      objects.close();
+    }
   });
 
   it('runs private and egress jobs on every host (the host end of each veth lands in its host namespace)', async () => {

@@ -62,7 +62,7 @@ describe("a checkpoint's meta.json written by a hostile host", () => {
   });
 
   it('a genuine one is read as written', async () => {
-    expect((await store.restorable(jobId))?.meta).toEqual(meta);
+    expect((await store.restorable(jobId, { memoryMb: 64, diskMb: 64 }))?.meta).toEqual(meta);
     expect(await store.list(jobId)).toEqual([meta]);
   });
 
@@ -86,7 +86,7 @@ describe("a checkpoint's meta.json written by a hostile host", () => {
 
   it('refuses one of another checkpoint (seq or id not those of its directory)', async () => {
     await fs.writeFile(metaFile, JSON.stringify({ ...meta, seq: 2 }));
-    expect(await errorOf(store.restorable(jobId))).toMatchObject({ code: 'checkpoint_incompatible', message: expect.stringContaining('another checkpoint') });
+    expect(await errorOf(store.restorable(jobId, { memoryMb: 64, diskMb: 64 }))).toMatchObject({ code: 'checkpoint_incompatible', message: expect.stringContaining('another checkpoint') });
   });
 
   it('a symlink to the token file, a FIFO, a huge file, text that is not JSON: refused, never quoted, never blocking', async () => {
@@ -99,7 +99,7 @@ describe("a checkpoint's meta.json written by a hostile host", () => {
     for (const [what, plant] of cases) {
       await fs.rm(metaFile, { force: true });
       await plant();
-      const e = await errorOf(within(store.restorable(jobId), 5000, `reading ${what}`));
+      const e = await errorOf(within(store.restorable(jobId, { memoryMb: 64, diskMb: 64 }), 5000, `reading ${what}`));
       expect(e, what).toMatchObject({ code: 'checkpoint_incompatible' });
       expect(e!.message, what).not.toContain(SECRET.slice(0, 6));
       expect(e!.message, what).not.toContain('default:ad');

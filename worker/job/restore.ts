@@ -3,6 +3,7 @@ import { RunboxError } from '../../core/errors.js';
 import type { Job } from '../../core/job.js';
 import type { Logger } from '../../core/log.js';
 import { instanceHost } from '../../core/store/leases.js';
+import type { RestorableCheckpoint } from '../../runtime/checkpoint/store.js';
 import type { RuncVps } from '../../runtime/runc-vps.js';
 import { ensureTemplateVersion } from '../../runtime/templates/builder.js';
 import { DEFAULT_RECIPES_DIR } from '../../runtime/templates/recipes.js';
@@ -15,8 +16,16 @@ import { RESTORE_NOTE, type JobDeps } from './deps.js';
  * its processes). The caller holds the job's lease. Returns undefined when there is no checkpoint.
  */
 export async function restoreFromCheckpoint(deps: JobDeps, job: Job, why: string, log: Logger): Promise<{ vps: RuncVps; checkpointId: string } | undefined> {
-  const cp = await deps.checkpoints.restorable(job.id);
+  const cp = await deps.checkpoints.restorable(job.id, { memoryMb: job.limits.memoryMb, diskMb: job.limits.diskMb });
   if (!cp) return undefined;
+  try {
+    return await restoreFrom(deps, job, cp, why, log);
+  } finally {
+    await cp.release().catch((e: unknown) => log.warn({ err: e }, 'could not remove the downloaded checkpoint'));
+  }
+}
+
+async function restoreFrom(deps: JobDeps, job: Job, cp: RestorableCheckpoint, why: string, log: Logger): Promise<{ vps: RuncVps; checkpointId: string }> {
   // runc's and crun's CRIU images name the VPS's external mounts differently (RUNBOX_RUNTIME).
   const runtime = deps.engine.ociRuntime.kind;
   if ((cp.meta.runtime ?? 'runc') !== runtime) {
@@ -44,7 +53,7 @@ export async function restoreFromCheckpoint(deps: JobDeps, job: Job, why: string
   const vps = await deps.engine.create(
     newId(),
     { template, hostname: cp.meta.hostname, network: req.network, memoryMb: job.limits.memoryMb, cpus: job.limits.cpus, pids: job.limits.pids, diskMb: job.limits.diskMb },
-    { imagesDir: cp.imagesDir, disk: { path: cp.diskImage, move: false }, address: cp.meta.network.address },
+    { imagesDir: cp.imagesDir, disk: { path: cp.diskImage, move: cp.disposable }, address: cp.meta.network.address },
   );
   return { vps, checkpointId: cp.meta.id };
 }
