@@ -267,30 +267,36 @@ describe('live migration', () => {
     // The source's page server is killed as soon as the target runs the job, while 50 MB of the
     // job's memory are still on their way: the target must not let it run on with missing memory.
     const script = `awk 'BEGIN { s = sprintf("%50000000s", ""); for (i = 0; i < 50; i++) { print "c " i; fflush(); system("sleep 0.1") }; print (substr(s, 1, 1) == " " && substr(s, 49999999, 2) == "  ") ? "memory-intact" : "memory-LOST" }'`;
-    const created = await c.json<Job>('/v1/jobs', { body: { script, labels: { 'runbox.fault': 'pages' } } });
-    const running = await c.waitStatus(created.id, isRunning, 'the job to run');
-    await new Promise((r) => setTimeout(r, 1000));
-    // A checkpoint may fail once in a while under load (a clean 503, the job runs on); try again.
-    for (let attempt = 1; ; attempt++) {
-      const r = await c.call(`/v1/jobs/${created.id}/checkpoint`, { method: 'POST' });
-      if (r.status === 201) break;
-      if (r.status === 429) {
-        // The failed attempt counted against the job's checkpoint floor (RUNBOX_CHECKPOINT_MIN_INTERVAL_SEC).
-        await new Promise((res) => setTimeout(res, Number(r.headers.get('retry-after') ?? '5') * 1000));
-        continue;
+    // The kill races the transfer: under load it can land after every page arrived, and then the
+    // move simply succeeded (the output is checked all the same). Up to 3 jobs, one must take the fault path.
+    let restored = false;
+    for (let round = 1; round <= 3 && !restored; round++) {
+      const created = await c.json<Job>('/v1/jobs', { body: { script, labels: { 'runbox.fault': 'pages' } } });
+      const running = await c.waitStatus(created.id, isRunning, 'the job to run');
+      await new Promise((r) => setTimeout(r, 1000));
+      // A checkpoint may fail once in a while under load (a clean 503, the job runs on); try again.
+      for (let attempt = 1; ; attempt++) {
+        const r = await c.call(`/v1/jobs/${created.id}/checkpoint`, { method: 'POST' });
+        if (r.status === 201) break;
+        if (r.status === 429) {
+          // The failed attempt counted against the job's checkpoint floor (RUNBOX_CHECKPOINT_MIN_INTERVAL_SEC).
+          await new Promise((res) => setTimeout(res, Number(r.headers.get('retry-after') ?? '5') * 1000));
+          continue;
+        }
+        expect([r.status, attempt < 3]).toEqual([503, true]);
+        expect((await c.json<Job>(`/v1/jobs/${created.id}`)).status).toBe('running');
       }
-      expect([r.status, attempt < 3]).toEqual([503, true]);
-      expect((await c.json<Job>(`/v1/jobs/${created.id}`)).status).toBe('running');
+      await new Promise((r) => setTimeout(r, 500)); // more output after the checkpoint, to be cut back
+      const to = other(running.host);
+      const moved = await c.json<Job>(`/v1/jobs/${created.id}/migrate`, { body: { host: to, mode: 'post-copy' } });
+      expect(moved.migrations).toEqual([expect.objectContaining({ from: running.host, to, mode: 'post-copy' })]);
+      const done = await c.waitStatus(created.id, isDone, 'the job to end');
+      expect(done).toMatchObject({ status: 'succeeded', host: to });
+      restored = done.history.some((h) => /stopped serving its memory.*restoring checkpoint/.test(h.note ?? ''));
+      const log = await (await c.call(`/v1/jobs/${created.id}/logs`)).text();
+      expect(log.trim().split('\n')).toEqual([...Array.from({ length: 50 }, (_, i) => `c ${i}`), 'memory-intact']);
     }
-    await new Promise((r) => setTimeout(r, 500)); // more output after the checkpoint, to be cut back
-    const to = other(running.host);
-    const moved = await c.json<Job>(`/v1/jobs/${created.id}/migrate`, { body: { host: to, mode: 'post-copy' } });
-    expect(moved.migrations).toEqual([expect.objectContaining({ from: running.host, to, mode: 'post-copy' })]);
-    const done = await c.waitStatus(created.id, isDone, 'the job to end');
-    expect(done).toMatchObject({ status: 'succeeded', host: to });
-    expect(done.history.some((h) => /stopped serving its memory.*restoring checkpoint/.test(h.note ?? ''))).toBe(true);
-    const log = await (await c.call(`/v1/jobs/${created.id}/logs`)).text();
-    expect(log.trim().split('\n')).toEqual([...Array.from({ length: 50 }, (_, i) => `c ${i}`), 'memory-intact']);
+    expect(restored).toBe(true);
   });
 
   // Destructive (a host dies): last.
