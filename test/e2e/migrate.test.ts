@@ -297,7 +297,7 @@ describe('live migration', () => {
       expect(log.trim().split('\n')).toEqual([...Array.from({ length: 50 }, (_, i) => `c ${i}`), 'memory-intact']);
     }
     expect(restored).toBe(true);
-  });
+  }, 180_000);
 
   // Destructive (a host dies): last.
   it('a host killed mid-job: the job resumes on another host from its last checkpoint, log cut back and continued', async () => {
