@@ -73,7 +73,12 @@ export class ObjectCheckpointStore implements CheckpointStore {
       { name: 'disk.img', path: path.join(stagedDir, 'disk.img'), maxBytes: 0 },
     ];
     const sending = sendFiles(files, tar).then(() => tar.end());
-    const [data] = await Promise.all([this.objects.put(`${base}data.tar`, tar), sending]);
+    // A failed upload stops reading: ending the stream kills tar (sendFiles), which would block on a full pipe.
+    const storing = this.objects.put(`${base}data.tar`, tar).catch((e: unknown) => {
+      tar.destroy(e as Error);
+      throw e;
+    });
+    const [data] = await Promise.all([storing, sending]);
     const manifest: Manifest = { format: 1, meta, data: { bytes: data.bytes, sha256: data.sha256 } };
     await this.objects.put(`${base}manifest.json`, Buffer.from(JSON.stringify(manifest)));
     await fs.rm(stagedDir, { recursive: true, force: true });
