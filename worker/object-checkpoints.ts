@@ -11,17 +11,18 @@ import { hashingStream, type ObjectStore } from '../core/objects/store.js';
 import {
   badCheckpoint,
   CHECKPOINT_NAME,
+  checkCheckpointMeta,
+  checkJobId,
   checkpointName,
-  JOB_ID,
+  DirectoryCheckpointStore,
+  issueField,
   jobDirOf,
   MAX_META_BYTES,
   stageIn,
-  parseCheckpointMeta,
   type CheckpointCaps,
   type CheckpointMeta,
   type CheckpointStore,
   type RestorableCheckpoint,
-  DirectoryCheckpointStore,
 } from '../runtime/checkpoint/store.js';
 import { BLOCKING_FACTOR, receiveFiles, sendFiles, type FileSpec } from './migration/files.js';
 import { checkpointFiles } from './migration/protocol.js';
@@ -55,8 +56,7 @@ export class ObjectCheckpointStore implements CheckpointStore {
   }
 
   private prefix(jobId: string): string {
-    if (!JOB_ID.test(jobId)) throw new RunboxError('invalid_argument', `invalid job id "${jobId}"`);
-    return `checkpoints/${jobId}/`;
+    return `checkpoints/${checkJobId(jobId)}/`;
   }
 
   stage(jobId: string, seq: number) {
@@ -85,14 +85,14 @@ export class ObjectCheckpointStore implements CheckpointStore {
     this.log?.info({ jobId, checkpoint: meta.id, bytes: data.bytes, uploadMs: Date.now() - started, store: this.objects.description }, 'checkpoint stored');
   }
 
-  /** Complete checkpoints (a manifest, and a data object of the size it names), oldest first. */
+  /** Complete checkpoints (a manifest and a data object; the data's size is checked when it is read), oldest first. */
   private async complete(jobId: string): Promise<{ names: string[]; all: Array<{ key: string; bytes: number }> }> {
     const prefix = this.prefix(jobId);
     const all = await this.objects.list(prefix);
-    const sizes = new Map(all.map((o) => [o.key, o.bytes]));
+    const keys = new Set(all.map((o) => o.key));
     const names = all
       .map((o) => o.key.slice(prefix.length).split('/'))
-      .filter((p) => p.length === 2 && p[1] === 'manifest.json' && CHECKPOINT_NAME.test(p[0]!) && sizes.has(`${prefix}${p[0]}/data.tar`))
+      .filter((p) => p.length === 2 && p[1] === 'manifest.json' && CHECKPOINT_NAME.test(p[0]!) && keys.has(`${prefix}${p[0]}/data.tar`))
       .map((p) => p[0]!)
       .sort();
     return { names, all };
@@ -115,9 +115,8 @@ export class ObjectCheckpointStore implements CheckpointStore {
       throw bad('has a manifest that is not valid JSON');
     }
     const r = ManifestSchema.safeParse(raw);
-    if (!r.success) throw bad(`has an invalid manifest (field ${r.error.issues[0]!.path.map(String).join('.').slice(0, 40) || '(top level)'})`);
-    const meta = parseCheckpointMeta(JSON.stringify(r.data.meta), name, jobId);
-    return { format: 1, meta, data: r.data.data };
+    if (!r.success) throw bad(`has an invalid manifest (field ${issueField(r.error)})`);
+    return { format: 1, meta: checkCheckpointMeta(r.data.meta, name, jobId), data: r.data.data };
   }
 
   async list(jobId: string): Promise<CheckpointMeta[]> {

@@ -65,7 +65,7 @@ export interface RestorableCheckpoint {
   release(): Promise<void>;
 }
 
-export const JOB_ID = /^[a-z0-9]{8,40}$/;
+const JOB_ID = /^[a-z0-9]{8,40}$/;
 
 /** A checkpoint's name in a store: `<seq, 6 digits>-<id>` (sorts by sequence). */
 export const checkpointName = (meta: Pick<CheckpointMeta, 'seq' | 'id'>): string => `${String(meta.seq).padStart(6, '0')}-${meta.id}`;
@@ -125,32 +125,44 @@ async function readMeta(dir: string, name: string, jobId: string): Promise<Check
   return parseCheckpointMeta(text, name, jobId);
 }
 
+/** The field of a schema's first complaint, as a message may quote it: plain names and indexes, anything else "?". */
+export function issueField(error: z.ZodError): string {
+  return error.issues[0]!.path.map((k) => (typeof k === 'number' || /^[A-Za-z]{1,32}$/.test(String(k)) ? String(k) : '?')).join('.') || '(top level)';
+}
+
 /**
  * meta.json's text as a checkpoint's metadata: checked field by field and against the checkpoint
  * it claims to be (`name`, `jobId`). A message names the checkpoint and the field, never the content.
  */
 export function parseCheckpointMeta(text: string, name: string, jobId: string): CheckpointMeta {
-  const bad = (why: string) => badCheckpoint(name, jobId, why);
   let raw: unknown;
   try {
     raw = JSON.parse(text);
   } catch {
-    throw bad('has a meta.json that is not valid JSON');
+    throw badCheckpoint(name, jobId, 'has a meta.json that is not valid JSON');
   }
+  return checkCheckpointMeta(raw, name, jobId);
+}
+
+/** A checkpoint's metadata already parsed from JSON (meta.json, or a manifest's `meta`), checked as parseCheckpointMeta does. */
+export function checkCheckpointMeta(raw: unknown, name: string, jobId: string): CheckpointMeta {
+  const bad = (why: string) => badCheckpoint(name, jobId, why);
   const r = CheckpointMetaSchema.safeParse(raw);
-  if (!r.success) {
-    const at = r.error.issues[0]!.path.map((k) => (typeof k === 'number' || /^[A-Za-z]{1,32}$/.test(String(k)) ? String(k) : '?')).join('.');
-    throw bad(`has an invalid meta.json (field ${at || '(top level)'})`);
-  }
+  if (!r.success) throw bad(`has an invalid meta.json (field ${issueField(r.error)})`);
   const meta = r.data as CheckpointMeta;
   if (meta.jobId !== jobId || name !== checkpointName(meta)) throw bad('has a meta.json of another checkpoint');
   return meta;
 }
 
+/** A job id that is one (never a path in disguise), or `invalid_argument`. */
+export function checkJobId(jobId: string): string {
+  if (!JOB_ID.test(jobId)) throw new RunboxError('invalid_argument', `invalid job id "${jobId}"`);
+  return jobId;
+}
+
 /** `<root>/<jobId>`, for a job id that is one (never a path in disguise). */
 export function jobDirOf(root: string, jobId: string): string {
-  if (!JOB_ID.test(jobId)) throw new RunboxError('invalid_argument', `invalid job id "${jobId}"`);
-  return path.join(root, jobId);
+  return path.join(root, checkJobId(jobId));
 }
 
 /** A new, empty staging directory for checkpoint `seq` under `<root>/<jobId>` (images/ inside). */
