@@ -2,6 +2,7 @@ import { z } from 'zod';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { envFlag } from './env-flag.js';
 import type { Limits } from './limits.js';
 import { objectStoreChoice, ObjectStoreEnvSchema, type ObjectStoreChoice } from './objects/location.js';
 
@@ -134,7 +135,7 @@ export const EnvSchema = z.object({
   RUNBOX_MIGRATION_CERT: z.string().min(1).optional(),
   RUNBOX_MIGRATION_KEY: z.string().min(1).optional(),
   /** Tests only: a job label `runbox.fault` makes a step of its migration fail (worker/migration/faults.ts). */
-  RUNBOX_FAULT_INJECTION: z.preprocess((v) => (v === undefined || v === '' ? undefined : v), z.enum(['0', '1', 'false', 'true']).optional()).transform((v) => v === '1' || v === 'true'),
+  RUNBOX_FAULT_INJECTION: envFlag.transform((v) => v ?? false),
   // Removed: admin rights by tenant name (tenant "default" was admin). Any value stops the start.
   RUNBOX_ADMIN_TENANTS: z
     .undefined({

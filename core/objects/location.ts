@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { envFlag } from '../env-flag.js';
 
 /**
  * Where a runbox installation keeps objects (checkpoints, artifacts): an S3 bucket and a key
@@ -49,7 +50,7 @@ export const ObjectStoreEnvSchema = z.object({
   RUNBOX_S3_REGION: z.string().regex(/^[a-z0-9-]{1,32}$/).default('us-east-1'),
   RUNBOX_S3_ACCESS_KEY_ID: z.string().min(1).max(128).optional(),
   RUNBOX_S3_SECRET_ACCESS_KEY: z.string().min(1).max(256).optional(),
-  RUNBOX_S3_FORCE_PATH_STYLE: z.preprocess((v) => (v === undefined || v === '' ? undefined : v), z.enum(['0', '1', 'false', 'true']).optional()),
+  RUNBOX_S3_FORCE_PATH_STYLE: envFlag,
 });
 export type ObjectStoreEnv = z.infer<typeof ObjectStoreEnvSchema>;
 
@@ -63,7 +64,6 @@ export function objectStoreChoice(e: ObjectStoreEnv): ObjectStoreChoice {
   const { bucket, prefix } = parseObjectStoreUrl(v);
   const { RUNBOX_S3_ACCESS_KEY_ID: id, RUNBOX_S3_SECRET_ACCESS_KEY: secret } = e;
   if (!id !== !secret) throw new Error('invalid configuration:\n  RUNBOX_S3_ACCESS_KEY_ID, RUNBOX_S3_SECRET_ACCESS_KEY: set both, or neither (the SDK\'s default chain)');
-  const pathStyle = e.RUNBOX_S3_FORCE_PATH_STYLE;
   return {
     kind: 's3',
     location: {
@@ -71,7 +71,7 @@ export function objectStoreChoice(e: ObjectStoreEnv): ObjectStoreChoice {
       prefix,
       endpoint: e.RUNBOX_S3_ENDPOINT,
       region: e.RUNBOX_S3_REGION,
-      forcePathStyle: pathStyle === undefined ? !!e.RUNBOX_S3_ENDPOINT : pathStyle === '1' || pathStyle === 'true',
+      forcePathStyle: e.RUNBOX_S3_FORCE_PATH_STYLE ?? !!e.RUNBOX_S3_ENDPOINT,
       credentials: id && secret ? { accessKeyId: id, secretAccessKey: secret } : undefined,
     },
   };
