@@ -7,6 +7,7 @@ import { USERNS_FIRST_HOST_ID, USERNS_SIZE, VPS_USER_LIMITS } from '../../runtim
 import { newId } from '../../core/ids.js';
 import { checkpoint, dumpForMove, restore } from '../../runtime/checkpoint/checkpoint.js';
 import { hostSnapshot } from '../helpers/host.js';
+import { waitFor } from '../helpers/net.js';
 import { TEMPLATES_DIR, testEngine, type TestEngine } from '../helpers/engine.js';
 
 /**
@@ -42,7 +43,7 @@ async function hogThenOther(e: TestEngine, hog: string, other: string, marker: s
   try {
     const hogOut: Buffer[] = [];
     const hogRun = h.run({ argv: ['python3', '-c', hog], user: 'root', timeoutSec: 30, outputBytes: 1 << 20, onOutput: (_s, d) => hogOut.push(Buffer.from(d)) });
-    for (let i = 0; i < 400 && !Buffer.concat(hogOut).toString().includes(marker); i++) await new Promise((r) => setTimeout(r, 25));
+    await waitFor(() => Buffer.concat(hogOut).toString().includes(marker), `the hog's "${marker}"`, 10_000);
     const otherOut: Buffer[] = [];
     const r = await o.run({ argv: ['python3', '-c', other], user: 'root', timeoutSec: 30, outputBytes: 1 << 20, onOutput: (_s, d) => otherOut.push(Buffer.from(d)) });
     await h.killAll();
@@ -203,7 +204,7 @@ describe('user namespaces (RUNBOX_USERNS, default auto)', () => {
         outputBytes: 1 << 20,
         onOutput: (_s, d) => out.push(Buffer.from(d)),
       });
-      for (let i = 0; i < 200 && Buffer.concat(out).toString().split('\n').length < 2; i++) await new Promise((r) => setTimeout(r, 20));
+      await waitFor(() => Buffer.concat(out).toString().split('\n').length >= 2, "the caps job's first line", 4000);
       const cp = await checkpoint(t.engine, vps, { leaveRunning: false });
       await restore(t.engine, vps, cp.imagePath);
       expect((await run).exitCode).toBe(0);
@@ -228,7 +229,7 @@ describe('user namespaces (RUNBOX_USERNS, default auto)', () => {
         outputBytes: 1 << 20,
         onOutput: (_s, d) => out.push(Buffer.from(d)),
       });
-      for (let i = 0; i < 200 && Buffer.concat(out).toString().split('\n').length < 6; i++) await new Promise((r) => setTimeout(r, 20));
+      await waitFor(() => Buffer.concat(out).toString().split('\n').length >= 6, "the non-root job's first five lines", 4000);
       const cp = await checkpoint(t.engine, vps, { leaveRunning: false });
       await restore(t.engine, vps, cp.imagePath);
       const r = await run;
