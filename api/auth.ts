@@ -3,6 +3,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { RunboxError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
+import { writePrivateFile } from '../runtime/host/private-dirs.js';
 
 /** Tenant names end up in Redis keys and logs: keep them plain. */
 export const TENANT_RE = /^[A-Za-z0-9._-]{1,63}$/;
@@ -149,22 +150,10 @@ export async function ensureTokenFile(file: string, opts: { log?: Logger } = {})
   }
   const entry = { tenant: 'default', token: legacy?.[1] ?? randomBytes(32).toString('base64url'), role: 'admin' as const };
   await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
-  await fs.writeFile(tmp, `${FILE_HEADER}\n${formatToken(entry)}\n`, { mode: 0o600 });
-  await fs.chmod(tmp, 0o600);
-  if (existing === null) {
-    // link() fails if another process created the file meanwhile: then theirs wins.
-    try {
-      await fs.link(tmp, file);
-    } catch (e) {
-      await fs.rm(tmp, { force: true });
-      if ((e as NodeJS.ErrnoException).code === 'EEXIST') return ensureTokenFile(file, opts);
-      throw e;
-    }
-    await fs.rm(tmp, { force: true });
-  } else {
-    await fs.rename(tmp, file); // an existing file without entries, or the legacy one: replace it
-    if (legacy) opts.log?.warn({ file }, 'token file from an older runbox: its "default" token now has the admin role explicitly (default:admin=...)');
-  }
+  const text = `${FILE_HEADER}\n${formatToken(entry)}\n`;
+  // A new file: another process that created it meanwhile wins. An existing file without entries,
+  // or the legacy one: replaced.
+  if (!(await writePrivateFile(file, text, { replace: existing !== null }))) return ensureTokenFile(file, opts);
+  if (legacy) opts.log?.warn({ file }, 'token file from an older runbox: its "default" token now has the admin role explicitly (default:admin=...)');
   return entry;
 }

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { RunboxError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import type { ObjectStoreLocation } from '../core/objects/location.js';
-import { ensurePrivateDir } from '../runtime/host/private-dirs.js';
+import { ensurePrivateDir, writePrivateFile } from '../runtime/host/private-dirs.js';
 
 /**
  * The S3 server `runbox cluster up` (and `runbox up` with RUNBOX_OBJECT_STORE=embedded) starts
@@ -77,8 +77,9 @@ async function credentials(dir: string): Promise<{ accessKeyId: string; secretAc
     accessKeyId: `RB${randomBytes(9).toString('hex').toUpperCase()}`,
     secretAccessKey: randomBytes(30).toString('base64url'),
   };
-  await fs.writeFile(`${file}.tmp`, JSON.stringify(made), { mode: 0o600 });
-  await fs.rename(`${file}.tmp`, file);
+  // An unreadable or malformed file is replaced; a new one is created only once (the first maker wins).
+  const exists = await fs.stat(file).then(() => true, () => false);
+  if (!(await writePrivateFile(file, JSON.stringify(made), { replace: exists }))) return credentials(dir);
   return made;
 }
 

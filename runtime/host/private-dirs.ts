@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import { RunboxError } from '../../core/errors.js';
 import type { Logger } from '../../core/log.js';
@@ -65,4 +66,28 @@ async function tighten(p: string, kind: 'dir' | 'file', mode: number, log?: Logg
     throw new RunboxError('invalid_argument', `${p} is readable by other users (mode ${octal(st.mode)}) and could not be made ${octal(mode)}: ${(e as Error).message}`, { cause: e });
   }
   log?.warn({ path: p, was: octal(st.mode), now: octal(mode) }, `made ${kind === 'dir' ? 'a state directory' : 'a secret file'} private: it was open to other users of this host`);
+}
+
+/**
+ * Writes `text` to `file` (0600) only if no file is there: the first of several processes making
+ * the same secret wins (link() fails with EEXIST for the others). Returns false when one existed;
+ * `replace` writes it in place of an existing file instead (rename).
+ */
+export async function writePrivateFile(file: string, text: string, o: { replace?: boolean } = {}): Promise<boolean> {
+  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  await fs.writeFile(tmp, text, { mode: 0o600 });
+  await fs.chmod(tmp, 0o600); // the umask may have taken bits away, never added: made explicit
+  try {
+    if (o.replace) {
+      await fs.rename(tmp, file);
+      return true;
+    }
+    await fs.link(tmp, file);
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw e;
+  } finally {
+    await fs.rm(tmp, { force: true });
+  }
 }
