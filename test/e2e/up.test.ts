@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '../../core/config.js';
+import { S3ObjectStore } from '../../core/objects/s3.js';
 import { runcList } from '../../runtime/oci/runc.js';
 import { runtimeOf, TEMPLATES_DIR } from '../helpers/engine.js';
 import { freePort, waitFor } from '../helpers/net.js';
@@ -26,6 +27,9 @@ beforeAll(async () => {
     RUNBOX_NET_CIDR: `10.${200 + (process.pid % 50)}.250.0/24`,
     RUNBOX_POOL_MIN_IDLE: '1',
     RUNBOX_LOG_LEVEL: 'warn',
+    // Checkpoints in the embedded S3 server (the default is a directory): one run covers both the
+    // user's path and that store's start, reuse of its credentials across a restart, and its stop.
+    RUNBOX_OBJECT_STORE: 'embedded',
   };
   delete env.RUNBOX_REDIS_URL;
   delete env.RUNBOX_API_TOKENS;
@@ -67,6 +71,8 @@ describe('runbox up', () => {
     const token = /token:\s+(\S+)/.exec(out)?.[1];
     expect(token).toMatch(/^[A-Za-z0-9_-]{40,}$/);
     expect((await fs.stat(path.join(stateDir, 'api-tokens'))).mode & 0o777).toBe(0o600);
+    expect(out).toMatch(/store: {2}s3:\/\/runbox\/ at http:\/\/127\.0\.0\.1:\d+/);
+    expect((await fs.stat(path.join(stateDir, 'objects', 'credentials.json'))).mode & 0o777).toBe(0o600);
   });
 
   it('runs a job submitted with the CLI', async () => {
@@ -78,6 +84,26 @@ describe('runbox up', () => {
     expect((await cli(['logs', jobId])).stdout).toMatch(/^hi from vps-/);
     expect((await cli(['ls'])).stdout).toContain(jobId);
     expect((await cli(['hosts'])).stdout).toMatch(/base:none/);
+  });
+
+  it('checkpoints a running job into the embedded object store', async () => {
+    const sub = await cli(['submit', '--json', '--', 'sh', '-c', 'for i in 1 2 3 4 5 6; do echo $i; sleep 0.5; done']);
+    expect(sub.code).toBe(0);
+    const id = (JSON.parse(sub.stdout.slice(sub.stdout.indexOf('{'))) as { id: string }).id;
+    await waitFor(async () => /"status": ?"running"/.test((await cli(['status', id])).stdout), 'the job running', 20_000);
+    const cp = await cli(['checkpoint', id]);
+    expect(cp.stderr).toBe('');
+    expect(cp.code).toBe(0);
+    // While the job runs, the store holds its checkpoint (the data and the manifest written last).
+    const endpoint = /store: {2}s3:\/\/runbox\/ at (\S+)/.exec(out)![1]!;
+    const creds = JSON.parse(await fs.readFile(path.join(stateDir, 'objects', 'credentials.json'), 'utf8')) as { accessKeyId: string; secretAccessKey: string };
+    const objects = new S3ObjectStore({ bucket: 'runbox', prefix: '', endpoint, region: 'us-east-1', forcePathStyle: true, credentials: creds });
+    try {
+      expect((await objects.list(`checkpoints/${id}/`)).map((o) => o.key.split('/').pop())).toEqual(['data.tar', 'manifest.json']);
+    } finally {
+      objects.close();
+    }
+    await waitFor(async () => /"status": ?"succeeded"/.test((await cli(['status', id])).stdout), 'the job to succeed', 30_000);
   });
 
   it('Ctrl-C stops everything cleanly and leaves no VPS behind', async () => {
