@@ -1,8 +1,7 @@
 import { RunboxError } from '../core/errors.js';
+import { JOB_ID } from '../core/ids.js';
 import type { Job } from '../core/job.js';
 import type { JobStore } from '../core/store/jobs.js';
-
-const JOB_ID = /^[a-z0-9]{8,40}$/;
 
 /**
  * The tenant's job `id`. Another tenant's job is "not found" exactly like an unknown id (same

@@ -4,6 +4,7 @@ import { PassThrough } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { z } from 'zod';
 import { isRunboxError, RunboxError } from '../core/errors.js';
+import { checkJobId } from '../core/ids.js';
 import type { Logger } from '../core/log.js';
 import type { ObjectStoreChoice } from '../core/objects/location.js';
 import { S3ObjectStore } from '../core/objects/s3.js';
@@ -12,7 +13,6 @@ import {
   badCheckpoint,
   CHECKPOINT_NAME,
   checkCheckpointMeta,
-  checkJobId,
   checkpointName,
   DirectoryCheckpointStore,
   issueField,

@@ -3,6 +3,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { RunboxError } from '../../core/errors.js';
+import { checkJobId, JOB_ID } from '../../core/ids.js';
 import { HostnameSchema, NetworkModeSchema, TemplateNameSchema } from '../../core/vps-request.js';
 import { VERSION } from '../templates/store.js';
 
@@ -65,7 +66,6 @@ export interface RestorableCheckpoint {
   release(): Promise<void>;
 }
 
-const JOB_ID = /^[a-z0-9]{8,40}$/;
 
 /** A checkpoint's name in a store: `<seq, 6 digits>-<id>` (sorts by sequence). */
 export const checkpointName = (meta: Pick<CheckpointMeta, 'seq' | 'id'>): string => `${String(meta.seq).padStart(6, '0')}-${meta.id}`;
@@ -152,12 +152,6 @@ export function checkCheckpointMeta(raw: unknown, name: string, jobId: string): 
   const meta = r.data as CheckpointMeta;
   if (meta.jobId !== jobId || name !== checkpointName(meta)) throw bad('has a meta.json of another checkpoint');
   return meta;
-}
-
-/** A job id that is one (never a path in disguise), or `invalid_argument`. */
-export function checkJobId(jobId: string): string {
-  if (!JOB_ID.test(jobId)) throw new RunboxError('invalid_argument', `invalid job id "${jobId}"`);
-  return jobId;
 }
 
 /** `<root>/<jobId>`, for a job id that is one (never a path in disguise). */
