@@ -2,7 +2,7 @@ import type { Redis } from 'ioredis';
 import type { ServiceConfig } from '../core/config.js';
 import type { Logger } from '../core/log.js';
 import type { JobQueue } from '../core/queue.js';
-import type { ArtifactStore } from '../core/store/artifacts.js';
+import type { ArtifactStorage } from '../core/store/artifacts.js';
 import type { JobEvents } from '../core/store/events.js';
 import type { HostRegistry } from '../core/store/hosts.js';
 import type { JobStore } from '../core/store/jobs.js';
@@ -20,7 +20,7 @@ export interface ApiDeps {
   config: ApiConfig;
   jobs: JobStore;
   logs: LogStore;
-  artifacts: ArtifactStore;
+  artifacts: ArtifactStorage;
   hosts: HostRegistry;
   events: JobEvents;
   queue: JobQueue;

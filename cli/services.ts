@@ -58,6 +58,9 @@ export async function apiDeps(config: ServiceConfig, redisUrl: string, log: Logg
   const { TokenAuth } = await import('../api/auth.js');
   const { recipeNames } = await import('../runtime/templates/recipes.js');
   const redis = connectRedis(redisUrl);
+  // Artifacts are read where the workers put them: the object store when one is configured.
+  const objects = config.objectStore.kind === 's3' ? new (await import('../core/objects/s3.js')).S3ObjectStore(config.objectStore.location) : undefined;
+  const { ObjectArtifactStore } = await import('../core/objects/artifacts.js');
   const events = new JobEvents(connectSubscriber(redisUrl), config.redisPrefix);
   const queue = new JobQueue(redis, config.redisPrefix);
   const hosts = new HostRegistry(redis, config.redisPrefix);
@@ -75,7 +78,7 @@ export async function apiDeps(config: ServiceConfig, redisUrl: string, log: Logg
     config,
     jobs: new JobStore(redis, config.redisPrefix),
     logs: new LogStore(redis, config.redisPrefix),
-    artifacts: new ArtifactStore(redis, config.redisPrefix),
+    artifacts: objects ? new ObjectArtifactStore(objects) : new ArtifactStore(redis, config.redisPrefix),
     hosts,
     events,
     queue,
@@ -92,6 +95,7 @@ export async function apiDeps(config: ServiceConfig, redisUrl: string, log: Logg
     await queue.close();
     await events.close();
     await redis.quit().catch(() => undefined);
+    objects?.close();
   };
   return { deps, close };
 }

@@ -5,7 +5,9 @@ import { connectRedis, connectSubscriber } from '../core/redis.js';
 import type { ServiceConfig } from '../core/config.js';
 import type { Logger } from '../core/log.js';
 import { QUEUE_NAME } from '../core/queue.js';
+import { ObjectArtifactStore } from '../core/objects/artifacts.js';
 import { ArtifactStore } from '../core/store/artifacts.js';
+import { ArtifactSweeper } from './artifact-sweeper.js';
 import { HostRegistry } from '../core/store/hosts.js';
 import { JobStore } from '../core/store/jobs.js';
 import { Keys } from '../core/store/keys.js';
@@ -131,7 +133,8 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
       pools,
       jobs,
       logs: new LogStore(redis, config.redisPrefix),
-      artifacts: new ArtifactStore(redis, config.redisPrefix, { tenantMaxBytes: config.tenantMaxArtifactBytes }),
+      // With an object store, artifacts go there (nothing in Redis, so no tenant budget of Redis bytes).
+      artifacts: objects ? new ObjectArtifactStore(objects) : new ArtifactStore(redis, config.redisPrefix, { tenantMaxBytes: config.tenantMaxArtifactBytes }),
       slots: new TenantSlots(redis, config.redisPrefix),
       redis,
       tenantConcurrency: config.tenantConcurrency,
@@ -239,6 +242,8 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
   const recoveryQueue = new JobQueue(redis, config.redisPrefix);
   const reaper = new Reaper(runDeps, recoveryQueue);
   reaper.start();
+  const artifactSweeper = runDeps.artifacts instanceof ObjectArtifactStore ? new ArtifactSweeper({ store: runDeps.artifacts, jobs, redis, instance, log: hlog }) : undefined;
+  artifactSweeper?.start();
   // What Redis says this host holds against what it runs (orphans recovered, fenced copies killed).
   const reconciler = new Reconciler(runDeps, running);
   const reconcileTimer = setInterval(() => void reconciler.tick().catch((e) => hlog.warn({ err: e }, 'reconciling held jobs failed')), 2000);
@@ -285,6 +290,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
         clearInterval(reconcileTimer);
         clearInterval(peerTimer);
         reaper.stop();
+        artifactSweeper?.stop();
         await recoveryQueue.close();
         await migrationServer.close();
         await migrationDeps.sender?.close();

@@ -20,7 +20,7 @@ export function artifactRoutes(deps: RouteDeps): Hono<ApiEnv> {
     // Listed paths may be absolute ("/out/a.txt"); the URL carries them without the leading slash.
     const wanted = c.req.param('path').replace(/^\/+/, '');
     const entry = job.artifacts.find((a) => a.path.replace(/^\/+/, '') === wanted);
-    const content = entry ? await deps.artifacts.get(id, entry.path) : null;
+    const content = entry ? await deps.artifacts.get(id, entry.path, entry.size) : null;
     if (!entry || !content) throw new RunboxError('not_found', `job ${id} has no artifact "${wanted}"`);
     const name = wanted.split('/').pop() || 'artifact';
     return c.body(new Uint8Array(content), 200, {

@@ -91,11 +91,21 @@ export interface PutResult {
 }
 
 /**
+ * Where a job's collected files are kept: Redis (ArtifactStore, below) or an object store
+ * (core/objects/artifacts.ts). The job's record lists them (path, size, mode).
+ */
+export interface ArtifactStorage {
+  put(jobId: string, files: Array<{ path: string; content: Buffer }>): Promise<PutResult>;
+  /** One file's bytes; null when there is none. `size` (the recorded one) bounds what is read. */
+  get(jobId: string, path: string, size: number): Promise<Buffer | null>;
+}
+
+/**
  * Collected files of a job: one Redis hash per job, path → content. The worker caps what one job
  * collects (RUNBOX_MAX_ARTIFACT_BYTES); this store caps what one tenant holds in Redis across its
  * jobs (RUNBOX_TENANT_MAX_ARTIFACT_BYTES), see PUT.
  */
-export class ArtifactStore {
+export class ArtifactStore implements ArtifactStorage {
   readonly keys: Keys;
   constructor(
     readonly redis: Redis,
@@ -126,7 +136,7 @@ export class ArtifactStore {
     return { storedBytes: Number(res[1]), tenantBytes: Number(res[2]), skipped };
   }
 
-  async get(jobId: string, path: string): Promise<Buffer | null> {
+  async get(jobId: string, path: string, _size?: number): Promise<Buffer | null> {
     return this.redis.hgetBuffer(this.keys.artifacts(jobId), path);
   }
 

@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { Logger } from '../../core/log.js';
-import type { ArtifactStore } from '../../core/store/artifacts.js';
+import type { ArtifactStorage } from '../../core/store/artifacts.js';
 import type { HostRegistry } from '../../core/store/hosts.js';
 import type { JobStore } from '../../core/store/jobs.js';
 import type { LeaseStore } from '../../core/store/leases.js';
@@ -21,7 +21,7 @@ export interface JobDeps {
   jobs: JobStore;
   leases: LeaseStore;
   logs: LogStore;
-  artifacts: ArtifactStore;
+  artifacts: ArtifactStorage;
   slots: TenantSlots;
   redis: Redis;
   tenantConcurrency: number;
