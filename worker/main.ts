@@ -124,6 +124,8 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
   // CRIU can dump non-root processes only where root has CAP_SYS_RESOURCE (core/checkpointable.ts).
   // And in user namespaces anywhere: host root, their owner, holds every capability over their ids.
   const checkpointNonRoot = hasCapability(CAP_SYS_RESOURCE) || (await engine.usernsEnabled());
+  // With an object store, artifacts go there (nothing in Redis, so no tenant budget of Redis bytes).
+  const objectArtifacts = objects && new ObjectArtifactStore(objects);
   const checkpointer = new JobCheckpointer({ engine, store: checkpoints, jobs, hostId, keep: config.checkpointKeep, log: hlog, checkpointNonRoot });
   const runDeps: JobDeps = {
       hostId,
@@ -133,8 +135,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
       pools,
       jobs,
       logs: new LogStore(redis, config.redisPrefix),
-      // With an object store, artifacts go there (nothing in Redis, so no tenant budget of Redis bytes).
-      artifacts: objects ? new ObjectArtifactStore(objects) : new ArtifactStore(redis, config.redisPrefix, { tenantMaxBytes: config.tenantMaxArtifactBytes }),
+      artifacts: objectArtifacts ?? new ArtifactStore(redis, config.redisPrefix, { tenantMaxBytes: config.tenantMaxArtifactBytes }),
       slots: new TenantSlots(redis, config.redisPrefix),
       redis,
       tenantConcurrency: config.tenantConcurrency,
@@ -242,7 +243,7 @@ export async function startWorker(o: WorkerOptions): Promise<WorkerHandle> {
   const recoveryQueue = new JobQueue(redis, config.redisPrefix);
   const reaper = new Reaper(runDeps, recoveryQueue);
   reaper.start();
-  const artifactSweeper = runDeps.artifacts instanceof ObjectArtifactStore ? new ArtifactSweeper({ store: runDeps.artifacts, jobs, redis, instance, log: hlog }) : undefined;
+  const artifactSweeper = objectArtifacts && new ArtifactSweeper({ store: objectArtifacts, jobs, redis, instance, log: hlog });
   artifactSweeper?.start();
   // What Redis says this host holds against what it runs (orphans recovered, fenced copies killed).
   const reconciler = new Reconciler(runDeps, running);

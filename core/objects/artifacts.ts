@@ -12,6 +12,9 @@ import type { ObjectStore } from './store.js';
  * worker collects no more). They live as long as the job's record: ArtifactSweeper removes those
  * of records that are gone.
  */
+/** Artifact uploads in flight per job. */
+const PUT_CONCURRENCY = 8;
+
 export class ObjectArtifactStore implements ArtifactStorage {
   constructor(private readonly objects: ObjectStore) {}
 
@@ -20,8 +23,13 @@ export class ObjectArtifactStore implements ArtifactStorage {
   }
 
   async put(jobId: string, files: Array<{ path: string; content: Buffer }>): Promise<PutResult> {
+    // A job may leave up to 1000 files (the worker's cap): uploads go PUT_CONCURRENCY at a time.
     let storedBytes = 0;
-    for (const f of files) storedBytes += (await this.objects.put(ObjectArtifactStore.key(jobId, f.path), f.content)).bytes;
+    let next = 0;
+    const lane = async () => {
+      for (let f = files[next++]; f; f = files[next++]) storedBytes += (await this.objects.put(ObjectArtifactStore.key(jobId, f.path), f.content)).bytes;
+    };
+    await Promise.all(Array.from({ length: Math.min(PUT_CONCURRENCY, files.length) }, lane));
     return { storedBytes, tenantBytes: 0, skipped: [] };
   }
 
@@ -44,9 +52,8 @@ export class ObjectArtifactStore implements ArtifactStorage {
    * Returns the job ids cleaned.
    */
   async sweep(exists: (jobId: string) => Promise<boolean>): Promise<string[]> {
-    const jobs = new Set((await this.objects.list('artifacts/')).map((o) => o.key.split('/')[1]!).filter((id) => JOB_ID.test(id)));
     const gone: string[] = [];
-    for (const id of jobs) {
+    for (const id of (await this.objects.children('artifacts/')).filter((c) => JOB_ID.test(c))) {
       if (await exists(id)) continue;
       await this.objects.removePrefix(`artifacts/${id}/`);
       gone.push(id);

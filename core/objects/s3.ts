@@ -4,6 +4,7 @@ import {
   GetObjectCommand,
   HeadBucketCommand,
   ListObjectsV2Command,
+  type ListObjectsV2CommandOutput,
   S3Client,
   S3ServiceException,
 } from '@aws-sdk/client-s3';
@@ -141,22 +142,38 @@ export class S3ObjectStore implements ObjectStore {
   }
 
   async list(prefix: string): Promise<Array<{ key: string; bytes: number }>> {
-    const Prefix = this.location.prefix + checkPrefix(prefix);
     const out: Array<{ key: string; bytes: number }> = [];
-    let ContinuationToken: string | undefined;
-    do {
-      let r;
-      try {
-        r = await this.client.send(new ListObjectsV2Command({ Bucket: this.location.bucket, Prefix, ContinuationToken }));
-      } catch (e) {
-        throw storeError('listing', prefix, e);
-      }
+    await this.listing(prefix, undefined, (r) => {
       for (const o of r.Contents ?? []) {
         if (o.Key?.startsWith(this.location.prefix)) out.push({ key: o.Key.slice(this.location.prefix.length), bytes: o.Size ?? 0 });
       }
+    });
+    return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  }
+
+  async children(prefix: string): Promise<string[]> {
+    const full = this.location.prefix + checkPrefix(prefix);
+    const out: string[] = [];
+    await this.listing(prefix, '/', (r) => {
+      for (const p of r.CommonPrefixes ?? []) if (p.Prefix?.startsWith(full)) out.push(p.Prefix.slice(full.length).replace(/\/$/, ''));
+    });
+    return out.sort();
+  }
+
+  /** Every page of a ListObjectsV2 under `prefix` (optionally grouped by `delimiter`). */
+  private async listing(prefix: string, Delimiter: string | undefined, page: (r: ListObjectsV2CommandOutput) => void): Promise<void> {
+    const Prefix = this.location.prefix + checkPrefix(prefix);
+    let ContinuationToken: string | undefined;
+    do {
+      let r: ListObjectsV2CommandOutput;
+      try {
+        r = await this.client.send(new ListObjectsV2Command({ Bucket: this.location.bucket, Prefix, Delimiter, ContinuationToken }));
+      } catch (e) {
+        throw storeError('listing', prefix, e);
+      }
+      page(r);
       ContinuationToken = r.IsTruncated ? r.NextContinuationToken : undefined;
     } while (ContinuationToken);
-    return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   }
 
   async remove(keys: readonly string[]): Promise<void> {

@@ -30,6 +30,8 @@ export interface ObjectStore {
   getSmall(key: string, maxBytes: number): Promise<Buffer | undefined>;
   /** Keys under `prefix` (any depth), sorted. */
   list(prefix: string): Promise<Array<{ key: string; bytes: number }>>;
+  /** The names one level below `prefix` that hold keys (`a/` of `prefix/a/x`), sorted: one listing per 1000 names, not per key. */
+  children(prefix: string): Promise<string[]>;
   remove(keys: readonly string[]): Promise<void>;
   /** Removes every key under `prefix`; returns how many. */
   removePrefix(prefix: string): Promise<number>;
